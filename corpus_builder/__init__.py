@@ -1,0 +1,1 @@
+"""Build spaCy-annotated, FAISS-indexed corpora of token vectors from the exbert-hub engine."""

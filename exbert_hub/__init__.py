@@ -1,0 +1,21 @@
+"""exbert-hub: look inside transformer language models (attention, queries and keys, predictions, corpus search)."""
+
+from .analysis import CAUSAL_LM, ENCODER, ENCODER_DECODER, MASKED_LM, Analysis, AttentionStack, TokenSequence
+from .engine import Engine, ModelCache, load
+from .errors import ExbertError, InputError, ModelNotFoundError, UnsupportedModelError
+from .resolve import DEFAULT_MODEL, MINILM, SMOLLM2
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Analysis", "AttentionStack", "TokenSequence", "Engine", "ModelCache", "load", "launch",
+    "ExbertError", "InputError", "ModelNotFoundError", "UnsupportedModelError",
+    "MASKED_LM", "CAUSAL_LM", "ENCODER", "ENCODER_DECODER", "DEFAULT_MODEL", "MINILM", "SMOLLM2",
+]
+
+
+def launch(model: str = DEFAULT_MODEL, **kwargs):
+    """Open the exbert-hub Gradio app for ``model`` (see exbert_hub.app.launch)."""
+    from .app import launch as _launch
+
+    return _launch(model, **kwargs)
