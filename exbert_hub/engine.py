@@ -327,7 +327,7 @@ class Engine:
             decoder_seq = self._decoder_tokens(target, truncate)
 
         inputs = {"input_ids": torch.as_tensor(seq.ids)[None], "attention_mask": torch.ones(1, len(seq), dtype=torch.long)}
-        if "token_type_ids" in extra and "token_type_ids" in self._loaded.forward_args:
+        if extra.get("token_type_ids") is not None and "token_type_ids" in self._loaded.forward_args:
             inputs["token_type_ids"] = torch.as_tensor(extra["token_type_ids"])[None]
         if decoder_seq is not None:
             inputs["decoder_input_ids"] = torch.as_tensor(decoder_seq.ids)[None]
