@@ -1,0 +1,133 @@
+"""exBERT's attention explorer as a Gradio component: two token columns joined by attention lines.
+
+The component's value is the dict :func:`explorer_payload` returns (tokens, predictions and the
+attention of one or all layers as uint8 base64, see :mod:`exbert_hub.views.transport`). Everything
+interactive (threshold, head selection and weights, hover/freeze, hiding special tokens) runs in the
+browser (explorer.js); only masking a token (double-click) comes back to Python, as the custom
+``mask`` event, and layers not in the payload are fetched lazily through a server function.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import gradio as gr
+import numpy as np
+
+from ..analysis import CAUSAL_LM, MASKED_LM, Analysis
+from . import asset
+from .transport import encode_attention
+
+# Below this many attention bytes (layers * heads * tokens^2) every layer is sent at once; above it
+# only the shown layer is, and the browser asks for the others when the user picks them.
+ALL_LAYERS_BYTES = 4_000_000
+
+DEFAULT_THRESHOLD = 0.7
+
+_TEMPLATE = """<div class="xb-root" data-ready="0">
+  <div class="xb-empty">Analyze a text to see its attention.</div>
+</div>"""
+
+
+def _clean_heads(heads: Sequence[int] | None, num_heads: int) -> list[int] | None:
+    if heads is None:
+        return None
+    return sorted({int(h) for h in heads if 0 <= int(h) < num_heads})
+
+
+def explorer_payload(
+    analysis: Analysis,
+    *,
+    layer: int = 0,
+    heads: Sequence[int] | None = None,
+    token: int | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    hide_special: bool = False,
+    weights: Sequence[float] | None = None,
+    key: str | None = None,
+    can_mask: bool | None = None,
+    all_layers: bool | None = None,
+) -> dict:
+    """The explorer's value for ``analysis``: JSON-safe, attention as uint8 base64.
+
+    layer, heads, token, threshold, hide_special, weights: the view to open (deep links).
+    key: the id under which the app keeps this analysis (the browser sends it back to fetch layers
+    and to mask tokens). all_layers: send every layer (default: when they fit in ALL_LAYERS_BYTES).
+    """
+    att = analysis.attentions  # float32[L, H, T, T]
+    num_layers, num_heads, t = int(att.shape[0]), int(att.shape[1]), int(att.shape[2])
+    layer = int(min(max(int(layer), 0), num_layers - 1))
+    if all_layers is None:
+        all_layers = att.size <= ALL_LAYERS_BYTES
+    layers = range(num_layers) if all_layers else [layer]
+    preds = None
+    if analysis.predictions is not None:
+        preds = [[[str(w), round(float(p), 6)] for w, p in row] for row in analysis.predictions]
+    if token is not None and not 0 <= int(token) < t:
+        token = None
+    weights_list = None
+    if weights is not None and len(weights) == num_heads:
+        weights_list = [float(max(w, 0.0)) for w in weights]
+    original = analysis.original_tokens or analysis.tokens
+    return {
+        "view": "explorer",
+        "key": key,
+        "model": analysis.model_name,
+        "model_kind": analysis.kind,
+        "text": analysis.text,
+        "pair": analysis.pair,
+        "tokens": [str(x) for x in analysis.display_tokens],
+        "raw_tokens": [str(x) for x in analysis.tokens],
+        "original_tokens": [str(x) for x in original],
+        "special": [bool(x) for x in analysis.special],
+        "segments": [int(x) for x in analysis.segments],
+        "masked": [int(x) for x in analysis.masked],
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "causal": analysis.kind == CAUSAL_LM,
+        "can_mask": bool(analysis.kind == MASKED_LM if can_mask is None else can_mask),
+        "attention": {str(i): encode_attention(att[i]) for i in layers},
+        "all_layers": bool(all_layers),
+        "predictions": preds,
+        "prediction_note": analysis.prediction_note,
+        "truncated": bool(analysis.truncated),
+        "dropped_tokens": int(analysis.dropped_tokens),
+        "initial": {
+            "layer": layer,
+            "heads": _clean_heads(heads, num_heads),
+            "token": None if token is None else int(token),
+            "threshold": float(min(max(threshold, 0.0), 1.0)),
+            "hide_special": bool(hide_special),
+            "weights": weights_list,
+        },
+    }
+
+
+def layer_payload(analysis: Analysis, layer: int) -> dict:
+    """One layer's attention float32[H, T, T] encoded for the browser (the lazy fetch)."""
+    att = analysis.attentions
+    if not 0 <= int(layer) < att.shape[0]:
+        raise IndexError(f"layer {layer} is out of range: the model has {att.shape[0]} layers")
+    return encode_attention(np.asarray(att[int(layer)]))
+
+
+class ExplorerView(gr.HTML):
+    """exBERT's attention explorer. ``fetch_layer([key, layer]) -> payload`` serves lazy layers.
+
+    Custom events: ``mask`` (data: position, key and the current view: layer, heads, token, threshold,
+    hide_special, weights).
+    """
+
+    def __init__(self, value: dict | None = None, *, fetch_layer: Callable | None = None, **kwargs):
+        functions = [fetch_layer] if fetch_layer is not None else []
+        super().__init__(
+            value=value,
+            html_template=_TEMPLATE,
+            css_template=asset("explorer.css"),
+            js_on_load=asset("explorer.js"),
+            server_functions=functions,
+            **kwargs,
+        )
+
+    def api_info(self) -> dict:
+        return {"type": "object", "description": "explorer payload (see exbert_hub.views.explorer.explorer_payload)"}
