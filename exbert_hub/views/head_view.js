@@ -1,0 +1,484 @@
+/* exbert-hub head view. Runs as the body of js_on_load(element, trigger, props, server, upload, watch).
+ * Value: head_view_payload(...) (see head_view.py). Token text is only ever set with textContent.
+ * The part between the line-panel markers is shared with the model view (model_view.py prepends it).
+ */
+/* <line-panel> */
+// 32 head colours: OKLCH hues at 11.25 degree steps in bit-reversed order (consecutive heads far apart),
+// alternating lightness 0.60 / 0.76 so neighbouring hues also differ in lightness. Readable on light
+// and dark backgrounds. Heads beyond 32 reuse the colours (the number in each square tells them apart).
+const XH_PALETTE = ["#e23439", "#0f919c", "#7e8904", "#8d5bed", "#b17000", "#0f83de", "#049863", "#cb3ca7",
+  "#c95b0e", "#088db5", "#42970a", "#b14bd0", "#997d0b", "#5a6dfb", "#0d9485", "#dc3175",
+  "#ff8d6e", "#02c5e8", "#92c514", "#ca95fe", "#e2a50c", "#86b1fd", "#19cea5", "#fd81bd",
+  "#fe9224", "#51bcfd", "#1bd35e", "#f678f2", "#c3b502", "#a7a6fe", "#00cac9", "#ff8795"];
+function xhHeadColor(h) { return XH_PALETTE[((h % XH_PALETTE.length) + XH_PALETTE.length) % XH_PALETTE.length]; }
+function xhRgb(hex) {
+  const n = parseInt(hex.slice(1), 16);
+  return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+}
+function xhEl(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text != null) e.textContent = String(text);
+  return e;
+}
+function xhLabel(s) {
+  const hub = window.exbertHub;
+  if (hub && hub.tokenLabel) return hub.tokenLabel(s);
+  s = String(s == null ? "" : s);
+  return s === "" ? "\u2205" : s.replace(/\n/g, "\u21b5");
+}
+function xhB64(b64) {
+  const hub = window.exbertHub;
+  if (hub && hub.base64ToBytes) return hub.base64ToBytes(b64);
+  const bin = atob(b64 || "");
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+// {shape, data: Uint8Array|Float32Array, lut: Float32Array(256)|null} from a uint8 or float32 payload
+function xhDecode(p) {
+  if (p.encoding === "float32") {
+    const bytes = xhB64(p.b64);
+    return { shape: p.shape.map(Number), data: new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4), lut: null };
+  }
+  const att = window.exbertHub.decodeAttention(p);
+  return { shape: att.shape, data: att.data, lut: att.lut };
+}
+function xhTextWidth(labels, font) {
+  const ctx = xhTextWidth.ctx || (xhTextWidth.ctx = document.createElement("canvas").getContext("2d"));
+  ctx.font = font;
+  let w = 0;
+  for (const s of labels) w = Math.max(w, ctx.measureText(s).width);
+  return w;
+}
+
+/* Two token columns joined by straight lines on one sticky canvas (only the visible part is drawn),
+ * so 1,000+ tokens scroll smoothly with one label per row (no overlaps).
+ *   panel.setTokens(leftTokens, rightTokens, leftSpecial, rightSpecial)
+ *   panel.setSeries([{color, data, lut, offset, nq, nk, visible}])   weight(i, j) = lut ? lut[data[o]] : data[o]
+ *   panel.setFilter(rowOk|null, colOk|null)                          Uint8Array masks
+ *   panel.redraw() -> number of lines drawn; panel.onchange = () => {} (hover / pin changes)
+ * Line opacity is the weight (weights under 0.5/255 are not drawn). Hover a token: only its lines;
+ * click: pin it (click again or Escape to unpin). */
+function xhLinePanel(parent, opts) {
+  opts = opts || {};
+  const scroller = xhEl("div", "xh-lines");
+  const content = xhEl("div", "xh-lines-content");
+  const canvas = xhEl("canvas", "xh-lines-canvas");
+  const left = xhEl("div", "xh-col xh-left");
+  const right = xhEl("div", "xh-col xh-right");
+  content.append(canvas, left, right);
+  scroller.append(content);
+  const wrap = xhEl("div", "xh-lines-wrap");
+  if (opts.leftTitle || opts.rightTitle) {
+    const head = xhEl("div", "xh-colhead");
+    head.append(xhEl("span", null, opts.leftTitle || ""), xhEl("span", null, opts.rightTitle || ""));
+    wrap.append(head);
+  }
+  wrap.append(scroller);
+  parent.append(wrap);
+  const ctx = canvas.getContext("2d");
+  const st = {
+    left: [], right: [], series: [], rowOk: null, colOk: null, rowH: 20, leftW: 80, rightW: 80,
+    hover: null, pinned: null, lines: 0, width: 0, height: 0,
+  };
+  const panel = { element: wrap, scroller, canvas, state: st, onchange: null };
+  let raf = 0;
+
+  function rowTop(i) { return i * st.rowH; }
+
+  panel.setTokens = function (leftTokens, rightTokens, leftSpecial, rightSpecial) {
+    const n = Math.max(leftTokens.length, rightTokens.length);
+    st.rowH = opts.rowHeight || (n <= 40 ? 22 : n <= 200 ? 20 : 18);
+    st.left = leftTokens.map(xhLabel);
+    st.right = rightTokens.map(xhLabel);
+    st.hover = null; st.pinned = null;
+    const font = "13px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace";
+    st.leftW = Math.ceil(Math.min(Math.max(xhTextWidth(st.left, font) + 18, 48), opts.maxLabelWidth || 220));
+    st.rightW = Math.ceil(Math.min(Math.max(xhTextWidth(st.right, font) + 18, 48), opts.maxLabelWidth || 220));
+    content.style.height = n * st.rowH + "px";
+    for (const [col, labels, special, w, side] of [[left, st.left, leftSpecial, st.leftW, "left"], [right, st.right, rightSpecial, st.rightW, "right"]]) {
+      col.replaceChildren();
+      col.style.width = w + "px";
+      col.style.height = n * st.rowH + "px";
+      const frag = document.createDocumentFragment();
+      for (let i = 0; i < labels.length; i++) {
+        const d = xhEl("div", "xh-tok" + (special && special[i] ? " xh-special" : ""), labels[i]);
+        d.style.top = rowTop(i) + "px";
+        d.style.height = st.rowH + "px";
+        d.style.lineHeight = st.rowH + "px";
+        d.dataset.index = String(i);
+        d.dataset.side = side;
+        d.title = labels[i] + "  (#" + i + ")";
+        frag.append(d);
+      }
+      col.append(frag);
+    }
+    left.style.left = "0px";
+    canvas.style.marginLeft = st.leftW + "px";
+    panel.layout();
+  };
+
+  panel.setSeries = function (series) { st.series = series; };
+  panel.setFilter = function (rowOk, colOk) {
+    st.rowOk = rowOk; st.colOk = colOk;
+    left.querySelectorAll(".xh-tok").forEach((d, i) => d.classList.toggle("xh-dim", !!rowOk && !rowOk[i]));
+    right.querySelectorAll(".xh-tok").forEach((d, j) => d.classList.toggle("xh-dim", !!colOk && !colOk[j]));
+  };
+
+  panel.layout = function () {
+    const n = Math.max(st.left.length, st.right.length);
+    const contentH = n * st.rowH;
+    // lines area: at most maxLineWidth wide (long nearly-flat lines are hard to follow); the panel shrinks to fit
+    const chrome = scroller.offsetWidth - scroller.clientWidth; // border + scrollbar (border-box)
+    const avail = Math.max(0, (parent.clientWidth || wrap.offsetWidth) - chrome);
+    const width = Math.max(0, Math.min(opts.maxLineWidth || 440, avail - st.leftW - st.rightW));
+    const total = st.leftW + width + st.rightW;
+    content.style.width = total + "px";
+    scroller.style.width = total + chrome + "px";
+    wrap.style.width = total + chrome + "px";
+    right.style.left = st.leftW + width + "px";
+    const height = Math.max(0, Math.min(contentH, scroller.clientHeight || contentH));
+    const dpr = Math.min(window.devicePixelRatio || 1, 2);
+    if (width !== st.width || height !== st.height || canvas.width !== Math.round(width * dpr)) {
+      st.width = width; st.height = height;
+      canvas.style.width = width + "px";
+      canvas.style.height = height + "px";
+      canvas.width = Math.round(width * dpr);
+      canvas.height = Math.round(height * dpr);
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    }
+  };
+
+  // entries with a visible weight, sorted by opacity bucket (1..255), built once per series
+  function sparse(s) {
+    if (s._sparse) return s._sparse;
+    const n = s.nq * s.nk, data = s.data, off = s.offset;
+    const bucket = new Uint8Array(256);
+    if (s.lut) for (let q = 0; q < 256; q++) bucket[q] = Math.max(0, Math.min(255, Math.round(s.lut[q] * 255)));
+    const counts = new Uint32Array(257);
+    if (s.lut) { for (let t = 0; t < n; t++) counts[bucket[data[off + t]]]++; }
+    else { for (let t = 0; t < n; t++) counts[Math.max(0, Math.min(255, Math.round(data[off + t] * 255)))]++; }
+    const starts = new Uint32Array(257);
+    for (let b = 1; b < 256; b++) starts[b + 1] = starts[b] + counts[b];
+    const idx = new Uint32Array(starts[256]);
+    const pos = starts.slice();
+    for (let t = 0; t < n; t++) {
+      const b = s.lut ? bucket[data[off + t]] : Math.max(0, Math.min(255, Math.round(data[off + t] * 255)));
+      if (b) idx[pos[b]++] = t;
+    }
+    s._sparse = { starts, idx };
+    return s._sparse;
+  }
+  function weight(s, i, j) {
+    const v = s.data[s.offset + i * s.nk + j];
+    return s.lut ? s.lut[v] : v;
+  }
+
+  function focus() { return st.pinned || st.hover; }
+
+  function highlight() {
+    const f = focus();
+    const cols = [left, right];
+    for (const col of cols) {
+      col.querySelectorAll(".xh-tok.xh-hover, .xh-tok.xh-pinned, .xh-tok.xh-lit").forEach((d) => {
+        d.classList.remove("xh-hover", "xh-pinned", "xh-lit");
+        d.style.backgroundColor = "";
+      });
+    }
+    if (!f) return;
+    const own = (f.side === "left" ? left : right).children[f.index];
+    if (own) own.classList.add(st.pinned ? "xh-pinned" : "xh-hover");
+    // colour the tokens on the other side by their strongest visible head
+    const other = f.side === "left" ? right : left;
+    const m = f.side === "left" ? st.right.length : st.left.length;
+    for (let t = 0; t < m; t++) {
+      let best = 0, color = null;
+      for (const s of st.series) {
+        if (!s.visible) continue;
+        const i = f.side === "left" ? f.index : t, j = f.side === "left" ? t : f.index;
+        if (i >= s.nq || j >= s.nk) continue;
+        const w = weight(s, i, j);
+        if (w > best) { best = w; color = s.color; }
+      }
+      if (color && best >= 0.02) {
+        const [r, g, b] = xhRgb(color);
+        const d = other.children[t];
+        if (d) { d.style.backgroundColor = "rgba(" + r + "," + g + "," + b + "," + Math.min(0.85, 0.15 + best).toFixed(3) + ")"; d.classList.add("xh-lit"); }
+      }
+    }
+  }
+
+  panel.redraw = function () {
+    panel.layout();
+    const W = st.width, H = st.height, top = scroller.scrollTop, rh = st.rowH;
+    ctx.clearRect(0, 0, W, H);
+    ctx.lineWidth = rh >= 20 ? 2 : 1.5;
+    ctx.lineCap = "round";
+    let lines = 0;
+    const rowOk = st.rowOk, colOk = st.colOk, f = focus();
+    for (const s of st.series) {
+      if (!s.visible) continue;
+      ctx.strokeStyle = s.color;
+      if (f) {
+        const n = f.side === "left" ? s.nk : s.nq;
+        if ((f.side === "left" ? f.index >= s.nq : f.index >= s.nk)) continue;
+        for (let t = 0; t < n; t++) {
+          const i = f.side === "left" ? f.index : t, j = f.side === "left" ? t : f.index;
+          if ((rowOk && !rowOk[i]) || (colOk && !colOk[j])) continue;
+          const w = weight(s, i, j);
+          if (w * 255 < 0.5) continue;
+          ctx.globalAlpha = Math.min(1, w);
+          ctx.beginPath();
+          ctx.moveTo(0, i * rh + rh / 2 - top);
+          ctx.lineTo(W, j * rh + rh / 2 - top);
+          ctx.stroke();
+          lines++;
+        }
+        continue;
+      }
+      const sp = sparse(s), nk = s.nk;
+      for (let b = 1; b < 256; b++) {
+        const a = sp.starts[b], e = sp.starts[b + 1];
+        if (a === e) continue;
+        ctx.globalAlpha = b / 255;
+        ctx.beginPath();
+        let any = false;
+        for (let t = a; t < e; t++) {
+          const x = sp.idx[t], i = (x / nk) | 0, j = x - i * nk;
+          if ((rowOk && !rowOk[i]) || (colOk && !colOk[j])) continue;
+          const yi = i * rh + rh / 2 - top, yj = j * rh + rh / 2 - top;
+          if ((yi < 0 && yj < 0) || (yi > H && yj > H)) continue;
+          ctx.moveTo(0, yi);
+          ctx.lineTo(W, yj);
+          any = true;
+          lines++;
+        }
+        if (any) ctx.stroke();
+      }
+    }
+    ctx.globalAlpha = 1;
+    st.lines = lines;
+    scroller.dataset.lines = String(lines);
+    return lines;
+  };
+
+  function schedule() {
+    if (raf) return;
+    raf = requestAnimationFrame(() => { raf = 0; panel.redraw(); });
+  }
+  panel.schedule = schedule;
+  function tokOf(ev) {
+    const d = ev.target.closest && ev.target.closest(".xh-tok");
+    return d ? { side: d.dataset.side, index: Number(d.dataset.index) } : null;
+  }
+  function changed() { highlight(); panel.redraw(); if (panel.onchange) panel.onchange(focus()); }
+  content.addEventListener("mouseover", (ev) => {
+    const t = tokOf(ev);
+    if (!t || (st.hover && st.hover.side === t.side && st.hover.index === t.index)) return;
+    st.hover = t;
+    if (!st.pinned) changed();
+  });
+  content.addEventListener("mouseleave", () => {
+    st.hover = null;
+    if (!st.pinned) changed();
+  });
+  content.addEventListener("click", (ev) => {
+    const t = tokOf(ev);
+    if (!t) return;
+    st.pinned = st.pinned && st.pinned.side === t.side && st.pinned.index === t.index ? null : t;
+    changed();
+  });
+  scroller.tabIndex = 0;
+  scroller.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && st.pinned) { st.pinned = null; changed(); } });
+  scroller.addEventListener("scroll", schedule, { passive: true });
+  if (window.ResizeObserver) new ResizeObserver(schedule).observe(parent);
+  panel.clearFocus = function () { st.hover = null; st.pinned = null; highlight(); };
+  return panel;
+}
+/* </line-panel> */
+
+(function headView() {
+  const root = element.querySelector(".xh-hv") || element;
+  const cache = new Map(); // "key|stack|layer" -> decoded layer {shape, data, lut}
+  let S = null; // current state
+  let panel = null;
+  let fetchId = 0;
+
+  function message(cls, text) {
+    root.replaceChildren(xhEl("div", cls, text));
+    panel = null;
+  }
+
+  function cacheKey(stack, layer) { return (S.key || "local") + "|" + stack + "|" + layer; }
+
+  function render(value) {
+    if (!value || typeof value !== "object") { S = null; message("xh-empty", "Run an analysis to see the head view."); return; }
+    if (value.error) { S = null; message("xh-error", value.error); return; }
+    if (!window.exbertHub) { message("xh-error", "exbert-hub: common.js is not loaded on this page"); return; }
+    if (!S || S.key !== value.key) cache.clear();
+    const stacks = value.stacks || [];
+    S = {
+      key: value.key, sequences: value.sequences, stacks,
+      stack: value.stack, layer: value.layer || 0,
+      heads: new Set(value.heads || []), pairFilter: value.pair_filter || "all",
+      pairStart: value.pair_start,
+    };
+    for (const [stack, layers] of Object.entries(value.attention || {})) {
+      for (const [layer, p] of Object.entries(layers)) cache.set(cacheKey(stack, layer), xhDecode(p));
+    }
+    build();
+    show();
+  }
+
+  function stackInfo() { return S.stacks.find((s) => s.name === S.stack) || S.stacks[0]; }
+
+  function build() {
+    root.replaceChildren();
+    const bar = xhEl("div", "xh-toolbar");
+    const info = stackInfo();
+    // layer
+    const layerLab = xhEl("label", null, "Layer");
+    const layerSel = xhEl("select", "xh-layer");
+    for (let l = 0; l < info.layers; l++) layerSel.append(new Option(String(l), String(l)));
+    layerSel.value = String(S.layer);
+    layerSel.addEventListener("change", () => { S.layer = Number(layerSel.value); show(); });
+    layerLab.append(layerSel);
+    bar.append(layerLab);
+    // stack
+    if (S.stacks.length > 1) {
+      const lab = xhEl("label", null, "Attention");
+      const sel = xhEl("select", "xh-stack");
+      const names = { encoder: "Encoder", decoder: "Decoder", cross: "Cross (decoder \u2192 encoder)", self: "Self" };
+      for (const s of S.stacks) sel.append(new Option(names[s.name] || s.name, s.name));
+      sel.value = S.stack;
+      sel.addEventListener("change", () => {
+        S.stack = sel.value;
+        const inf = stackInfo();
+        S.layer = Math.min(S.layer, inf.layers - 1);
+        S.heads = new Set(Array.from({ length: inf.heads }, (_, h) => h));
+        build();
+        show();
+      });
+      lab.append(sel);
+      bar.append(lab);
+    }
+    // sentence-pair filter
+    if (S.pairStart != null && (S.stack === "self" || S.stack === "encoder")) {
+      const lab = xhEl("label", null, "Sentences");
+      const sel = xhEl("select", "xh-pair");
+      for (const [v, t] of [["all", "All"], ["a->a", "A \u2192 A"], ["b->b", "B \u2192 B"], ["a->b", "A \u2192 B"], ["b->a", "B \u2192 A"]]) sel.append(new Option(t, v));
+      sel.value = S.pairFilter;
+      sel.addEventListener("change", () => { S.pairFilter = sel.value; applyFilter(); panel.redraw(); });
+      lab.append(sel);
+      bar.append(lab);
+    }
+    // heads
+    const headsBox = xhEl("span", "xh-heads");
+    headsBox.append(xhEl("span", "xh-hint", "Heads"));
+    for (let h = 0; h < info.heads; h++) {
+      const b = xhEl("button", "xh-head", String(h));
+      b.type = "button";
+      b.dataset.head = String(h);
+      b.style.setProperty("--xh-head", xhHeadColor(h));
+      b.title = "Head " + h + ": click to show/hide, double-click to show only this head";
+      b.addEventListener("click", () => {
+        if (S.heads.has(h)) S.heads.delete(h); else S.heads.add(h);
+        updateHeads();
+      });
+      b.addEventListener("dblclick", (ev) => {
+        ev.preventDefault();
+        S.heads = new Set([h]);
+        updateHeads();
+      });
+      headsBox.append(b);
+    }
+    const all = xhEl("button", "xh-btn xh-all", "All");
+    all.type = "button";
+    all.title = "Show every head";
+    all.addEventListener("click", () => { S.heads = new Set(Array.from({ length: info.heads }, (_, h) => h)); updateHeads(); });
+    headsBox.append(all);
+    bar.append(headsBox);
+    root.append(bar);
+    const seqs = S.sequences;
+    const qname = info.query_seq, kname = info.key_seq;
+    panel = xhLinePanel(root, {
+      leftTitle: (qname === "decoder" ? "decoder " : "") + "tokens attending \u2192",
+      rightTitle: "\u2192 attended " + (kname === "decoder" ? "decoder " : (qname !== kname ? "encoder " : "")) + "tokens",
+    });
+    panel.setTokens(seqs[qname].tokens, seqs[kname].tokens, seqs[qname].special, seqs[kname].special);
+    panel.onchange = () => report();
+    root.append(xhEl("div", "xh-hint", "Hover a token to see only its lines, click it to pin. Head squares: click to toggle, double-click to solo."));
+    const status = xhEl("div", "xh-status");
+    root.append(status);
+    S.status = status;
+    applyFilter();
+    updateHeadButtons();
+  }
+
+  function applyFilter() {
+    const info = stackInfo();
+    if (S.pairStart == null || S.pairFilter === "all" || !(info.name === "self" || info.name === "encoder")) { panel.setFilter(null, null); return; }
+    const seg = S.sequences.input.segments;
+    const [a, b] = S.pairFilter.split("->");
+    const want = (x) => (x === "a" ? 0 : 1);
+    const rowOk = new Uint8Array(seg.length), colOk = new Uint8Array(seg.length);
+    for (let i = 0; i < seg.length; i++) { rowOk[i] = seg[i] === want(a) ? 1 : 0; colOk[i] = seg[i] === want(b) ? 1 : 0; }
+    panel.setFilter(rowOk, colOk);
+  }
+
+  function updateHeadButtons() {
+    root.querySelectorAll(".xh-head").forEach((b) => {
+      const on = S.heads.has(Number(b.dataset.head));
+      b.classList.toggle("xh-off", !on);
+      b.setAttribute("aria-pressed", on ? "true" : "false");
+    });
+  }
+
+  function updateHeads() {
+    updateHeadButtons();
+    if (!panel) return;
+    for (const s of panel.state.series) s.visible = S.heads.has(s.head);
+    panel.redraw();
+    report();
+  }
+
+  function report() {
+    root.dataset.stack = S.stack;
+    root.dataset.layer = String(S.layer);
+    root.dataset.heads = Array.from(S.heads).sort((a, b) => a - b).join(",");
+    root.dataset.lines = String(panel ? panel.state.lines : 0);
+  }
+
+  async function show() {
+    const ck = cacheKey(S.stack, S.layer);
+    let att = cache.get(ck);
+    if (!att) {
+      if (!S.key || !server || !server.head_view_layer) { S.status.textContent = "This layer was not sent and cannot be fetched (no server)."; return; }
+      const id = ++fetchId;
+      S.status.textContent = "Loading layer " + S.layer + "\u2026";
+      let res;
+      try { res = await server.head_view_layer({ key: S.key, stack: S.stack, layer: S.layer }); }
+      catch (err) { res = { error: String(err && err.message || err) }; }
+      if (id !== fetchId) return;
+      if (!res || res.error) { S.status.textContent = "Could not load layer " + S.layer + ": " + (res ? res.error : "no answer"); return; }
+      att = xhDecode(res.attention);
+      cache.set(cacheKey(res.stack, res.layer), att);
+      if (res.stack !== S.stack || res.layer !== S.layer) return;
+    }
+    S.status.textContent = "";
+    const [nh, nq, nk] = att.shape;
+    const series = [];
+    for (let h = 0; h < nh; h++) {
+      series.push({ head: h, color: xhHeadColor(h), data: att.data, lut: att.lut, offset: h * nq * nk, nq, nk, visible: S.heads.has(h) });
+    }
+    panel.setSeries(series);
+    panel.redraw();
+    report();
+    root.dataset.drawn = String((Number(root.dataset.drawn) || 0) + 1);
+    root.dataset.drawnAt = String(performance.now());
+  }
+
+  watch("value", () => render(props.value));
+  render(props.value);
+})();

@@ -1,0 +1,246 @@
+"""BertViz-style head view: several heads of one layer at once, tokens in two columns joined by lines.
+
+Also home of what the three BertViz-style views (head, model and neuron view) share on the Python side:
+:class:`AnalysisStore` (where a view's server functions find the analysis a payload came from) and
+:func:`encode_float32` (full-precision arrays for lazy fetches).
+
+    >>> view = HeadView()                                  # in a gr.Blocks; empty until given a value
+    >>> btn.click(lambda text: view.payload(engine.analyze(text)), text_box, view)
+
+Transport: attention goes to the browser as uint8 base64 (:mod:`exbert_hub.views.transport`), one layer
+at a time once the whole stack would exceed ``prefetch_bytes``; the browser fetches other layers lazily
+through the ``head_view_layer`` server function. Token text is always set with ``textContent``.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from ..analysis import Analysis
+from ..errors import ExbertError
+from . import asset, common_head
+from .transport import encode_attention
+
+PAIR_FILTERS = ("all", "a->a", "b->b", "a->b", "b->a")
+FLOAT32 = "float32"
+
+
+# --------------------------------------------------------------------------------------------------
+# shared by the three views
+# --------------------------------------------------------------------------------------------------
+class AnalysisStore:
+    """Thread-safe LRU of analyses by random key, so a view's server functions can find its analysis.
+
+    ``put`` returns the key already given to the same object if it is still stored. Keys are 128-bit
+    random strings: a browser can only read analyses whose payload it was sent. Bounded by count and
+    by the bytes of the attention arrays; evicted analyses make lazy fetches answer with an error the
+    view shows ("run the analysis again").
+    """
+
+    def __init__(self, max_items: int = 8, max_bytes: int = 3_000_000_000):
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, Analysis] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _nbytes(analysis: Analysis) -> int:
+        return sum(int(s.attentions.nbytes) for s in analysis.stacks.values())
+
+    def put(self, analysis: Analysis) -> str:
+        with self._lock:
+            for key, stored in self._items.items():
+                if stored is analysis:
+                    self._items.move_to_end(key)
+                    return key
+            key = secrets.token_urlsafe(16)
+            self._items[key] = analysis
+            total = sum(self._nbytes(a) for a in self._items.values())
+            for old in list(self._items):
+                if len(self._items) <= self.max_items and total <= self.max_bytes:
+                    break
+                if old != key:
+                    total -= self._nbytes(self._items.pop(old))
+            return key
+
+    def get(self, key: str) -> Analysis:
+        with self._lock:
+            if not isinstance(key, str) or key not in self._items:
+                raise KeyError("this analysis is no longer held by the server: run it again")
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+DEFAULT_STORE = AnalysisStore()
+
+
+def encode_float32(arr: np.ndarray) -> dict:
+    """Full precision for lazy fetches: ``{"shape", "b64" (little-endian float32), "encoding": "float32"}``.
+
+    Non-finite values are kept (a causal mask's -3.4e38 stays what the model added)."""
+    a = np.ascontiguousarray(np.asarray(arr, dtype="<f4"))
+    return {"shape": [int(s) for s in a.shape], "b64": base64.b64encode(a.tobytes()).decode("ascii"), "encoding": FLOAT32}
+
+
+def decode_float32(payload: dict) -> np.ndarray:
+    """Inverse of :func:`encode_float32` (tests and Python clients)."""
+    data = np.frombuffer(base64.b64decode(payload["b64"]), dtype="<f4")
+    return data.reshape([int(s) for s in payload["shape"]]).astype(np.float32)
+
+
+def stack_sequences(stack: str) -> tuple[str, str]:
+    """(query sequence, key sequence) of a stack: "input" (encoder / only stack) or "decoder"."""
+    return {"self": ("input", "input"), "encoder": ("input", "input"),
+            "decoder": ("decoder", "decoder"), "cross": ("decoder", "input")}.get(stack, ("input", "input"))
+
+
+def sequences_payload(analysis: Analysis) -> dict:
+    """Token lists of an analysis: ``{"input": {tokens, special, segments}, "decoder": {...}?}``."""
+    out = {}
+    for name, seq in (("input", analysis.input), ("decoder", analysis.decoder_input)):
+        if seq is None:
+            continue
+        out[name] = {
+            "tokens": [str(t) for t in seq.display],
+            "special": [bool(x) for x in np.asarray(seq.special)],
+            "segments": [int(x) for x in np.asarray(seq.segments)],
+        }
+    return out
+
+
+def stacks_payload(analysis: Analysis) -> list[dict]:
+    """``[{"name", "layers", "heads", "query_seq", "key_seq"}]`` in the analysis' order."""
+    out = []
+    for name, st in analysis.stacks.items():
+        q, k = stack_sequences(name)
+        out.append({"name": name, "layers": st.num_layers, "heads": st.num_heads, "query_seq": q, "key_seq": k})
+    return out
+
+
+def resolve_stack(analysis: Analysis, stack: str | None) -> str:
+    name = stack or ("encoder" if "encoder" in analysis.stacks else next(iter(analysis.stacks)))
+    analysis.stack(name)  # raises InputError listing the stacks it has
+    return name
+
+
+def error_payload(err: Exception) -> dict:
+    msg = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    return {"error": msg}
+
+
+def _check_index(value: int, n: int, what: str) -> int:
+    value = int(value)
+    if not 0 <= value < n:
+        raise ValueError(f"{what} {value} is out of range 0..{n - 1}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# head view
+# --------------------------------------------------------------------------------------------------
+def head_view_payload(
+    analysis: Analysis,
+    *,
+    layer: int = 0,
+    heads: Sequence[int] | None = None,
+    stack: str | None = None,
+    pair_filter: str = "all",
+    key: str | None = None,
+    prefetch_bytes: int = 1_500_000,
+) -> dict:
+    """The value of a :class:`HeadView` for ``analysis``: JSON-safe, attention as uint8 base64.
+
+    Arguments (mirrored by the payload's keys):
+        layer: layer shown first. heads: heads selected first (default all). stack: "self"/"encoder",
+        "decoder" or "cross" (default the encoder or only stack). pair_filter: "all", "a->a", "b->b",
+        "a->b", "b->a" (used when the analysis has a sentence pair). key: the :class:`AnalysisStore`
+        key that lets the browser fetch other layers (None: no lazy fetches, so every layer is sent).
+        prefetch_bytes: every layer of the shown stack is sent at once when it fits in this many
+        attention bytes (uint8); otherwise only ``layer``.
+
+    Returns ``{"view": "head", "key", "model", "sequences": {"input": {tokens[T], special[T],
+    segments[T]}, "decoder"?: ...}, "stacks": [{name, layers, heads, query_seq, key_seq}], "stack",
+    "layer", "heads", "pair_filter", "pair_start", "attention": {stack: {str(layer): payload of
+    float[heads, queries, keys] from encode_attention}}}``.
+    """
+    stack = resolve_stack(analysis, stack)
+    st = analysis.stack(stack)
+    layer = _check_index(layer, st.num_layers, "layer")
+    heads = list(range(st.num_heads)) if heads is None else [_check_index(h, st.num_heads, "head") for h in heads]
+    pair_filter = str(pair_filter).lower().replace(" ", "")
+    if pair_filter not in PAIR_FILTERS:
+        raise ValueError(f"pair_filter must be one of {', '.join(PAIR_FILTERS)}, got {pair_filter!r}")
+    per_layer = int(np.prod(st.attentions.shape[1:]))
+    # without a key the browser cannot fetch layers later: send them all
+    fits = per_layer * st.num_layers <= prefetch_bytes
+    layers = range(st.num_layers) if fits or key is None else [layer]
+    return {
+        "view": "head",
+        "key": key,
+        "model": analysis.model_name,
+        "sequences": sequences_payload(analysis),
+        "stacks": stacks_payload(analysis),
+        "stack": stack,
+        "layer": layer,
+        "heads": heads,
+        "pair_filter": pair_filter,
+        "pair_start": analysis.pair_start if stack in ("self", "encoder") else None,
+        "attention": {stack: {str(i): encode_attention(st.attentions[i]) for i in layers}},
+    }
+
+
+def head_view_layer_payload(analysis: Analysis, stack: str, layer: int) -> dict:
+    """One layer for the head view's lazy fetch: ``{"stack", "layer", "attention": uint8 payload [H, q, k]}``."""
+    st = analysis.stack(stack)
+    layer = _check_index(layer, st.num_layers, "layer")
+    return {"stack": stack, "layer": layer, "attention": encode_attention(st.attentions[layer])}
+
+
+class HeadView(gr.HTML):
+    """Head view as a Gradio component. Its value is :func:`head_view_payload`'s dict (or None: empty).
+
+    Keep the initial value empty and set it from an event (big initial values break ``launch()``).
+    ``payload(analysis, ...)`` stores the analysis in ``store`` and returns the value to send.
+    """
+
+    def __init__(self, value: dict | None = None, *, store: AnalysisStore | None = None, height: int = 640, **kwargs: Any):
+        self.store = store or DEFAULT_STORE
+        store_ref = self.store
+
+        def head_view_layer(request: dict) -> dict:
+            """Server function: ``{"key", "stack", "layer"}`` -> one layer (see head_view_layer_payload)."""
+            try:
+                return head_view_layer_payload(store_ref.get(request.get("key")), str(request.get("stack")),
+                                               int(request.get("layer")))
+            except (KeyError, ValueError, TypeError, ExbertError) as err:
+                return error_payload(err)
+
+        kwargs.setdefault("head", common_head())
+        kwargs.setdefault("apply_default_css", False)
+        super().__init__(
+            value,
+            html_template='<div class="xh-hv" data-view="head"></div>',
+            css_template=asset("head_view.css").replace("--xh-height: 640px", f"--xh-height: {int(height)}px"),
+            js_on_load=asset("head_view.js"),
+            server_functions=[head_view_layer],
+            **kwargs,
+        )
+
+    def payload(self, analysis: Analysis, **kwargs: Any) -> dict:
+        """Store ``analysis`` and return :func:`head_view_payload` for it with the store key."""
+        return head_view_payload(analysis, key=self.store.put(analysis), **kwargs)
