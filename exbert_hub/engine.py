@@ -420,8 +420,12 @@ class Engine:
         for i, t in enumerate(tokens):
             s, e = offsets[i]
             src = texts[segments[i]] if sequence_ids[i] is not None else None
-            if special[i] or src is None or e <= s:
+            if special[i] or src is None:
                 display.append(t)
+            elif e <= s:
+                # a token covering no characters after offset trimming, e.g. GPT-2's lone "Ġ" (a space):
+                # show what it decodes to, not the byte-level symbol
+                display.append(self.tokenizer.decode([int(ids[i])]) or t)
             else:
                 display.append(src[s:e])
             if special[i]:
