@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random models of every family, built once per test session.
+
+Tests never touch the network: the Hub is switched off before anything imports huggingface_hub.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import sys  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import tiny_models` from any rootdir
+
+import tiny_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """``tiny(family) -> Path``: the folder of the tiny random ``family`` model, built at most once per session."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    built: dict[str, Path] = {}
+    lock = threading.Lock()
+
+    def get(family: str) -> Path:
+        with lock:
+            if family not in built:
+                built[family] = tiny_models.build(family, root / family)
+            return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_cache():
+    """One ModelCache for the tiny models of the session (each is loaded by the engine once)."""
+    from exbert_hub import ModelCache
+
+    return ModelCache(max_models=len(tiny_models.FAMILIES) + 2)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny, tiny_cache):
+    """``tiny_engine(family, **load_kwargs) -> Engine`` of the tiny random ``family`` model."""
+    import exbert_hub
+
+    def get(family: str, **kwargs):
+        return exbert_hub.load(str(tiny(family)), cache=tiny_cache, **kwargs)
+
+    return get
