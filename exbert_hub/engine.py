@@ -110,8 +110,20 @@ def _load_model(resolved: Resolved, kind: str | None, revision: str | None, trus
     from transformers import AutoConfig, AutoTokenizer
 
     source = resolved.source
-    common = {"revision": revision, "trust_remote_code": trust_remote_code} if resolved.origin == "hub" else {}
-    config = AutoConfig.from_pretrained(source, **common)
+    # trust_remote_code is always passed explicitly: left unset, transformers asks on stdin whether to run
+    # the code of a local folder whose config has an auto_map (and runs it if the user types "y")
+    common = {"trust_remote_code": bool(trust_remote_code)}
+    if resolved.origin == "hub":
+        common["revision"] = revision
+    try:
+        config = AutoConfig.from_pretrained(source, **common)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise UnsupportedModelError(
+            f"{resolved.name!r} needs its own Python code to run (its config.json has an auto_map); exbert-hub "
+            "does not run a model's code unless you opt in with trust_remote_code=True (read that code first)."
+        ) from err
     kind = kind or detect_kind(config)
     if kind not in (MASKED_LM, CAUSAL_LM, ENCODER, ENCODER_DECODER):
         raise InputError(f"unknown model kind {kind!r}: use one of masked-lm, causal-lm, encoder, encoder-decoder")
