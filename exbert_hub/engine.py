@@ -230,7 +230,9 @@ def load(
     """
     resolved = resolve(name, revision=revision, trust_remote_code=trust_remote_code)
     key = (resolved.source, revision, trust_remote_code, kind)
-    loaded = (cache or MODEL_CACHE).get(key, lambda: _load_model(resolved, kind, revision, trust_remote_code))
+    # "cache or MODEL_CACHE" would ignore an empty cache (ModelCache has __len__, so it is falsy when empty)
+    cache = MODEL_CACHE if cache is None else cache
+    loaded = cache.get(key, lambda: _load_model(resolved, kind, revision, trust_remote_code))
     return Engine(loaded, max_tokens=max_tokens, max_chars=max_chars)
 
 
