@@ -150,6 +150,22 @@ def _check_index(value: int, n: int, what: str) -> int:
     return value
 
 
+def _section(text: str, name: str) -> str:
+    start, end = f"/* <{name}>", f"/* </{name}> */"
+    i, j = text.index(start), text.index(end)
+    return text[i : j + len(end)] + "\n"
+
+
+def line_panel_js() -> str:
+    """The token-columns-and-lines panel of head_view.js (also used by the model view's enlarged head)."""
+    return _section(asset("head_view.js"), "line-panel")
+
+
+def line_panel_css() -> str:
+    """The CSS of that panel (head_view.css between the line-panel markers)."""
+    return _section(asset("head_view.css"), "line-panel")
+
+
 # --------------------------------------------------------------------------------------------------
 # head view
 # --------------------------------------------------------------------------------------------------
