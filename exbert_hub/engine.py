@@ -30,7 +30,7 @@ from .analysis import (
     TokenSequence,
 )
 from .errors import InputError, ModelNotFoundError, UnsupportedModelError
-from .resolve import Resolved, resolve
+from .resolve import LOAD_LOCK, Resolved, resolve
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,11 @@ class LoadedModel:
 
 
 def _load_model(resolved: Resolved, kind: str | None, revision: str | None, trust_remote_code: bool) -> LoadedModel:
+    with LOAD_LOCK:  # one from_pretrained at a time in this process (see resolve.LOAD_LOCK)
+        return _load_model_locked(resolved, kind, revision, trust_remote_code)
+
+
+def _load_model_locked(resolved: Resolved, kind: str | None, revision: str | None, trust_remote_code: bool):
     from transformers import AutoConfig, AutoTokenizer
 
     source = resolved.source

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,13 @@ log = logging.getLogger(__name__)
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_MODEL = MINILM
+
+# transformers' from_pretrained is not thread-safe: it swaps process-wide functions (torch.nn.init.*,
+# PreTrainedModel.init_weights/tie_weights, torch.linspace, the default dtype) and puts them back when
+# done, so two loads in different threads can leave the swapped versions installed for good (later models
+# got parameters on the meta device), and the lazy `transformers` module fails to import names when first
+# used by several threads at once. Every from_pretrained call of the engine holds this lock.
+LOAD_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,7 @@ def _converted_gguf(gguf: Path) -> Path:
     if (target / "model.safetensors").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
+    with LOAD_LOCK, FileLock(str(target) + ".lock"):
         if (target / "model.safetensors").exists():  # another process finished while we waited
             return target
         log.warning("converting the packaged %s to safetensors in %s (once, about 20 s)", gguf.name, target)
@@ -139,10 +147,11 @@ def resolve(name: str, *, revision: str | None = None, trust_remote_code: bool =
 
 def _try_hub(name: str, revision: str | None, trust_remote_code: bool) -> str | None:
     """None if the Hub (or its local cache) has a config for ``name``, else a short reason."""
-    from transformers import AutoConfig
-
     try:
-        AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+        with LOAD_LOCK:
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
         return None
     except ValueError as err:
         # e.g. a config that needs remote code: say so instead of falling back silently
