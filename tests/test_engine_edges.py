@@ -294,6 +294,45 @@ def test_concurrent_loads_load_once(tiny, slow_loads):
     assert all(e.model is engines[0].model for e in engines)
 
 
+def test_concurrent_loads_of_different_models_are_correct(tiny):
+    """from_pretrained swaps process-wide functions while it runs; loads in parallel threads must not mix them up."""
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+
+    families = ["bert", "gpt2", "llama", "roberta", "t5", "bart"]
+    folders = {f: str(tiny(f)) for f in families}
+    before = (transformers.PreTrainedModel.tie_weights, transformers.PreTrainedModel.init_weights,
+              torch.nn.init.normal_, torch.linspace, torch.get_default_dtype())
+    cache = ModelCache(max_models=len(families))
+    barrier = threading.Barrier(len(families))
+    engines, errors = {}, []
+
+    def worker(f):
+        try:
+            barrier.wait()
+            engines[f] = exbert_hub.load(folders[f], cache=cache)
+        except Exception as err:  # noqa: BLE001
+            errors.append((f, err))
+
+    threads = [threading.Thread(target=worker, args=(f,)) for f in families]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    after = (transformers.PreTrainedModel.tie_weights, transformers.PreTrainedModel.init_weights,
+             torch.nn.init.normal_, torch.linspace, torch.get_default_dtype())
+    assert after == before, "a load left transformers' temporary patches installed"
+    for f in families + ["distilbert"]:  # distilbert: a model loaded after the parallel loads
+        e = engines.get(f) or exbert_hub.load(str(tiny(f)), cache=ModelCache())
+        saved = load_file(str(tiny(f) / "model.safetensors"))
+        state = e.model.state_dict()
+        for name, tensor in saved.items():
+            assert state[name].device.type == "cpu", f"{f}: {name} is on {state[name].device}"
+            assert torch.equal(state[name], tensor), f"{f}: {name} differs from the checkpoint"
+
+
 def test_concurrent_analyses_of_one_model(tiny_engine):
     """Threads analysing with one shared model get their own, correct results."""
     engine = tiny_engine("bert")
