@@ -53,13 +53,16 @@ def _import_view(module: str, cls: str, fn: str):
         return None
 
 
-def _make_view(found, tab: str):
-    """The component of an optional view, or None (missing module, or it failed to build)."""
+def _make_view(found, tab: str, store):
+    """The component of an optional view, or None (missing module, or it failed to build).
+
+    The views' server functions find analyses through ``store.get(key)`` (the app's AnalysisStore).
+    """
     if found is None:
         return None
     cls, _ = found
     try:
-        return cls(None, elem_id=f"xh-{tab}-view")
+        return cls(None, store=store, elem_id=f"xh-{tab}-view")
     except Exception as err:  # noqa: BLE001 - a view in progress must not break the app
         log.warning("the %s view could not be built: %s", tab, err)
         return None
@@ -99,10 +102,11 @@ class Request:
     text: str
     pair: str | None = None
     mask: tuple[int, ...] = ()
+    truncate: bool = False  # cut text longer than the model's limit (the UI) instead of failing (the API)
 
     @property
     def key(self) -> str:
-        blob = json.dumps([self.model, self.text, self.pair, list(self.mask)], ensure_ascii=False)
+        blob = json.dumps([self.model, self.text, self.pair, list(self.mask), self.truncate], ensure_ascii=False)
         return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
 
@@ -131,7 +135,7 @@ class AnalysisStore:
                 return key, self._items[key][0]
         eng = get_engine(req.model)
         pair = req.pair if req.pair and eng.kind in (MASKED_LM, ENCODER) else None
-        analysis = eng.analyze(req.text, pair=pair, mask=list(req.mask) or None, top_k=5)
+        analysis = eng.analyze(req.text, pair=pair, mask=list(req.mask) or None, top_k=5, truncate=req.truncate)
         with self._lock:
             self._items[key] = (analysis, _analysis_nbytes(analysis))
             self._evict(keep=key)
@@ -314,10 +318,20 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
         }
         if view.get("keep_view"):
             values[explorer]["initial"]["keep_view"] = True
+        layer = min(max(_int(view.get("layer"), 0), 0), a.num_layers - 1)
+        heads = view.get("heads")
+        heads = None if heads is None else [h for h in heads if 0 <= h < a.num_heads] or None
+        token = view.get("token")
+        token = token if token is not None and 0 <= token < len(a.tokens) else None
+        options = {
+            "head": {"layer": layer, "heads": heads},
+            "model": {},
+            "neuron": {"layer": layer, "head": heads[0] if heads else 0, "token": token},
+        }
         for tab, comp in other_components.items():
             _, payload_fn = others[tab]
             try:
-                values[comp] = payload_fn(a)
+                values[comp] = payload_fn(a, key=key, **options.get(tab, {}))
             except Exception as err:  # noqa: BLE001 - one broken view must not break the app
                 log.warning("%s view payload failed: %s", tab, err, exc_info=True)
         return values
@@ -325,7 +339,8 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
     def run(model_name: str, text: str, pair: str | None, mask=(), view: dict | None = None) -> dict:
         """Outputs for a successful analysis, or a warning (and nothing else changed) on failure."""
         try:
-            req = Request(model=(model_name or "").strip(), text=text or "", pair=_none_if_blank(pair), mask=tuple(mask))
+            req = Request(model=(model_name or "").strip(), text=text or "", pair=_none_if_blank(pair), mask=tuple(mask),
+                          truncate=True)
             eng = get_engine(req.model)
             key, a = store.run(req)
         except Exception as err:  # noqa: BLE001 - users see a message, never a trace
@@ -369,7 +384,7 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
                 with gr.Tab(label, id=tab, elem_id=f"xh-tab-{tab}") as item:
                     tab_items[tab] = item
                     # === wiring point for the BertViz-style views (views/head_view.py, ...) ===
-                    component = _make_view(others[tab], tab)
+                    component = _make_view(others[tab], tab, store)
                     if component is not None:
                         other_components[tab] = component
                     else:
@@ -407,7 +422,8 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
                 out[tabs] = gr.Tabs(selected=tab)
             return out
 
-        demo.load(on_load, inputs=None, outputs=[*outputs, model_box, text_box, tabs], api_visibility="private")
+        demo.load(on_load, inputs=None, outputs=[*outputs, model_box, text_box, tabs], api_visibility="private").then(
+            None, None, None, js="() => { if (window.exbertHub) window.exbertHub.ready = true; }")
 
         def on_analyze(model_name, text, pair):
             return run(model_name, text, pair, (), {"keep_view": True})
@@ -447,7 +463,8 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
 
         # --- the tab is part of the deep link ------------------------------------------------------
         for tab, item in tab_items.items():
-            item.select(None, None, None, js=f"() => {{ window.exbertHub && window.exbertHub.setUrlParams({{tab: '{tab}'}}); }}")
+            # (not before the first analysis arrived: the tab selected at mount must not overwrite the link)
+            item.select(None, None, None, js=f"() => {{ const x = window.exbertHub; if (x && x.ready) x.setUrlParams({{tab: '{tab}'}}); }}")
 
         # --- HTTP API (gradio_client); documented in API.md --------------------------------------
         _register_api(default_model, store)

@@ -92,6 +92,7 @@
     syncUrl(true);
     redraw();
     root.dataset.ready = "1";
+    XH.ready = true;  // the page's first analysis is in: views may now write the URL
   }
 
   function range(n) { const a = []; for (let i = 0; i < n; i++) a.push(i); return a; }
