@@ -545,3 +545,28 @@ def test_repr_and_sizes(tiny_engine):
     assert "llama" in repr(engine) or "causal-lm" in repr(engine)
     assert isinstance(engine, exbert_hub.Engine)
     assert tiny_models.KINDS["llama"] == engine.kind
+
+
+# --- kind detection from configs alone (no weights) ------------------------------------------------------
+@pytest.mark.parametrize("model_type,architectures,kind", [
+    ("bert", ["BertForMaskedLM"], "masked-lm"),
+    ("bert", ["BertForPreTraining"], "masked-lm"),  # bert-base-* checkpoints with both pre-training heads
+    ("bert", ["BertModel"], "encoder"),  # e.g. sentence-transformers: no LM head in the weights
+    ("bert", ["BertForSequenceClassification"], "encoder"),
+    ("electra", ["ElectraForPreTraining"], "encoder"),  # the discriminator predicts replaced tokens, not words
+    ("electra", ["ElectraForMaskedLM"], "masked-lm"),
+    ("gpt2", ["GPT2LMHeadModel"], "causal-lm"),
+    ("llama", ["LlamaForCausalLM"], "causal-lm"),
+    ("gpt2", None, "causal-lm"),  # no architectures: from the model type
+    ("roberta", None, "masked-lm"),
+    ("t5", ["T5ForConditionalGeneration"], "encoder-decoder"),
+    ("bart", None, "encoder-decoder"),
+])
+def test_detect_kind_from_config(model_type, architectures, kind):
+    from transformers import AutoConfig
+
+    from exbert_hub.engine import detect_kind
+
+    config = AutoConfig.for_model(model_type)
+    config.architectures = architectures
+    assert detect_kind(config) == kind
