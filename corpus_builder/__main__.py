@@ -1,0 +1,84 @@
+"""python -m corpus_builder build|publish ... (see --help)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layers takes comma-separated integers, got {text!r}") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    from .build import DEFAULT_EXACT_LIMIT, DEFAULT_SPACY
+
+    p = argparse.ArgumentParser(prog="python -m corpus_builder", description="Build and publish exbert-hub corpora.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="build (or resume) a corpus folder",
+                       description="Annotate sentences with spaCy, run the model, store token vectors and FAISS "
+                                   "indexes as a Hugging Face dataset folder. Rerun the same command to resume.")
+    b.add_argument("--model", required=True, help="Hub id or folder of the model (the app must use the same)")
+    b.add_argument("--source", default="builtin:python-docs",
+                   help="text file or folder, parquet/json/csv file, Hub dataset id, or builtin:python-docs (default, offline)")
+    b.add_argument("--out", required=True, help="output folder (a dataset repository)")
+    b.add_argument("--config", default=None, help="Hub dataset config (e.g. wikitext-2-raw-v1)")
+    b.add_argument("--split", default="train", help="dataset split (default train)")
+    b.add_argument("--column", default="text", help="dataset column holding the text (default text)")
+    b.add_argument("--spacy", default=DEFAULT_SPACY, help=f"spaCy pipeline (default {DEFAULT_SPACY})")
+    b.add_argument("--max-sentences", type=int, default=None, help="stop after this many sentences")
+    b.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (default 32)")
+    b.add_argument("--max-tokens", type=int, default=128, help="skip sentences longer than this many tokens (default 128)")
+    b.add_argument("--min-words", type=int, default=3, help="skip sentences with fewer words (default 3)")
+    b.add_argument("--layers", type=_layers, default=None, help="comma-separated layers to index (default all)")
+    b.add_argument("--workers", type=int, default=1, help="spaCy worker processes running beside the model (0: none)")
+    b.add_argument("--shard-chars", type=int, default=200_000, help="characters of text per resumable shard")
+    b.add_argument("--exact-limit", type=int, default=DEFAULT_EXACT_LIMIT,
+                   help=f"up to this many vectors per index: exact IndexFlatIP; above: IVF-PQ (default {DEFAULT_EXACT_LIMIT:,})")
+    b.add_argument("--index-factory", default=None, help="FAISS index_factory string for the compressed tier")
+    b.add_argument("--recall-queries", type=int, default=400, help="sampled queries for the recall@50 measurement")
+    b.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    u = sub.add_parser("publish", help="upload a finished corpus folder to the Hugging Face Hub")
+    u.add_argument("folder")
+    u.add_argument("--repo-id", required=True, help="user/name of the dataset repository")
+    u.add_argument("--private", action="store_true")
+    u.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or `hf auth login`)")
+    u.add_argument("--message", default=None, help="commit message")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from exbert_hub.errors import ExbertError
+
+    try:
+        if args.command == "build":
+            from .build import build
+
+            out = build(args.model, args.source, args.out, config=args.config, split=args.split, column=args.column,
+                        spacy=args.spacy, max_sentences=args.max_sentences, batch_size=args.batch_size,
+                        max_tokens=args.max_tokens, min_words=args.min_words, layers=args.layers, workers=args.workers,
+                        shard_chars=args.shard_chars, exact_limit=args.exact_limit, index_factory=args.index_factory,
+                        recall_queries=args.recall_queries, overwrite=args.overwrite, progress=not args.quiet)
+            print(f"corpus written to {out}")
+        else:
+            from .publish import publish
+
+            url = publish(args.folder, args.repo_id, private=args.private, token=args.token, commit_message=args.message)
+            print(f"published: {url}")
+    except (ExbertError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,579 @@
+"""Build a corpus folder (a Hugging Face dataset repository) from a text source and a model.
+
+Stages, each resumable after a kill (even SIGKILL):
+
+1. Shards. Documents are grouped into shards of about ``shard_chars`` characters (a deterministic function
+   of the source). For each shard, spaCy (in a worker process, overlapping with the model) splits
+   sentences and annotates words; the model runs the sentences in length-sorted batches; the shard's
+   sentence and token tables go to ``data/`` and its float16 vectors to ``.build/vectors/``, each file
+   written under a temporary name and renamed; ``.build/shards/NNNNN.json`` is written LAST and marks
+   the shard finished. A restarted build skips finished shards and redoes the others.
+2. Indexes, one per (kind, layer), each marked finished by ``.build/indexes/<name>.json``.
+3. The dataset card (README.md); then ``.build/`` is deleted. A folder with a card and no ``.build`` is a
+   finished corpus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from exbert_hub import corpus_format as cf
+from exbert_hub.errors import InputError
+
+from . import annotate, indexing, sources, vectors
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPACY = "en_core_web_sm"
+DEFAULT_EXACT_LIMIT = 50_000  # vectors per index; above: compressed IVF-PQ index
+MAX_DOC_CHARS = 100_000  # longer documents are cut at whitespace (spaCy's memory grows with document length)
+
+
+class BuildError(InputError):
+    """A build that cannot start or continue as asked."""
+
+
+@dataclass
+class BuildSettings:
+    model: str
+    source: str
+    out: str
+    config: str | None = None
+    split: str = "train"
+    column: str = "text"
+    spacy: str = DEFAULT_SPACY
+    max_sentences: int | None = None
+    batch_size: int = 32
+    max_tokens: int = 128
+    min_words: int = 3
+    shard_chars: int = 200_000
+    layers: list[int] | None = None  # None: every layer
+    workers: int = 1  # spaCy worker processes; 0 = annotate in this process
+    exact_limit: int = DEFAULT_EXACT_LIMIT
+    index_factory: str | None = None  # override the compressed tier's factory string
+    recall_queries: int = 400
+    overwrite: bool = False
+    progress: bool = True
+
+    def identity(self) -> dict:
+        """What must not change between a build and its resumption."""
+        return {k: getattr(self, k) for k in ("model", "source", "config", "split", "column", "max_sentences",
+                                               "max_tokens", "min_words", "shard_chars", "layers")}
+
+
+@dataclass
+class ShardResult:
+    shard: int
+    sentences: int
+    tokens: int
+    vectors: int
+    skipped_long: int
+    documents: int
+    seconds_model: float = 0.0
+    seconds_spacy: float = 0.0
+
+
+@dataclass
+class Progress:
+    sentences: int = 0
+    tokens: int = 0
+    vectors: int = 0
+    skipped_long: int = 0
+    documents: int = 0
+    shards: list[dict] = field(default_factory=list)
+
+
+def _model_fingerprint(engine) -> str:
+    emb = engine.model.get_input_embeddings().weight.detach()
+    h = hashlib.sha256()
+    h.update(str(tuple(emb.shape)).encode())
+    h.update(emb[: min(256, emb.shape[0])].float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _model_revision(engine) -> str | None:
+    rev = getattr(engine.config, "_commit_hash", None)
+    if rev:
+        return str(rev)
+    if engine.origin == "packaged":
+        from importlib import metadata
+
+        from exbert_hub import resolve
+
+        pkg = resolve.PACKAGE_OF.get(engine.name)
+        if pkg:
+            try:
+                return f"{pkg}=={metadata.version(pkg)}"
+            except metadata.PackageNotFoundError:
+                return None
+    return None
+
+
+def _shards(documents: Iterator[str], shard_chars: int) -> Iterator[tuple[int, list[tuple[int, str]]]]:
+    """(shard number, [(document number, text)]) with about ``shard_chars`` characters per shard."""
+    shard, batch, chars, number = 0, [], 0, 0
+    for doc in documents:
+        pieces = [doc] if len(doc) <= MAX_DOC_CHARS else _cut(doc)
+        for piece in pieces:
+            batch.append((number, piece))
+            chars += len(piece)
+            number += 1
+            if chars >= shard_chars:
+                yield shard, batch
+                shard, batch, chars = shard + 1, [], 0
+    if batch:
+        yield shard, batch
+
+
+def _cut(doc: str) -> list[str]:
+    out = []
+    while len(doc) > MAX_DOC_CHARS:
+        cut = doc.rfind(" ", 0, MAX_DOC_CHARS)
+        cut = cut if cut > MAX_DOC_CHARS // 2 else MAX_DOC_CHARS
+        out.append(doc[:cut])
+        doc = doc[cut:].lstrip()
+    if doc:
+        out.append(doc)
+    return out
+
+
+def _write_parquet(table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+class Builder:
+    def __init__(self, settings: BuildSettings):
+        self.s = settings
+        self.out = Path(settings.out).expanduser()
+        self.build_dir = self.out / cf.BUILD_DIR
+
+    # --- setup ---------------------------------------------------------------------------------------
+    def _check_out(self) -> bool:
+        """True when resuming an unfinished build."""
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise BuildError(f"--out {out} is a file; give a folder")
+        state = self.build_dir / cf.BUILD_STATE_FILE
+        finished = cf.read_card(out) is not None and not self.build_dir.exists()
+        if finished or (out.exists() and any(out.iterdir()) and not state.exists()):
+            if not self.s.overwrite:
+                what = "a finished corpus" if finished else "files"
+                raise BuildError(f"{out} already holds {what}; choose another --out or pass --overwrite to replace it")
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            return False
+        if state.exists():
+            if self.s.overwrite:
+                shutil.rmtree(self.build_dir)
+                for sub in ("data", cf.INDEX_DIR):
+                    shutil.rmtree(out / sub, ignore_errors=True)
+                return False
+            return True
+        return False
+
+    def _check_resume(self) -> None:
+        previous = cf.read_json(self.build_dir / cf.BUILD_STATE_FILE).get("identity", {})
+        if previous != self.identity:
+            changed = sorted(k for k in set(self.identity) | set(previous) if previous.get(k) != self.identity.get(k))
+            raise BuildError(
+                f"{self.out} holds an unfinished build with different settings ("
+                + "; ".join(f"{k}: was {previous.get(k)!r}, now {self.identity.get(k)!r}" for k in changed)
+                + "); rerun with the same settings to resume it, or pass --overwrite to start again"
+            )
+
+    def _load(self):
+        import exbert_hub
+
+        self.engine = exbert_hub.load(self.s.model)
+        e = self.engine
+        L = e.num_layers
+        layers = list(range(L)) if self.s.layers is None else [int(x) for x in self.s.layers]
+        layers = sorted({l + L if l < 0 else l for l in layers})
+        bad = [l for l in layers if not 0 <= l < L]
+        if bad:
+            raise BuildError(f"layers {bad} do not exist: {e.name} has layers 0 to {L - 1}")
+        self.layers = layers
+        self.num_heads = e.num_heads
+        self.hidden_size = int(getattr(e.config, "hidden_size", 0) or getattr(e.config, "d_model", 0) or getattr(e.config, "n_embd", 0))
+        self.max_tokens = min(self.s.max_tokens, e.token_limit)
+        self.spacy_info = annotate.pipeline_info(self.s.spacy)  # fails early when the pipeline is missing
+        self.source = sources.open_source(self.s.source, config=self.s.config, split=self.s.split, column=self.s.column)
+        self.identity = dict(self.s.identity(), layers=self.layers, model_fingerprint=_model_fingerprint(e),
+                             spacy=self.spacy_info["pipeline"] + "-" + str(self.spacy_info["version"]),
+                             format_version=cf.FORMAT_VERSION)
+        self.runner = vectors.VectorRunner(e, self.layers)
+
+    # --- stage 1: shards -----------------------------------------------------------------------------
+    def _done_shards(self) -> dict[int, dict]:
+        folder = self.build_dir / cf.SHARD_DONE_DIR
+        if not folder.exists():
+            return {}
+        return {int(p.stem): cf.read_json(p) for p in folder.glob("*.json")}
+
+    def _annotate_inline(self, docs):
+        return annotate.annotate(self.s.spacy, docs, self.s.min_words)
+
+    def _shard_stage(self, progress: Progress) -> None:
+        done = self._done_shards()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="sentences", unit=" sent", disable=not self.s.progress, total=self.s.max_sentences, dynamic_ncols=True)
+        tok_bar = tqdm(desc="tokens", unit=" tok", disable=not self.s.progress, dynamic_ncols=True)
+        pool = None
+        if self.s.workers > 0:
+            ctx = multiprocessing.get_context("spawn")
+            pool = ProcessPoolExecutor(max_workers=self.s.workers, mp_context=ctx, initializer=annotate.warm,
+                                       initargs=(self.s.spacy,))
+        pending: deque[tuple[int, list, Future | None]] = deque()
+        checked = False
+        try:
+            shard_iter = _shards(self.source.documents(), self.s.shard_chars)
+            exhausted = False
+            while True:
+                cap = self.s.max_sentences
+                if cap is not None and progress.sentences >= cap:
+                    break
+                # keep the spaCy workers one shard ahead of the model
+                while not exhausted and len(pending) < max(1, self.s.workers) + 1:
+                    try:
+                        shard, docs = next(shard_iter)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    if shard in done:
+                        pending.append((shard, docs, None))
+                        continue
+                    fut = pool.submit(annotate.annotate, self.s.spacy, docs, self.s.min_words) if pool else None
+                    pending.append((shard, docs, fut))
+                if not pending:
+                    break
+                shard, docs, fut = pending.popleft()
+                if shard in done:
+                    info = done[shard]
+                else:
+                    t0 = time.time()
+                    sents = fut.result() if fut is not None else self._annotate_inline(docs)
+                    t_spacy = time.time() - t0
+                    if not checked:
+                        self._check_batched(sents)
+                        checked = True
+                    info = self._process_shard(shard, sents, progress, len(docs), t_spacy)
+                progress.sentences += info["sentences"]
+                progress.tokens += info["tokens"]
+                progress.vectors += info["vectors"]
+                progress.skipped_long += info["skipped_long"]
+                progress.documents += info["documents"]
+                progress.shards.append(info)
+                bar.update(info["sentences"])
+                tok_bar.update(info["tokens"])
+        finally:
+            if pool is not None:
+                for _, _, fut in pending:
+                    if fut is not None:
+                        fut.cancel()
+                pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+            tok_bar.close()
+
+    def _check_batched(self, sents: list[annotate.Sentence]) -> None:
+        sample = [s.text for s in sents[:4]]
+        encoded = vectors.encode(self.engine, sample) if sample else []
+        sample = [t for t, e in zip(sample, encoded) if len(e.ids) <= self.max_tokens]
+        self.batch_check = vectors.check_against_engine(self.runner, sample)
+        if not self.runner.batched:
+            log.warning("building one sentence at a time through engine.analyze: %s", self.runner.fallback_reason)
+
+    def _process_shard(self, shard: int, sents: list[annotate.Sentence], progress: Progress, n_docs: int, t_spacy: float) -> dict:
+        import pyarrow as pa
+
+        t0 = time.time()
+        encoded = vectors.encode(self.engine, [s.text for s in sents]) if sents else []
+        keep = [i for i, e in enumerate(encoded) if len(e.ids) <= self.max_tokens]
+        skipped = len(sents) - len(keep)
+        if self.s.max_sentences is not None:
+            keep = keep[: max(0, self.s.max_sentences - progress.sentences)]
+        sents = [sents[i] for i in keep]
+        encoded = [encoded[i] for i in keep]
+
+        # the model, in length-sorted batches
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+        per_sentence: list = [None] * len(encoded)
+        bs = max(1, self.s.batch_size)
+        for b in range(0, len(order), bs):
+            idx = order[b:b + bs]
+            texts = [sents[i].text for i in idx]
+            for i, vec in zip(idx, self.runner.run([encoded[i] for i in idx], texts)):
+                per_sentence[i] = vec
+        t_model = time.time() - t0
+
+        # tables and vectors, in corpus order
+        sentence_base, token_base, vector_base = progress.sentences, progress.tokens, progress.vectors
+        srows = {c: [] for c in cf.column_names(cf.SENTENCE_COLUMNS)}
+        trows = {c: [] for c in cf.column_names(cf.TOKEN_COLUMNS)}
+        emb_parts, head_parts = [], []
+        tid, vrow = token_base, vector_base
+        for j, (sent, enc, vec) in enumerate(zip(sents, encoded, per_sentence)):
+            sid = sentence_base + j
+            srows["sentence_id"].append(sid)
+            srows["text"].append(sent.text)
+            srows["document"].append(sent.document)
+            srows["first_token"].append(tid)
+            srows["num_tokens"].append(len(enc.ids))
+            srows["num_words"].append(len(sent.words))
+            words = align_words(enc.offsets, enc.special, sent.starts, sent.ends, len(sent.text))
+            for pos, (token, (start, end), special, w) in enumerate(zip(enc.tokens, enc.offsets, enc.special, words)):
+                trows["token_id"].append(tid)
+                trows["sentence_id"].append(sid)
+                trows["position"].append(pos)
+                trows["token"].append(token)
+                trows["text"].append(token if special else sent.text[start:end])
+                trows["start"].append(start)
+                trows["end"].append(end)
+                trows["special"].append(special)
+                trows["vector_row"].append(-1 if special else vrow)
+                trows["word"].append(w)
+                if w >= 0:
+                    trows["word_text"].append(sent.words[w])
+                    trows["lemma"].append(sent.lemmas[w])
+                    trows["pos"].append(sent.pos[w])
+                    trows["tag"].append(sent.tags[w])
+                    trows["dep"].append(sent.deps[w])
+                    trows["head"].append(sent.heads[w])
+                    trows["ent_type"].append(sent.ent_types[w])
+                    trows["ent_iob"].append(sent.ent_iobs[w])
+                else:
+                    for c, empty in (("word_text", ""), ("lemma", ""), ("pos", ""), ("tag", ""), ("dep", ""),
+                                     ("head", -1), ("ent_type", ""), ("ent_iob", "")):
+                        trows[c].append(empty)
+                tid += 1
+                vrow += 0 if special else 1
+            real = ~np.asarray(enc.special, dtype=bool)
+            emb_parts.append(vectors.normalise_embedding(vec.hidden[:, real]).astype(np.float16))
+            head_parts.append(vectors.normalise_heads(vec.contexts[:, real], self.num_heads).astype(np.float16))
+
+        n_sent, n_tok, n_vec = len(sents), tid - token_base, vrow - vector_base
+        if n_sent:
+            _write_parquet(pa.table(srows, schema=cf.arrow_schema(cf.SENTENCE_COLUMNS)), self.out / cf.sentences_file(shard))
+            _write_parquet(pa.table(trows, schema=cf.arrow_schema(cf.TOKEN_COLUMNS)), self.out / cf.tokens_file(shard))
+            for kind, parts in (("embedding", emb_parts), ("heads", head_parts)):
+                _save_npy(np.concatenate(parts, axis=1), self.out / cf.build_vectors_file(shard, kind))
+        info = {"shard": shard, "sentences": n_sent, "tokens": n_tok, "vectors": n_vec, "skipped_long": skipped,
+                "documents": n_docs, "seconds_model": round(t_model, 3), "seconds_spacy_wait": round(t_spacy, 3),
+                "seconds_write": round(time.time() - t0 - t_model, 3)}
+        cf.write_json(self.out / cf.build_shard_done_file(shard), info)
+        return info
+
+    # --- stage 2: indexes --------------------------------------------------------------------------
+    def _index_stage(self, progress: Progress) -> dict:
+        from tqdm.auto import tqdm
+
+        shards = [s for s in sorted(progress.shards, key=lambda x: x["shard"]) if s["vectors"] > 0]
+        tier = cf.EXACT if progress.vectors <= self.s.exact_limit else cf.COMPRESSED
+        indexes: dict = {kind: {} for kind in cf.KINDS}
+        jobs = [(kind, p, layer) for kind in cf.KINDS for p, layer in enumerate(self.layers)]
+        for kind, p, layer in tqdm(jobs, desc="indexes", disable=not self.s.progress, dynamic_ncols=True):
+            marker = self.out / cf.build_index_done_file(kind, layer)
+            if marker.exists():
+                indexes[kind][layer] = cf.read_json(marker)
+                continue
+            arrays = [np.load(self.out / cf.build_vectors_file(s["shard"], kind), mmap_mode="r")[p] for s in shards]
+            stats = indexing.build_index(self.out, kind, layer, arrays, tier=tier, num_heads=self.num_heads,
+                                         factory=self.s.index_factory, recall_queries=self.s.recall_queries)
+            cf.write_json(marker, stats)
+            indexes[kind][layer] = stats
+        return indexes
+
+    # --- stage 3: card -----------------------------------------------------------------------------
+    def _card(self, progress: Progress, indexes: dict, seconds: dict) -> None:
+        import exbert_hub
+        import transformers
+
+        e = self.engine
+        head_dim = (self.hidden_size // self.num_heads) if self.num_heads else 0
+        ctx_dim = next((st["dim"] for st in indexes["heads"].values()), self.num_heads * head_dim)
+        head_dim = ctx_dim // self.num_heads if self.num_heads else head_dim
+        meta = {
+            "format": cf.FORMAT,
+            "format_version": cf.FORMAT_VERSION,
+            "model": e.name,
+            "model_revision": _model_revision(e),
+            "model_origin": e.origin,
+            "model_fingerprint": self.identity["model_fingerprint"],
+            "model_kind": e.kind,
+            "num_layers": e.num_layers,
+            "num_heads": self.num_heads,
+            "hidden_size": self.hidden_size,
+            "head_dim": head_dim,
+            "layers": self.layers,
+            "dtype": "float16",
+            "normalization": {
+                "embedding": "output of the layer (hidden_states[layer + 1]) / its L2 norm; score = cosine",
+                "heads": "each head's slice of the attention output before the output projection / its L2 norm; "
+                         "query: selected heads' unit slices, others zero; score = inner product / #heads = mean per-head cosine",
+            },
+            "spacy": self.spacy_info,
+            "source": self.source.description,
+            "build": {"batch_size": self.s.batch_size, "max_sentences": self.s.max_sentences,
+                      "max_tokens": self.max_tokens, "min_words": self.s.min_words, "shard_chars": self.s.shard_chars,
+                      "exact_limit": self.s.exact_limit, "index_factory": self.s.index_factory,
+                      "batched_forward": self.runner.batched, "batched_vs_engine_max_rel_diff": getattr(self, "batch_check", None),
+                      "special_tokens_indexed": False, "input_embeddings_indexed": False,
+                      "transformers_version": transformers.__version__},
+            "counts": {"documents": progress.documents, "sentences": progress.sentences, "tokens": progress.tokens,
+                       "vectors": progress.vectors, "skipped_long_sentences": progress.skipped_long,
+                       "shards": len(progress.shards)},
+            "indexes": {kind: {int(layer): st for layer, st in sorted(per.items())} for kind, per in indexes.items()},
+            "timings": seconds,
+            "exbert_hub_version": exbert_hub.__version__,
+        }
+        cf.write_card(self.out, meta, _card_body(meta), extra_yaml={
+            "pretty_name": f"exbert-hub corpus: {e.name} on {_source_name(self.source.description)}",
+            "language": ["en"] if str(self.spacy_info.get("pipeline", "")).startswith("en") else [],
+            "tags": ["exbert-hub", "interpretability", "attention", "faiss", "spacy"],
+            "size_categories": [_size_category(progress.sentences)],
+        })
+
+    # --- all -----------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        t0 = time.time()
+        resuming = self._check_out()
+        self._load()
+        if resuming:
+            self._check_resume()
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = self.build_dir / cf.BUILD_STATE_FILE
+        if not resuming:
+            cf.write_json(state, {"identity": self.identity, "started": time.time()})
+        elif self.s.progress:
+            log.warning("resuming the unfinished build in %s", self.out)
+        progress = Progress()
+        self._shard_stage(progress)
+        t1 = time.time()
+        if progress.sentences == 0:
+            shutil.rmtree(self.build_dir, ignore_errors=True)
+            raise BuildError(
+                f"the source {self.s.source!r} gave no sentences (no text, or none passed the filters: at least "
+                f"{self.s.min_words} words, mostly letters, at most {self.max_tokens} tokens)"
+            )
+        indexes = self._index_stage(progress)
+        t2 = time.time()
+        model_s = sum(s.get("seconds_model", 0) for s in progress.shards)
+        seconds = {"total_this_run": round(t2 - t0, 2), "shards_this_run": round(t1 - t0, 2),
+                   "indexes_this_run": round(t2 - t1, 2), "model_forward_all_shards": round(model_s, 2),
+                   "tokens_per_second_this_run": round(progress.tokens / max(t2 - t0, 1e-9), 1),
+                   "resumed": resuming}
+        self._card(progress, indexes, seconds)
+        shutil.rmtree(self.build_dir, ignore_errors=True)
+        self.progress = progress
+        return self.out
+
+
+def align_words(offsets, special, starts, ends, length) -> list[int]:
+    """Word index of every model token (by character offsets); -1 for special tokens."""
+    char_word = np.full(length + 1, -1, dtype=np.int64)
+    for w, (s, e) in enumerate(zip(starts, ends)):
+        char_word[s:e] = w
+    out = []
+    for (s, e), sp in zip(offsets, special):
+        if sp or e <= s:
+            out.append(-1)
+            continue
+        hits = char_word[s:e]
+        hits = hits[hits >= 0]
+        if hits.size:
+            out.append(int(hits[0]))
+        else:  # a token made only of characters spaCy left out: the next word
+            nxt = char_word[e:]
+            nxt = nxt[nxt >= 0]
+            out.append(int(nxt[0]) if nxt.size else len(starts) - 1)
+    return out
+
+
+def _source_name(desc: dict) -> str:
+    return str(desc.get("name") or desc.get("path") or "text")
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "1M<n<10M"
+
+
+def _card_body(meta: dict) -> str:
+    c = meta["counts"]
+    lines = [
+        f"# exbert-hub corpus for `{meta['model']}`",
+        "",
+        f"{c['sentences']:,} sentences ({c['tokens']:,} tokens, {c['vectors']:,} indexed vectors per index) from "
+        f"`{_source_name(meta['source'])}`, annotated with spaCy `{meta['spacy']['pipeline']}` "
+        f"{meta['spacy']['version']} and indexed with FAISS for [exbert-hub](https://github.com/) corpus search.",
+        "",
+        "Search it with the model it was built for:",
+        "",
+        "```python",
+        "import exbert_hub",
+        "from exbert_hub.corpus import load_corpus",
+        f"engine = exbert_hub.load({meta['model']!r})",
+        "corpus = load_corpus('<this repo id or folder>')",
+        "a = engine.analyze('The cat sat on the mat.')",
+        "hits = corpus.search(a, token=2, layer=3, by='embedding', k=50)  # or by='heads', heads=[0, 5]",
+        "```",
+        "",
+        "## Contents",
+        "",
+        "- `data/sentences/*.parquet`: " + ", ".join(n for n, _, _ in cf.SENTENCE_COLUMNS),
+        "- `data/tokens/*.parquet`: " + ", ".join(n for n, _, _ in cf.TOKEN_COLUMNS),
+        "- `index/`: one index per layer for `embedding` (the layer's output hidden state) and `heads` "
+        "(per-head attention outputs before the output projection), L2-normalised (per head for `heads`).",
+        "",
+        "`datasets.load_dataset(repo)` loads the tokens; `load_dataset(repo, 'sentences')` the sentences.",
+        "",
+        "## Indexes",
+        "",
+        "| kind | layer | tier | vectors | recall@50 vs exact | bytes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, per in meta["indexes"].items():
+        for layer, st in per.items():
+            r = st.get("recall_at_50")
+            extra = f" (one head: {st['recall_at_50_one_head']})" if "recall_at_50_one_head" in st else ""
+            desc = st.get("factory") or "IndexFlatIP (float16 vectors)"
+            lines.append(f"| {kind} | {layer} | {st['tier']}: {desc} | {st['vectors']:,} | {r}{extra} | {st['bytes']:,} |")
+    lines += ["", "## Columns", ""]
+    for title, cols in (("sentences", cf.SENTENCE_COLUMNS), ("tokens", cf.TOKEN_COLUMNS)):
+        lines.append(f"**{title}**")
+        lines.append("")
+        lines += [f"- `{n}` ({t}): {d}" for n, t, d in cols]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def build(model: str, source: str, out: str, **options) -> Path:
+    """Build (or resume building) a corpus; see BuildSettings for the options. Returns the folder."""
+    return Builder(BuildSettings(model=model, source=source, out=out, **options)).run()
