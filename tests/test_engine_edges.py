@@ -65,7 +65,14 @@ def test_too_long_names_the_engine_cap(tiny_engine):
     assert "at most 16" in str(err.value) and "max_tokens=16" in str(err.value)
 
 
-@pytest.mark.parametrize("family,positions", [("roberta", 128), ("gpt2", 128), ("bert", 512)])
+@pytest.mark.parametrize("family,positions", [
+    ("roberta", 128),  # 130 position embeddings, the first two reserved (padding index 1)
+    ("bart", 128),  # 128 + BART's built-in offset of 2
+    ("gpt2", 128),
+    ("llama", 256),
+    ("bert", 512),
+    ("distilbert", 512),
+])
 def test_exactly_the_position_limit_runs(family, positions, tiny_engine):
     """The longest text the limit allows runs (RoBERTa's positions start after its padding index)."""
     engine = tiny_engine(family)

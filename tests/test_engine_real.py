@@ -142,6 +142,13 @@ def test_smollm2_rotary_gqa_query_key_recompute_every_head(smollm2):
         np.testing.assert_allclose(t["softmax"], a.attentions[29, head, T - 1], atol=1e-5)
 
 
+def test_smollm2_display_tokens_rebuild_the_text(smollm2):
+    text = "Hello, World! The  capital of France is"
+    a = smollm2.analyze(text)
+    assert "".join(a.display_tokens) == text  # byte-level symbols (Ġ) never shown, double space kept
+    assert a.display_tokens[:3] == ["Hello", ",", " World"]
+
+
 def test_smollm2_predicts_paris(smollm2):
     a = smollm2.analyze("The capital of France is")
     top5 = [tok for tok, _ in a.predictions[-1]]
