@@ -45,13 +45,14 @@ def text_of(tokenizer, n_tokens: int, source: str) -> str:
 
 
 def bert_base_folder(root: Path) -> Path:
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
     folder = root / "bert-base-random"
     torch.manual_seed(0)
     model = BertForMaskedLM(BertConfig())  # BERT-base: 12 layers, 12 heads, hidden 768, 512 positions
     model.save_pretrained(folder)
-    BertTokenizerFast(vocab_file=str(_packaged_minilm() / "vocab.txt")).save_pretrained(folder)
+    # the packaged MiniLM tokenizer is bert-base-uncased's WordPiece vocabulary
+    AutoTokenizer.from_pretrained(_packaged_minilm()).save_pretrained(folder)
     return folder
 
 
