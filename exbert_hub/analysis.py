@@ -145,8 +145,9 @@ class Analysis:
     prediction_note: str
     masked: list[int] = field(default_factory=list)
     original_tokens: list[str] = field(default_factory=list)  # before masking
-    truncated: bool = False
-    dropped_tokens: int = 0  # tokens cut from the end when truncation was asked for
+    truncated: bool = False  # True when truncate=True cut the text, the pair or the decoder target
+    dropped_tokens: int = 0  # tokens cut from the end of the text (and pair) when truncation was asked for
+    decoder_dropped_tokens: int = 0  # tokens cut from the end of the decoder target
     target: str | None = None  # decoder text of encoder-decoders
     decoder_input: TokenSequence | None = None
     decoder_hidden_states: np.ndarray | None = None

@@ -340,10 +340,10 @@ class Engine:
         seq, dropped, extra = self._tokenize(text, pair, truncate)
         original_tokens = list(seq.tokens)
         masked = self._apply_mask(seq, mask or [])
-        decoder_seq = None
+        decoder_seq, decoder_dropped = None, 0
         if self.kind == ENCODER_DECODER:
             target = self._check_text(target, "target") if target is not None else text
-            decoder_seq = self._decoder_tokens(target, truncate)
+            decoder_seq, decoder_dropped = self._decoder_tokens(target, truncate)
 
         inputs = {"input_ids": torch.as_tensor(seq.ids)[None], "attention_mask": torch.ones(1, len(seq), dtype=torch.long)}
         if extra.get("token_type_ids") is not None and "token_type_ids" in self._loaded.forward_args:
@@ -369,8 +369,9 @@ class Engine:
             prediction_note=note,
             masked=masked,
             original_tokens=original_tokens,
-            truncated=dropped > 0,
+            truncated=dropped > 0 or decoder_dropped > 0,
             dropped_tokens=dropped,
+            decoder_dropped_tokens=decoder_dropped,
             target=target,
             decoder_input=decoder_seq,
             decoder_hidden_states=decoder_hidden,
@@ -465,7 +466,7 @@ class Engine:
             seq.display[p] = mask_token
         return masked
 
-    def _decoder_tokens(self, target: str, truncate: bool) -> TokenSequence:
+    def _decoder_tokens(self, target: str, truncate: bool) -> tuple[TokenSequence, int]:
         """Teacher forcing: the decoder reads the start token then the target shifted right by one."""
         tok = self.tokenizer
         enc = tok(target, return_offsets_mapping=bool(tok.is_fast), return_special_tokens_mask=True)
@@ -485,7 +486,7 @@ class Engine:
         if "offset_mapping" in enc:
             shifted["offset_mapping"] = [(0, 0)] + list(enc["offset_mapping"])[: keep - 1]
         seq_ids = [None] + (enc.sequence_ids()[: keep - 1] if tok.is_fast else [0] * (keep - 1))
-        return self._sequence(shifted, seq_ids, [target, None])
+        return self._sequence(shifted, seq_ids, [target, None]), len(labels) - keep
 
     def _stacks(self, out, calls: list[capture.AttentionCall]) -> dict[str, AttentionStack]:
         if self.kind == ENCODER_DECODER:

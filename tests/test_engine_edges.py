@@ -125,6 +125,8 @@ def test_long_decoder_target(tiny_engine):
     a = engine.analyze("a short text", target=target, truncate=True)
     assert len(a.decoder_tokens) == 12 and a.decoder_attentions.shape[-1] == 12
     assert a.cross_attentions.shape[2:] == (12, len(a.tokens))
+    # the decoder reads the start token and the first 11 labels: n - 12 labels were cut, and it is reported
+    assert a.truncated and a.decoder_dropped_tokens == n - 12 and a.dropped_tokens == 0
 
 
 def test_max_chars(tiny_engine):
