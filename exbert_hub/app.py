@@ -301,23 +301,27 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
             return {"error": user_message(err)}
 
     # --- what every handler produces for a new analysis -----------------------------------------
-    def view_values(key: str, a: Analysis, eng, view: dict | None = None) -> dict:
+    # Only the visible tab's view gets its payload at once (they are MBs at 1k tokens); the others are
+    # built when their tab is selected (``shown`` remembers which analysis each tab shows).
+    def tab_value(tab: str, key: str, a: Analysis, eng, view: dict | None = None):
         view = view or {}
-        values = {
-            explorer: explorer_payload(
+        if tab == "explorer":
+            value = explorer_payload(
                 a,
                 key=key,
                 can_mask=eng.can_mask,
-                layer=view.get("layer", 0),
+                layer=_int(view.get("layer"), 0),
                 heads=view.get("heads"),
                 token=view.get("token"),
-                threshold=view.get("threshold", DEFAULT_THRESHOLD),
-                hide_special=view.get("hide_special", False),
+                threshold=_float(view.get("threshold"), DEFAULT_THRESHOLD),
+                hide_special=bool(view.get("hide_special")),
                 weights=view.get("weights"),
             )
-        }
-        if view.get("keep_view"):
-            values[explorer]["initial"]["keep_view"] = True
+            if view.get("keep_view"):
+                value["initial"]["keep_view"] = True
+            return value
+        if tab not in other_components:
+            return None
         layer = min(max(_int(view.get("layer"), 0), 0), a.num_layers - 1)
         heads = view.get("heads")
         heads = None if heads is None else [h for h in heads if 0 <= h < a.num_heads] or None
@@ -328,16 +332,17 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
             "model": {},
             "neuron": {"layer": layer, "head": heads[0] if heads else 0, "token": token},
         }
-        for tab, comp in other_components.items():
-            _, payload_fn = others[tab]
-            try:
-                values[comp] = payload_fn(a, key=key, **options.get(tab, {}))
-            except Exception as err:  # noqa: BLE001 - one broken view must not break the app
-                log.warning("%s view payload failed: %s", tab, err, exc_info=True)
-        return values
+        _, payload_fn = others[tab]
+        try:
+            return payload_fn(a, key=key, **options.get(tab, {}))
+        except Exception as err:  # noqa: BLE001 - one broken view must not break the app
+            log.warning("%s view payload failed: %s", tab, err, exc_info=True)
+            return None
 
-    def run(model_name: str, text: str, pair: str | None, mask=(), view: dict | None = None) -> dict:
+    def run(model_name: str, text: str, pair: str | None, mask=(), view: dict | None = None,
+            tab: str = "explorer") -> dict:
         """Outputs for a successful analysis, or a warning (and nothing else changed) on failure."""
+        tab = tab if tab in view_components else "explorer"
         try:
             req = Request(model=(model_name or "").strip(), text=text or "", pair=_none_if_blank(pair), mask=tuple(mask),
                           truncate=True)
@@ -356,9 +361,35 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
             message: _message(" ".join(note), "info") if note else "",
             key_state: key,
             pair_box: gr.update(visible=eng.kind in (MASKED_LM, ENCODER)),
+            view_state: {k: v for k, v in (view or {}).items() if k != "keep_view"},
+            shown_state: {tab: key},
+            tab_state: tab,
         }
-        out.update(view_values(key, a, eng, view))
+        value = tab_value(tab, key, a, eng, view)
+        if value is not None:
+            out[view_components[tab]] = value
         return out
+
+    def on_tab(tab: str):
+        def select(key, shown, view):
+            out = {tab_state: tab}
+            if not key or (shown or {}).get(tab) == key or tab not in view_components:
+                return out
+            try:
+                a = store.get(key)
+                eng = get_engine(store.request(key).model)
+            except Exception as err:  # noqa: BLE001
+                msg = user_message(err)
+                gr.Warning(msg)
+                out[message] = _message(msg)
+                return out
+            value = tab_value(tab, key, a, eng, view)
+            if value is not None:
+                out[view_components[tab]] = value
+                out[shown_state] = {**(shown or {}), tab: key}
+            return out
+
+        return select
 
     with gr.Blocks(title="exbert-hub") as demo:
         header = gr.Markdown("### exbert-hub", elem_id="xh-header")
@@ -373,7 +404,10 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
             with gr.Column(scale=1, min_width=120):
                 analyze_btn = gr.Button("Analyze", variant="primary", elem_id="xh-analyze")
         message = gr.Markdown("", elem_id="xh-message")
-        key_state = gr.State(None)
+        key_state = gr.State(None)  # the AnalysisStore key of the analysis shown
+        view_state = gr.State({})  # layer/heads/token... from the link or the last mask (for views built later)
+        shown_state = gr.State({})  # tab -> key of the analysis its view shows
+        tab_state = gr.State("explorer")
 
         other_components: dict[str, gr.Component] = {}
         with gr.Tabs(selected="explorer", elem_id="xh-tabs") as tabs:
@@ -391,8 +425,8 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
                         others[tab] = None
                         gr.Markdown(f"The {label.lower()} is not available in this build.")
 
-        view_outputs = [explorer, *other_components.values()]
-        outputs = [header, message, key_state, pair_box, *view_outputs]
+        view_components = {"explorer": explorer, **other_components}
+        outputs = [header, message, key_state, pair_box, view_state, shown_state, tab_state, *view_components.values()]
 
         # --- deep links: read the URL once the page is up ----------------------------------------
         def on_load(request: gr.Request):
@@ -408,27 +442,27 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
                 "threshold": _float(q.get("threshold"), DEFAULT_THRESHOLD),
                 "hide_special": q.get("hide") in ("1", "true", "yes"),
             }
-            out = run(name, text, pair, mask, view)
+            tab = q.get("tab") if q.get("tab") in TABS else "explorer"
+            out = run(name, text, pair, mask, view, tab)
             if key_state not in out and name != default_model:  # a bad model in the link: fall back
                 first = out.get(message, "")
-                out = run(default_model, text, pair, (), view)
+                out = run(default_model, text, pair, (), view, tab)
                 out[message] = first
                 name = default_model
             out[model_box] = name
             out[text_box] = text
             out[pair_box] = gr.update(value=pair, **({"visible": out[pair_box]["visible"]} if pair_box in out else {}))
-            tab = q.get("tab")
-            if tab in TABS:
+            if tab != "explorer":
                 out[tabs] = gr.Tabs(selected=tab)
             return out
 
         demo.load(on_load, inputs=None, outputs=[*outputs, model_box, text_box, tabs], api_visibility="private").then(
             None, None, None, js="() => { if (window.exbertHub) window.exbertHub.ready = true; }")
 
-        def on_analyze(model_name, text, pair):
-            return run(model_name, text, pair, (), {"keep_view": True})
+        def on_analyze(model_name, text, pair, tab):
+            return run(model_name, text, pair, (), {"keep_view": True}, tab)
 
-        analyze_evt = dict(fn=on_analyze, inputs=[model_box, text_box, pair_box], outputs=outputs,
+        analyze_evt = dict(fn=on_analyze, inputs=[model_box, text_box, pair_box, tab_state], outputs=outputs,
                            api_visibility="private")
         analyze_btn.click(**analyze_evt)
         text_box.submit(**analyze_evt)
@@ -457,12 +491,14 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
             view["hide_special"] = bool(data.get("hide_special"))
             view["layer"] = _int(view["layer"], 0)
             view["token"] = pos
-            return run(req.model, req.text, req.pair, sorted(mask), view)
+            return run(req.model, req.text, req.pair, sorted(mask), view, "explorer")
 
         explorer.mask(on_mask, inputs=[key_state], outputs=outputs, api_visibility="private")
 
-        # --- the tab is part of the deep link ------------------------------------------------------
+        # --- a tab's view is built when it is first shown for an analysis; the tab is in the link --
         for tab, item in tab_items.items():
+            item.select(on_tab(tab), inputs=[key_state, shown_state, view_state],
+                        outputs=[tab_state, shown_state, message, *view_components.values()], api_visibility="private")
             # (not before the first analysis arrived: the tab selected at mount must not overwrite the link)
             item.select(None, None, None, js=f"() => {{ const x = window.exbertHub; if (x && x.ready) x.setUrlParams({{tab: '{tab}'}}); }}")
 
