@@ -242,11 +242,17 @@ def test_long_text_uses_canvas_and_labels_do_not_overlap(page, explorer_app):
     )
     assert all(b[0] >= a[1] - 0.5 for a, b in zip(boxes, boxes[1:]))  # rows never overlap
     assert page.evaluate("() => { const s = document.querySelector('.xb-scroll'); return s.scrollHeight > 2 * s.clientHeight; }")
-    # scrolling redraws the visible part; hover deep down still filters
+    # scrolling redraws the visible part (the canvas stays in view); hover deep down still filters
     page.evaluate("() => { document.querySelector('.xb-scroll').scrollTop = 3000; }")
     token(page, "left", 200).hover()
     page.wait_for_function("() => document.querySelector('.xb-root').dataset.active === 'left:200'")
     assert int(state(page)["lines"]) < 442
+    inside = page.evaluate(
+        """() => { const c = document.querySelector('.xb-canvas').getBoundingClientRect();
+                   const s = document.querySelector('.xb-scroll').getBoundingClientRect();
+                   return Math.abs(c.top - s.top) < 2; }"""
+    )
+    assert inside
 
 
 def test_causal_model_has_no_future_lines_and_no_masking(page, explorer_app, tiny):
@@ -265,3 +271,24 @@ def test_causal_model_has_no_future_lines_and_no_masking(page, explorer_app, tin
     page.wait_for_timeout(300)
     s = state(page)
     assert s["key"] == key and "masked language model" in s["message"]
+
+
+def test_other_tabs_follow_the_analysis_and_bad_model_keeps_app_working(page, explorer_app):
+    open_app(page, explorer_app)
+    page.fill("#xh-text textarea", "A bird sang.")
+    key = state(page)["key"]
+    page.click("#xh-analyze")
+    wait_changed(page, "key", key)
+    # the head view is built when its tab is shown, for the current analysis
+    page.click("button[role='tab']:has-text('Head view')")
+    page.wait_for_function("() => Array.from(document.querySelectorAll('#xh-head-view *')).some(e => e.children.length === 0 && e.textContent === 'bird')")
+    page.click("button[role='tab']:has-text('Attention explorer')")
+    # an unknown model: a clear message, no trace, and the explorer keeps working
+    page.fill("#xh-model input", "no-such-org/no-such-model")
+    page.click("#xh-analyze")
+    page.wait_for_function("() => document.querySelector('#xh-message').textContent.includes('could not find the model')")
+    msg = page.text_content("#xh-message")
+    assert "Traceback" not in msg and "no-such-org/no-such-model" in msg
+    assert state(page)["left"][:3] == ["[CLS]", "A", "bird"]
+    token(page, "left", 2).hover()
+    page.wait_for_function("() => document.querySelector('.xb-root').dataset.active === 'left:2'")
