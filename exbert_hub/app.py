@@ -412,7 +412,7 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
         other_components: dict[str, gr.Component] = {}
         with gr.Tabs(selected="explorer", elem_id="xh-tabs") as tabs:
             with gr.Tab("Attention explorer", id="explorer", elem_id="xh-tab-explorer") as tab_explorer:
-                explorer = ExplorerView(None, fetch_layer=explorer_layer, elem_id="xh-explorer", head=common_head())
+                explorer = ExplorerView(None, fetch_layer=explorer_layer, elem_id="xh-explorer")
             tab_items = {"explorer": tab_explorer}
             for tab, label, _, _, _ in _OTHER_VIEWS:
                 with gr.Tab(label, id=tab, elem_id=f"xh-tab-{tab}") as item:

@@ -99,8 +99,9 @@
     p = Number(p);
     if (!isFinite(p)) return "";
     if (p >= 0.1) return (100 * p).toFixed(0) + "%";
-    if (p >= 0.001) return (100 * p).toFixed(1) + "%";
-    return (100 * p).toExponential(0) + "%";
+    if (p >= 0.01) return (100 * p).toFixed(1) + "%";
+    if (p >= 0.0001) return (100 * p).toFixed(2) + "%";
+    return p.toExponential(1);  // e.g. 3.3e-5 (a probability, not a percentage)
   }
 
   // URL query parameters (deep links). null/undefined/"" removes a key. Never reloads the page.

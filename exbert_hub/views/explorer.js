@@ -650,12 +650,21 @@
     const color = lineColor(), x0 = 2, x1 = W - 2, cx = W / 2;
     g.strokeStyle = color;
     g.lineCap = "round";
-    let drawn = 0;
+    const inView = new Uint8Array(E.n);
+    let count = 0;
     for (let m = 0; m < E.n; m++) {
       const y0 = S.rowOf[E.src[m]] * rowH + half - top, y1 = S.rowOf[E.dst[m]] * rowH + half - top;
       if ((y0 < -2 && y1 < -2) || (y0 > viewH + 2 && y1 > viewH + 2)) continue;
+      inView[m] = 1; count++;
+    }
+    // many overlapping lines: fainter, so that the strong ones still stand out
+    const density = XH.clamp(Math.sqrt(2500 / Math.max(count, 1)), 0.3, 1);
+    let drawn = 0;
+    for (let m = 0; m < E.n; m++) {
+      if (!inView[m]) continue;
+      const y0 = S.rowOf[E.src[m]] * rowH + half - top, y1 = S.rowOf[E.dst[m]] * rowH + half - top;
       const w = E.w[m];
-      g.globalAlpha = 0.12 + 0.88 * Math.sqrt(w);
+      g.globalAlpha = (0.1 + 0.9 * Math.sqrt(w)) * (w > 0.3 ? 1 : density);
       g.lineWidth = 0.6 + 4 * w;
       g.beginPath();
       g.moveTo(x0, y0);
@@ -718,10 +727,12 @@
           if (active.side === "left" && side === "right") v = M[active.pos * T + pos];
           else if (active.side === "right" && side === "left") v = M[pos * T + active.pos];
         }
-        d.style.setProperty("--w", v > 0 ? (0.1 + 0.9 * Math.sqrt(v)).toFixed(3) : "0");
-        d.classList.toggle("xb-weighted", v > 0);
+        d.style.setProperty("--w", v > 0.002 ? Math.sqrt(v).toFixed(3) : "0");
+        d.classList.toggle("xb-weighted", v > 0.002);
         d.classList.toggle("xb-active", !!active && active.pos === pos && active.side === side);
         d.classList.toggle("xb-frozen", !!S.frozen && S.frozen.pos === pos && S.frozen.side === side);
+        // causal models: a token cannot attend to later tokens
+        d.classList.toggle("xb-future", !!(p.causal && active && active.side === "left" && side === "right" && pos > active.pos));
       }
     }
   }

@@ -15,7 +15,7 @@ import gradio as gr
 import numpy as np
 
 from ..analysis import CAUSAL_LM, MASKED_LM, Analysis
-from . import asset
+from . import asset, common_head
 from .transport import encode_attention
 
 # Below this many attention bytes (layers * heads * tokens^2) every layer is sent at once; above it
@@ -120,6 +120,8 @@ class ExplorerView(gr.HTML):
 
     def __init__(self, value: dict | None = None, *, fetch_layer: Callable | None = None, **kwargs):
         functions = [fetch_layer] if fetch_layer is not None else []
+        kwargs.setdefault("head", common_head())
+        kwargs.setdefault("apply_default_css", False)  # no prose margins on buttons and lists
         super().__init__(
             value=value,
             html_template=_TEMPLATE,
