@@ -28,7 +28,7 @@ from .views.explorer import DEFAULT_THRESHOLD, ExplorerView, explorer_payload, l
 log = logging.getLogger(__name__)
 
 DEFAULT_TEXT = "The cat sat on the mat because it was tired."
-TABS = ("explorer", "head", "model", "neuron")
+TABS = ("explorer", "head", "model", "neuron", "search")
 
 # ---------------------------------------------------------------------------------------------------
 # The BertViz-style views (built by another module owner). Imported guarded so the app works without
@@ -51,6 +51,16 @@ def _import_view(module: str, cls: str, fn: str):
     except (ImportError, AttributeError) as err:
         log.info("view %s not available: %s", module, err)
         return None
+
+
+def _search_ui():
+    """The corpus search module (optional), or None."""
+    try:
+        from . import search_ui
+    except ImportError as err:
+        log.info("corpus search not available: %s", err)
+        return None
+    return search_ui
 
 
 def _make_view(found, tab: str, store):
@@ -280,7 +290,8 @@ def _int_list(value: str | None) -> list[int] | None:
 def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore | None = None) -> gr.Blocks:
     """The Gradio Blocks of exbert-hub for ``model`` (any name the engine resolves).
 
-    corpus: reserved for the corpus-search tab (another part of issue 3); ignored when None.
+    corpus: the corpus the search tab opens by default (folder, Hub dataset id or Corpus; see
+    exbert_hub.search_ui), or None (the user can name one in the tab).
     Launch it with :func:`launch` (which adds the page-level head, CSS and theme), or call
     ``demo.launch(**launch_options())``.
     """
@@ -424,6 +435,15 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
                     else:
                         others[tab] = None
                         gr.Markdown(f"The {label.lower()} is not available in this build.")
+            # === corpus search (exbert_hub/search_ui.py owns the tab, its events and its API) ===
+            search = _search_ui()
+            if search is not None:
+                try:
+                    tab_items["search"] = search.add_search_tab(
+                        key_state=key_state, get_analysis=store.get, corpus_ref=corpus, get_engine=get_engine).tab
+                except Exception as err:  # noqa: BLE001 - the rest of the app works without it
+                    log.warning("the corpus search tab could not be built: %s", err, exc_info=True)
+                    search = None
 
         view_components = {"explorer": explorer, **other_components}
         outputs = [header, message, key_state, pair_box, view_state, shown_state, tab_state, *view_components.values()]
@@ -504,6 +524,9 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
 
         # --- HTTP API (gradio_client); documented in API.md --------------------------------------
         _register_api(default_model, store)
+        if search is not None:
+            search.register_search_api(default_model, corpus,
+                                       analyze=lambda m, t: store.run(Request(m, t))[1])
 
     return demo
 

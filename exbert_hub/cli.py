@@ -1,4 +1,5 @@
-"""Command line: ``exbert-hub --model NAME [--port N] [--host ADDR] [--share]`` (or ``python -m exbert_hub``)."""
+"""Command line: ``exbert-hub --model NAME [--corpus PATH] [--port N] [--host ADDR] [--share]``
+(or ``python -m exbert_hub``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", "-m", default=DEFAULT_MODEL,
                    help=f"Hugging Face Hub id or local folder (default: {DEFAULT_MODEL}, packaged, works offline)")
+    p.add_argument("--corpus", default=None,
+                   help="corpus for the search tab: a folder built by corpus_builder or a Hub dataset id")
     p.add_argument("--port", type=int, default=None, help="port to listen on (default: the first free one from 7860)")
     p.add_argument("--host", default=None, help="address to bind, e.g. 0.0.0.0 to serve your network (default: 127.0.0.1)")
     p.add_argument("--share", action="store_true", help="create a temporary public gradio.live link")
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.host is not None:
         kwargs["server_name"] = args.host
     try:
-        launch(args.model, **kwargs)
+        launch(args.model, corpus=args.corpus, **kwargs)
     except ExbertError as err:
         print(f"exbert-hub: {err}", file=sys.stderr)
         return 2
