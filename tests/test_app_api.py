@@ -139,3 +139,26 @@ def test_model_info_and_clear_errors(api):
         api.client.predict(TEXT, None, "no-such-model-xyz", api_name="/analyze")
     with pytest.raises(Exception, match="[Ee]mpty|text"):
         api.client.predict("", api_name="/analyze")
+
+
+def test_space_app_builds_the_app(monkeypatch):
+    import runpy
+    from pathlib import Path
+
+    import gradio as gr
+
+    from exbert_hub.resolve import MINILM
+
+    monkeypatch.setenv("EXBERT_HUB_MODEL", MINILM)
+    space = Path(__file__).resolve().parents[1] / "spaces" / "app.py"
+    ns = runpy.run_path(str(space), run_name="space_app")  # not __main__: built, not launched
+    assert isinstance(ns["demo"], gr.Blocks) and ns["MODEL"] == MINILM
+    front = (space.parent / "README.md").read_text(encoding="utf-8").split("---")[1]
+    assert "sdk: gradio" in front and "app_file: app.py" in front
+
+
+def test_cli_parses_options():
+    from exbert_hub.cli import parser
+
+    args = parser().parse_args(["--model", "bert-base-uncased", "--port", "7999", "--host", "0.0.0.0", "--share"])
+    assert (args.model, args.port, args.host, args.share) == ("bert-base-uncased", 7999, "0.0.0.0", True)
