@@ -15,7 +15,7 @@ def _layers(text: str) -> list[int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .build import DEFAULT_EXACT_LIMIT, DEFAULT_SPACY
+    from .builder import DEFAULT_EXACT_LIMIT, DEFAULT_SPACY
 
     p = argparse.ArgumentParser(prog="python -m corpus_builder", description="Build and publish exbert-hub corpora.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -37,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--min-words", type=int, default=3, help="skip sentences with fewer words (default 3)")
     b.add_argument("--layers", type=_layers, default=None, help="comma-separated layers to index (default all)")
     b.add_argument("--workers", type=int, default=1, help="spaCy worker processes running beside the model (0: none)")
-    b.add_argument("--shard-chars", type=int, default=200_000, help="characters of text per resumable shard")
+    b.add_argument("--shard-chars", type=int, default=50_000, help="characters of text per resumable shard")
     b.add_argument("--exact-limit", type=int, default=DEFAULT_EXACT_LIMIT,
                    help=f"up to this many vectors per index: exact IndexFlatIP; above: IVF-PQ (default {DEFAULT_EXACT_LIMIT:,})")
     b.add_argument("--index-factory", default=None, help="FAISS index_factory string for the compressed tier")
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "build":
-            from .build import build
+            from .builder import build
 
             out = build(args.model, args.source, args.out, config=args.config, split=args.split, column=args.column,
                         spacy=args.spacy, max_sentences=args.max_sentences, batch_size=args.batch_size,
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                         recall_queries=args.recall_queries, overwrite=args.overwrite, progress=not args.quiet)
             print(f"corpus written to {out}")
         else:
-            from .publish import publish
+            from .publishing import publish
 
             url = publish(args.folder, args.repo_id, private=args.private, token=args.token, commit_message=args.message)
             print(f"published: {url}")

@@ -7,6 +7,11 @@ Kept free of torch and the model so a spawned worker starts quickly. Results are
 from __future__ import annotations
 
 import functools
+import os
+import pickle
+import struct
+import subprocess
+import sys
 from dataclasses import dataclass
 
 # names the packaged English pipeline goes by; the first one that loads wins
@@ -113,6 +118,109 @@ def annotate(pipeline: str, documents: list[tuple[int, str]], min_words: int = 3
     return out
 
 
-def warm(pipeline: str) -> None:
-    """Worker initializer: load the pipeline once per process."""
-    load_pipeline(pipeline)
+# --- a worker process: spaCy beside the model -------------------------------------------------------
+# A plain subprocess (``python -m corpus_builder.annotate``) talking pickles over its stdin/stdout, not
+# multiprocessing: that would re-import the caller's __main__ (scripts without a main guard break) and
+# could leave orphans. The worker exits when its stdin closes, so it dies with a killed builder.
+
+
+def _send(stream, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(struct.pack("<Q", len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _recv(stream):
+    head = stream.read(8)
+    if len(head) < 8:
+        raise EOFError
+    (n,) = struct.unpack("<Q", head)
+    data = stream.read(n)
+    if len(data) < n:
+        raise EOFError
+    return pickle.loads(data)
+
+
+class Worker:
+    """One spaCy process; ``submit`` requests are answered in order by ``result``."""
+
+    def __init__(self, pipeline: str):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self.proc = subprocess.Popen([sys.executable, "-m", "corpus_builder.annotate", pipeline],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.pending = 0
+
+    def submit(self, documents: list[tuple[int, str]], min_words: int, max_chars: int = 2000) -> None:
+        _send(self.proc.stdin, (documents, min_words, max_chars))
+        self.pending += 1
+
+    def result(self) -> list[Sentence]:
+        try:
+            status, value = _recv(self.proc.stdout)
+        except EOFError:
+            code = self.proc.wait()
+            raise SpacyError(f"the spaCy worker process exited (code {code}); see its error above") from None
+        self.pending -= 1
+        if status == "error":
+            raise SpacyError(value)
+        return value
+
+    def close(self) -> None:
+        """Stop the worker: at once when it still has requests nobody will read, else when it is idle."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        if self.pending:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _worker_main(pipeline: str) -> None:
+    import queue
+    import threading
+
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but results on the pipe
+    requests: queue.Queue = queue.Queue()
+
+    def reader():
+        while True:
+            try:
+                requests.put(_recv(stdin))
+            except (EOFError, OSError):
+                requests.put(None)
+                return
+
+    threading.Thread(target=reader, daemon=True).start()
+    try:
+        load_pipeline(pipeline)
+    except SpacyError as err:
+        _send(stdout, ("error", str(err)))
+        return
+    while True:
+        req = requests.get()
+        if req is None:
+            return
+        documents, min_words, max_chars = req
+        try:
+            out = ("ok", annotate(pipeline, documents, min_words, max_chars))
+        except Exception as err:  # noqa: BLE001 - reported to the builder, which raises it
+            out = ("error", f"spaCy failed: {type(err).__name__}: {err}")
+        try:
+            _send(stdout, out)
+        except (BrokenPipeError, OSError):
+            return
+
+
+if __name__ == "__main__":
+    # run the imported module's copy so results pickle as corpus_builder.annotate.Sentence, not __main__.Sentence
+    from corpus_builder import annotate as _module
+
+    _module._worker_main(sys.argv[1])

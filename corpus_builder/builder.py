@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing
 import os
 import shutil
 import time
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -58,7 +56,7 @@ class BuildSettings:
     batch_size: int = 32
     max_tokens: int = 128
     min_words: int = 3
-    shard_chars: int = 200_000
+    shard_chars: int = 50_000
     layers: list[int] | None = None  # None: every layer
     workers: int = 1  # spaCy worker processes; 0 = annotate in this process
     exact_limit: int = DEFAULT_EXACT_LIMIT
@@ -221,6 +219,10 @@ class Builder:
         self.num_heads = e.num_heads
         self.hidden_size = int(getattr(e.config, "hidden_size", 0) or getattr(e.config, "d_model", 0) or getattr(e.config, "n_embd", 0))
         self.max_tokens = min(self.s.max_tokens, e.token_limit)
+        # a small --max-sentences should not wait for spaCy to read a whole large shard
+        self.shard_chars = self.s.shard_chars
+        if self.s.max_sentences:
+            self.shard_chars = max(2_000, min(self.shard_chars, self.s.max_sentences * 150))
         self.spacy_info = annotate.pipeline_info(self.s.spacy)  # fails early when the pipeline is missing
         self.source = sources.open_source(self.s.source, config=self.s.config, split=self.s.split, column=self.s.column)
         self.identity = dict(self.s.identity(), layers=self.layers, model_fingerprint=_model_fingerprint(e),
@@ -244,40 +246,38 @@ class Builder:
 
         bar = tqdm(desc="sentences", unit=" sent", disable=not self.s.progress, total=self.s.max_sentences, dynamic_ncols=True)
         tok_bar = tqdm(desc="tokens", unit=" tok", disable=not self.s.progress, dynamic_ncols=True)
-        pool = None
-        if self.s.workers > 0:
-            ctx = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(max_workers=self.s.workers, mp_context=ctx, initializer=annotate.warm,
-                                       initargs=(self.s.spacy,))
-        pending: deque[tuple[int, list, Future | None]] = deque()
+        workers = [annotate.Worker(self.s.spacy) for _ in range(max(0, self.s.workers))]
+        pending: deque[tuple[int, list, annotate.Worker | None]] = deque()
         checked = False
+        turn = 0
         try:
-            shard_iter = _shards(self.source.documents(), self.s.shard_chars)
+            shard_iter = _shards(self.source.documents(), self.shard_chars)
             exhausted = False
             while True:
                 cap = self.s.max_sentences
                 if cap is not None and progress.sentences >= cap:
                     break
                 # keep the spaCy workers one shard ahead of the model
-                while not exhausted and len(pending) < max(1, self.s.workers) + 1:
+                while not exhausted and len(pending) < len(workers) + 1:
                     try:
                         shard, docs = next(shard_iter)
                     except StopIteration:
                         exhausted = True
                         break
-                    if shard in done:
-                        pending.append((shard, docs, None))
-                        continue
-                    fut = pool.submit(annotate.annotate, self.s.spacy, docs, self.s.min_words) if pool else None
-                    pending.append((shard, docs, fut))
+                    worker = None
+                    if shard not in done and workers:
+                        worker = workers[turn % len(workers)]
+                        turn += 1
+                        worker.submit(docs, self.s.min_words)
+                    pending.append((shard, docs, worker))
                 if not pending:
                     break
-                shard, docs, fut = pending.popleft()
+                shard, docs, worker = pending.popleft()
                 if shard in done:
                     info = done[shard]
                 else:
                     t0 = time.time()
-                    sents = fut.result() if fut is not None else self._annotate_inline(docs)
+                    sents = worker.result() if worker is not None else self._annotate_inline(docs)
                     t_spacy = time.time() - t0
                     if not checked:
                         self._check_batched(sents)
@@ -292,11 +292,8 @@ class Builder:
                 bar.update(info["sentences"])
                 tok_bar.update(info["tokens"])
         finally:
-            if pool is not None:
-                for _, _, fut in pending:
-                    if fut is not None:
-                        fut.cancel()
-                pool.shutdown(wait=True, cancel_futures=True)
+            for w in workers:
+                w.close()
             bar.close()
             tok_bar.close()
 
@@ -439,7 +436,7 @@ class Builder:
             "spacy": self.spacy_info,
             "source": self.source.description,
             "build": {"batch_size": self.s.batch_size, "max_sentences": self.s.max_sentences,
-                      "max_tokens": self.max_tokens, "min_words": self.s.min_words, "shard_chars": self.s.shard_chars,
+                      "max_tokens": self.max_tokens, "min_words": self.s.min_words, "shard_chars": self.shard_chars,
                       "exact_limit": self.s.exact_limit, "index_factory": self.s.index_factory,
                       "batched_forward": self.runner.batched, "batched_vs_engine_max_rel_diff": getattr(self, "batch_check", None),
                       "special_tokens_indexed": False, "input_embeddings_indexed": False,
@@ -469,8 +466,9 @@ class Builder:
         state = self.build_dir / cf.BUILD_STATE_FILE
         if not resuming:
             cf.write_json(state, {"identity": self.identity, "started": time.time()})
-        elif self.s.progress:
-            log.warning("resuming the unfinished build in %s", self.out)
+        else:
+            log.warning("resuming the unfinished build in %s (%d shards already finished)", self.out,
+                        len(self._done_shards()))
         progress = Progress()
         self._shard_stage(progress)
         t1 = time.time()
@@ -483,7 +481,9 @@ class Builder:
         indexes = self._index_stage(progress)
         t2 = time.time()
         model_s = sum(s.get("seconds_model", 0) for s in progress.shards)
-        seconds = {"total_this_run": round(t2 - t0, 2), "shards_this_run": round(t1 - t0, 2),
+        seconds = {"spacy_wait_all_shards": round(sum(s.get("seconds_spacy_wait", 0) for s in progress.shards), 2),
+                   "write_all_shards": round(sum(s.get("seconds_write", 0) for s in progress.shards), 2),
+                   "total_this_run": round(t2 - t0, 2), "shards_this_run": round(t1 - t0, 2),
                    "indexes_this_run": round(t2 - t1, 2), "model_forward_all_shards": round(model_s, 2),
                    "tokens_per_second_this_run": round(progress.tokens / max(t2 - t0, 1e-9), 1),
                    "resumed": resuming}
