@@ -14,9 +14,9 @@ Optional: add "search" to TABS for ?tab=search links. Nothing else: the tab owns
 #   T^2 * layers * heads floats per sentence). So the matched token's attention to every token of its
 #   sentence is RECOMPUTED with the same engine: the hits' sentences run through the model in padded
 #   batches (one forward pass per <= 16 sentences, padding masked out: the weights of real tokens are
-#   those of ``engine.analyze`` up to float rounding; tests check it). A sentence whose tokens do not
-#   match the corpus's (another tokenizer revision) or an encoder-decoder goes through
-#   ``engine.analyze`` instead. The attention shown is the mean over the selected heads (all heads when
+#   those of ``engine.analyze`` up to float rounding; tests check it). Encoder-decoders go through
+#   ``engine.analyze``; a sentence whose tokens differ from the corpus's (another tokenizer version)
+#   gets no attention (``attention: None``) rather than misaligned weights. The attention shown is the mean over the selected heads (all heads when
 #   none are selected) at the searched layer.
 # * "Attends to most": the non-special token with the largest such attention (special tokens have no
 #   spaCy features, and [SEP]-like sinks would win almost always); the matched token itself may win.
@@ -167,8 +167,9 @@ def sentence_attention(engine, sentences: dict[int, tuple[str, list[str]]], laye
     """Mean attention over ``heads`` (None: all) at ``layer``, float32[T, T], for each corpus sentence.
 
     ``sentences``: sentence id -> (text, the corpus's tokens of it). Batched forward passes through the
-    engine's model (padding masked out); a sentence that the tokenizer does not split into exactly the
-    corpus's tokens, or an encoder-decoder, goes through ``engine.analyze``.
+    engine's model (padding masked out); encoder-decoders go through ``engine.analyze``. A sentence the
+    tokenizer does not split into exactly the corpus's tokens (another tokenizer version) gets no
+    attention (missing from the result) rather than attention at the wrong positions.
     """
     import torch
 
@@ -190,7 +191,7 @@ def sentence_attention(engine, sentences: dict[int, tuple[str, list[str]]], laye
             continue
         ids = list(ids_list[i])
         if tok.convert_ids_to_tokens(ids) != list(sentences[sid][1]):
-            slow.append(sid)
+            log.info("sentence %s: the tokenizer's tokens differ from the corpus's; no attention shown", sid)
         else:
             batchable.append((sid, ids, None if types_list is None else list(types_list[i])))
 
@@ -236,7 +237,7 @@ def sentence_attention(engine, sentences: dict[int, tuple[str, list[str]]], laye
         except ExbertError as err:
             log.info("no attention for sentence %s: %s", sid, err)
             continue
-        if len(a.tokens) == len(sentences[sid][1]):
+        if list(a.tokens) == list(sentences[sid][1]):  # else positions may not line up: no attention
             out[sid] = mean_heads(a.attentions[layer])
     return out
 
@@ -443,17 +444,14 @@ def metadata_histograms(results: dict, field: str = "pos"):
                          marker_color=ATTENDED_COLOR, showlegend=False,
                          hovertemplate="offset %{x}: %{y} hits<extra></extra>"), row=1, col=3)
     fig.update_layout(
-        barmode="group", bargap=0.18, height=340, margin=dict(l=40, r=16, t=56, b=40),
-        template="plotly_white", legend=dict(orientation="h", x=0, y=-0.28),
-        title=dict(text=f"{n} hits", x=0.005, y=0.985, font=dict(size=13)),
-        font=dict(size=12),
+        barmode="group", bargap=0.18, height=340, margin=dict(l=44, r=16, t=40, b=40),
+        template="plotly_white", legend=dict(orientation="h", x=0, y=-0.3), font=dict(size=12),
     )
     fig.update_annotations(font_size=12.5)
     fig.update_xaxes(type="category", tickangle=-40, row=1, col=1)
-    fig.update_xaxes(title_text="token index", dtick=1 if len(c["positions"]) < 25 else None, row=1, col=2)
-    fig.update_xaxes(title_text="tokens (negative: before)", dtick=1 if len(c["offsets"]) < 25 else None,
-                     zeroline=True, row=1, col=3)
-    fig.update_yaxes(title_text="hits", rangemode="tozero", row=1, col=1)
+    fig.update_xaxes(title_text="token index", tickangle=0, nticks=10, row=1, col=2)
+    fig.update_xaxes(title_text="tokens (negative: before)", tickangle=0, nticks=10, zeroline=True, row=1, col=3)
+    fig.update_yaxes(title_text=f"hits (of {n})", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(rangemode="tozero")
     return fig
 
@@ -499,7 +497,7 @@ def corpus_status(corpus_ref: Any, model: str | None = None) -> str:
         return "\u26a0\ufe0f " + _md_escape(user_message(err))
     s = corpus_summary(corpus)
     src = f" from {_md_escape(s['source'])}" if s.get("source") else ""
-    return (f"\u2705 Corpus **{_md_escape(Path(s['ref']).name or s['ref'])}**: {s['sentences']:,} sentences, "
+    return (f"Corpus **{_md_escape(Path(s['ref']).name or s['ref'])}**: {s['sentences']:,} sentences, "
             f"{s['tokens']:,} tokens{src} · model {_md_escape(s['model'])} · layers {_layers_text(s['layers'])}")
 
 
@@ -643,11 +641,8 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
             log.warning("search failed: %s", msg, exc_info=not isinstance(err, ExbertError))
             return {message: "\u26a0\ufe0f " + _md_escape(msg)}
         fld = field_value if field_value in FIELDS else "pos"
-        q = res["query"]
-        note = "" if res["hits"] else " No token of the corpus was returned."
         return {
-            message: (f"{len(res['hits'])} hits for \u201c{_md_escape(q['token_text'])}\u201d at layer {q['layer']} "
-                      f"by {q['by']}.{note}"),
+            message: "No token of the corpus was returned." if not res["hits"] else "",
             view: view_payload(res, left=int(l_value), right=int(r_value), field=fld),
             plot: gr.Plot(value=metadata_histograms(res, fld), visible=True),
             results: res,
@@ -664,6 +659,7 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
             return fld, gr.update()
         return fld, gr.Plot(value=metadata_histograms(res, fld), visible=True)
 
+    on_field.__annotations__["evt"] = gr.EventData  # a real class (this module has postponed annotations)
     view.field(on_field, [results], [field, plot], api_visibility="private")
 
     # --- the context window is applied in the browser (no round trip) --------------------------------

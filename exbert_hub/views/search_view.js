@@ -186,7 +186,7 @@
       if (h.special[i]) t.classList.add("xs-special");
       if (i === h.match) t.classList.add("xs-match");
       if (i === h.max_att && i !== h.match) t.classList.add("xs-maxatt");
-      if (h._norm && i !== h.match) {
+      if (h._norm && i !== h.match && !h.special[i]) {
         const w = Math.min(1, h.attention[i] / h._norm);
         t.style.setProperty("--w", w.toFixed(3));
         t.classList.add("xs-att");
