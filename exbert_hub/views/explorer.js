@@ -658,7 +658,7 @@
       inView[m] = 1; count++;
     }
     // many overlapping lines: fainter, so that the strong ones still stand out
-    const density = XH.clamp(Math.sqrt(2500 / Math.max(count, 1)), 0.3, 1);
+    const density = XH.clamp(Math.sqrt(2500 / Math.max(count, 1)), 0.18, 1);
     let drawn = 0;
     for (let m = 0; m < E.n; m++) {
       if (!inView[m]) continue;

