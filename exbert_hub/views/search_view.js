@@ -12,7 +12,7 @@
   const SPECIAL = "[special]";
   const NO_ENTITY = "none";
   const MAX_WINDOW = 30;
-  const S = { p: null, left: 6, right: 6, field: "pos", tip: null };
+  const S = { p: null, left: 6, right: 6, field: "pos", tip: null, serial: 0 };
 
   function getRoot() { return element.querySelector(".xs-root") || element; }
 
@@ -62,6 +62,7 @@
   function load(value) {
     const root = getRoot();
     hideTip();
+    root.dataset.serial = String(++S.serial);  // tests wait for a new value to be drawn
     if (!value || !Array.isArray(value.hits)) {
       S.p = null;
       root.replaceChildren(el("div", "xs-empty", "Choose a token and press Search to find similar tokens in the corpus."));
