@@ -42,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"up to this many vectors per index: exact IndexFlatIP; above: IVF-PQ (default {DEFAULT_EXACT_LIMIT:,})")
     b.add_argument("--index-factory", default=None, help="FAISS index_factory string for the compressed tier")
     b.add_argument("--recall-queries", type=int, default=400, help="sampled queries for the recall@50 measurement")
+    b.add_argument("--keep-vectors", action="store_true",
+                   help="also keep every shard's float16 vectors in vectors/ (large; for analysis or re-indexing)")
     b.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                         spacy=args.spacy, max_sentences=args.max_sentences, batch_size=args.batch_size,
                         max_tokens=args.max_tokens, min_words=args.min_words, layers=args.layers, workers=args.workers,
                         shard_chars=args.shard_chars, exact_limit=args.exact_limit, index_factory=args.index_factory,
-                        recall_queries=args.recall_queries, overwrite=args.overwrite, progress=not args.quiet)
+                        recall_queries=args.recall_queries, keep_vectors=args.keep_vectors, overwrite=args.overwrite, progress=not args.quiet)
             print(f"corpus written to {out}")
         else:
             from .publishing import publish

@@ -62,6 +62,7 @@ class BuildSettings:
     exact_limit: int = DEFAULT_EXACT_LIMIT
     index_factory: str | None = None  # override the compressed tier's factory string
     recall_queries: int = 400
+    keep_vectors: bool = False  # also keep the float16 vectors of every shard in vectors/ (for analysis, re-indexing)
     overwrite: bool = False
     progress: bool = True
 
@@ -438,6 +439,7 @@ class Builder:
             "build": {"batch_size": self.s.batch_size, "max_sentences": self.s.max_sentences,
                       "max_tokens": self.max_tokens, "min_words": self.s.min_words, "shard_chars": self.shard_chars,
                       "exact_limit": self.s.exact_limit, "index_factory": self.s.index_factory,
+                      "keep_vectors": self.s.keep_vectors,
                       "batched_forward": self.runner.batched, "batched_vs_engine_max_rel_diff": getattr(self, "batch_check", None),
                       "special_tokens_indexed": False, "input_embeddings_indexed": False,
                       "transformers_version": transformers.__version__},
@@ -488,6 +490,10 @@ class Builder:
                    "tokens_per_second_this_run": round(progress.tokens / max(t2 - t0, 1e-9), 1),
                    "resumed": resuming}
         self._card(progress, indexes, seconds)
+        if self.s.keep_vectors:
+            kept = self.out / cf.KEPT_VECTORS_DIR
+            shutil.rmtree(kept, ignore_errors=True)
+            os.replace(self.build_dir / cf.VECTORS_DIR, kept)
         shutil.rmtree(self.build_dir, ignore_errors=True)
         self.progress = progress
         return self.out

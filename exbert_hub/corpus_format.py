@@ -8,6 +8,7 @@ else spells them. A corpus is a folder that is also a valid Hugging Face *datase
     data/tokens/shard-00000.parquet     one row per model (subword) token (TOKEN_COLUMNS)
     index/embedding-layer03.npy       exact tier: float16 [vectors, hidden] (searched with IndexFlatIP)
     index/heads-layer03.faiss         compressed tier: a FAISS index file (IVF + product quantizer)
+    vectors/00000-embedding.npy       optional (--keep-vectors): every shard's float16 vectors
 
 ``datasets.load_dataset(folder)`` gives the tokens (default config); ``load_dataset(folder, "sentences")``
 the sentences. An unfinished build also holds ``.build/`` (never uploaded).
@@ -49,6 +50,9 @@ BUILD_STATE_FILE = "state.json"  # .build/state.json: the settings of the build 
 SHARD_DONE_DIR = "shards"  # .build/shards/00012.json: shard 12 is finished (its row counts)
 VECTORS_DIR = "vectors"  # .build/vectors/00012-embedding.npy: float16 [layers, vectors, dim]
 INDEX_DONE_DIR = "indexes"  # .build/indexes/heads-layer03.json: that index is finished (its stats)
+# optional (build --keep-vectors): vectors/00012-embedding.npy, float16 [indexed layers, vectors, dim] of shard 12,
+# rows in vector_row order; not needed for search
+KEPT_VECTORS_DIR = "vectors"
 
 KINDS = ("embedding", "heads")  # what a search compares: `by=` of Corpus.search
 EXACT = "exact"  # IndexFlatIP over the stored float16 vectors
