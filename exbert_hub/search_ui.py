@@ -57,6 +57,22 @@ POS_COLORS = {
     "CCONJ": "#94a3b8", "SCONJ": "#78716c", "PART": "#a8a29e", "PUNCT": "#d6d3d1", "SYM": "#e11d48",
     "INTJ": "#f43f5e", "X": "#57534e", "SPACE": "#e7e5e4",
 }
+# Dependency relations (spaCy English labels) by family: subjects red, objects orange, clauses blue,
+# modifiers green, function words purple, punctuation grey, ROOT near black.
+DEP_COLORS = {
+    "ROOT": "#111827",
+    "nsubj": "#dc2626", "nsubjpass": "#f87171", "csubj": "#b91c1c", "csubjpass": "#fca5a5", "expl": "#9f1239",
+    "agent": "#e11d48",
+    "dobj": "#ea580c", "pobj": "#f59e0b", "iobj": "#c2410c", "dative": "#fb923c", "attr": "#d97706", "oprd": "#fdba74",
+    "ccomp": "#2563eb", "xcomp": "#3b82f6", "advcl": "#1d4ed8", "acl": "#60a5fa", "relcl": "#1e40af", "conj": "#0ea5e9",
+    "acomp": "#38bdf8", "pcomp": "#0284c7", "parataxis": "#7dd3fc",
+    "amod": "#16a34a", "advmod": "#65a30d", "compound": "#059669", "nmod": "#22c55e", "nummod": "#84cc16",
+    "npadvmod": "#4d7c0f", "appos": "#10b981", "poss": "#047857", "quantmod": "#a3e635", "meta": "#6ee7b7",
+    "det": "#a855f7", "prep": "#7c3aed", "aux": "#c084fc", "auxpass": "#d8b4fe", "cc": "#8b5cf6", "mark": "#6d28d9",
+    "case": "#9333ea", "neg": "#db2777", "prt": "#e879f9", "predet": "#c026d3", "preconj": "#a21caf", "intj": "#f472b6",
+    "punct": "#d6d3d1", "dep": "#78716c",
+}
+FIXED_COLORS = {"pos": POS_COLORS, "dep": DEP_COLORS}
 PALETTE = [
     "#2563eb", "#16a34a", "#ea580c", "#7c3aed", "#db2777", "#0891b2", "#ca8a04", "#dc2626", "#4f46e5",
     "#059669", "#9333ea", "#c2410c", "#0d9488", "#be185d", "#65a30d", "#1d4ed8", "#b45309", "#7e22ce",
@@ -290,8 +306,8 @@ def _colors(hits: list[dict]) -> dict[str, dict[str, str]]:
                 colors[cat] = SPECIAL_COLOR
             elif cat == NO_ENTITY and field == "ent":
                 colors[cat] = NONE_COLOR
-            elif field == "pos" and cat in POS_COLORS:
-                colors[cat] = POS_COLORS[cat]
+            elif cat in FIXED_COLORS.get(field, {}):
+                colors[cat] = FIXED_COLORS[field][cat]
             else:
                 colors[cat] = PALETTE[k % len(PALETTE)] if k < len(PALETTE) else f"hsl({(k * 137.508) % 360:.0f}, 55%, 48%)"
                 k += 1
@@ -612,7 +628,8 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
         a = analysis_of(key)
         return corpus_status(corpus_text, None if a is None else a.model_name)
 
-    corpus_box.submit(on_corpus, [key_state, corpus_box], [status], api_visibility="private")
+    corpus_box.submit(on_corpus, [key_state, corpus_box], [status], api_visibility="private").then(
+        lambda: "", None, [message], api_visibility="private")
     corpus_box.blur(on_corpus, [key_state, corpus_box], [status], api_visibility="private")
 
     def set_heads(all_heads: bool):

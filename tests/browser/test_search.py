@@ -24,7 +24,7 @@ PROBES = [
     f"A small cat {XSS} sat quietly on the warm mat near the kitchen door.",
     "Every cat in the house likes <script>alert(2)</script> fresh milk and long naps in the sun.",
 ]
-SENTENCES = 150
+SENTENCES = 120
 
 
 @pytest.fixture(scope="module")
@@ -282,5 +282,6 @@ def test_bad_corpus_gives_a_message_not_a_trace(page, search_app):
     box.fill("")
     box.press("Enter")
     page.wait_for_function("() => document.querySelector('#xs-status').textContent.includes('no corpus loaded')")
+    page.wait_for_function("() => !document.querySelector('#xs-message').textContent.trim()")  # old error cleared
     shot(page, "search-no-corpus.png")
     assert not page.errors
