@@ -44,6 +44,7 @@ DEFAULT_K = 50
 DEFAULT_WINDOW = 6  # tokens shown (and matrix columns) on each side of the match
 MAX_WINDOW = 30
 BATCH_SENTENCES = 16
+BATCH_ATTENTION_BYTES = 256_000_000  # the attention of every layer that one batched pass returns
 
 # metadata a result can be coloured / counted by: key in the results -> label
 FIELDS = {"pos": "POS", "dep": "DEP", "ent": "Entity", "tag": "Tag"}
@@ -218,8 +219,18 @@ def sentence_attention(engine, sentences: dict[int, tuple[str, list[str]]], laye
     accepts_types = "token_type_ids" in _forward_args(engine)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     batchable.sort(key=lambda x: len(x[1]))
-    for b in range(0, len(batchable), BATCH_SENTENCES):
-        group = batchable[b:b + BATCH_SENTENCES]
+    # groups of similar length, bounded in sentences and in attention bytes (layers * heads * B * T^2 floats)
+    per_token2 = 4 * max(engine.num_layers, 1) * max(engine.num_heads, 1)
+    groups, group = [], []
+    for item in batchable:
+        longest = len(item[1])  # sorted: the newest item is the longest
+        if group and (len(group) >= BATCH_SENTENCES or (len(group) + 1) * per_token2 * longest ** 2 > BATCH_ATTENTION_BYTES):
+            groups.append(group)
+            group = []
+        group.append(item)
+    if group:
+        groups.append(group)
+    for group in groups:
         lengths = [len(ids) for _, ids, _ in group]
         T = max(lengths)
         ids = np.full((len(group), T), int(pad), dtype=np.int64)

@@ -140,6 +140,24 @@ def test_batched_attention_equals_engine_analyze(corpus, engine):
     assert sentence_attention(engine, {3: (text, ["X"] + toks[1:])}, layer=1) == {}
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama", "roberta", "t5"])
+def test_batched_attention_other_families(tiny_engine, family):
+    """Causal (right padding, GQA), byte-level BPE and encoder-decoder (per-sentence path) models."""
+    eng = tiny_engine(family)
+    texts = ["The cat sat on the mat.", "A much longer sentence about the attention of small models goes here.",
+             "Short one.", "Another sentence, with a comma, and some more words in it."]
+    refs = {i: eng.analyze(t) for i, t in enumerate(texts)}
+    sentences = {i: (t, list(refs[i].tokens)) for i, t in enumerate(texts)}
+    calls = []
+    analyze = eng.analyze
+    eng.analyze = lambda *a, **kw: calls.append(a) or analyze(*a, **kw)  # counts the per-sentence path
+    got = sentence_attention(eng, sentences, layer=1, heads=[1, 2])
+    assert set(got) == set(sentences)
+    assert len(calls) == (len(texts) if family == "t5" else 0)  # one batched pass for all the others
+    for i in sentences:
+        np.testing.assert_allclose(got[i], refs[i].attentions[1][[1, 2]].mean(axis=0), atol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------------
 # histograms
 # --------------------------------------------------------------------------------------------------
