@@ -1,8 +1,8 @@
-"""Corpus search in the app. Wiring into exbert_hub/app.py, inside ``build_app`` (``corpus`` = its argument):
-    from .search_ui import add_search_tab, register_search_api           # top of app.py
-    add_search_tab(key_state=key_state, get_analysis=store.get, corpus_ref=corpus)  # last line in `with gr.Tabs(...)`
-    register_search_api(default_model, corpus, analyze=lambda m, t: store.run(Request(m, t))[1])  # after _register_api(...)
-Optional: add "search" to TABS for ?tab=search links. Nothing else: the tab owns its events, state, CSS/JS.
+"""Corpus search in the app. Wiring in exbert_hub/app.py ``build_app`` (``corpus`` = its argument), as done there:
+    from . import search_ui                                   # (app.py imports it guarded: _search_ui())
+    search_ui.add_search_tab(key_state=key_state, get_analysis=store.get, corpus_ref=corpus, get_engine=get_engine)
+        # ^ as the last statement INSIDE `with gr.Tabs(...)`: it makes its own gr.Tab (id "search") and events
+    search_ui.register_search_api(default_model, corpus, analyze=lambda m, t: store.run(Request(m, t))[1])  # after _register_api
 """
 
 # --------------------------------------------------------------------------------------------------
