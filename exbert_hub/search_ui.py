@@ -59,9 +59,9 @@ POS_COLORS = {
     "INTJ": "#f43f5e", "X": "#57534e", "SPACE": "#e7e5e4",
 }
 # Dependency relations (spaCy English labels) by family: subjects red, objects orange, clauses blue,
-# modifiers green, function words purple, punctuation grey, ROOT near black.
+# modifiers green, function words purple, punctuation grey, ROOT yellow (visible on light and dark pages).
 DEP_COLORS = {
-    "ROOT": "#111827",
+    "ROOT": "#facc15",
     "nsubj": "#dc2626", "nsubjpass": "#f87171", "csubj": "#b91c1c", "csubjpass": "#fca5a5", "expl": "#9f1239",
     "agent": "#e11d48",
     "dobj": "#ea580c", "pobj": "#f59e0b", "iobj": "#c2410c", "dative": "#fb923c", "attr": "#d97706", "oprd": "#fdba74",
