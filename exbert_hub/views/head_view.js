@@ -141,12 +141,11 @@ function xhLinePanel(parent, opts) {
     const height = Math.max(0, Math.min(contentH, scroller.clientHeight || contentH));
     const dpr = Math.min(window.devicePixelRatio || 1, 2);
     if (width !== st.width || height !== st.height || canvas.width !== Math.round(width * dpr)) {
-      st.width = width; st.height = height;
+      st.width = width; st.height = height; st.dpr = dpr;
       canvas.style.width = width + "px";
       canvas.style.height = height + "px";
       canvas.width = Math.round(width * dpr);
       canvas.height = Math.round(height * dpr);
-      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     }
   };
 
@@ -209,17 +208,63 @@ function xhLinePanel(parent, opts) {
     }
   }
 
+  // Lines are rasterised here into a premultiplied RGBA buffer (then one putImageData): tens of
+  // thousands of translucent lines take ~100 ms this way, seconds through stroke() in software.
+  let acc = null;
+  function blendSpan(lo, hi, fixed, xMajor, Wd, Hd, r, g, b, a) {
+    // coverage of the pixels overlapping [lo, hi) along the minor axis, at column/row `fixed`
+    const p0 = Math.max(0, Math.floor(lo)), p1 = Math.min((xMajor ? Hd : Wd) - 1, Math.ceil(hi) - 1);
+    for (let p = p0; p <= p1; p++) {
+      const cov = Math.min(hi, p + 1) - Math.max(lo, p);
+      if (cov <= 0) continue;
+      const al = a * (cov > 1 ? 1 : cov), k = 1 - al;
+      const o = (xMajor ? p * Wd + fixed : fixed * Wd + p) * 4;
+      acc[o] = r * al + acc[o] * k;
+      acc[o + 1] = g * al + acc[o + 1] * k;
+      acc[o + 2] = b * al + acc[o + 2] * k;
+      acc[o + 3] = al + acc[o + 3] * k;
+    }
+  }
+  // a line from (0, y0) to (Wd, y1) in device pixels, clipped to the canvas
+  function rasterLine(y0, y1, Wd, Hd, r, g, b, a, width) {
+    const dy = y1 - y0, dx = Wd;
+    if (Math.abs(dy) <= dx) {
+      const slope = dy / dx, th = width * Math.sqrt(1 + slope * slope) / 2;
+      let x0 = 0, x1 = Wd - 1;
+      if (slope !== 0) {
+        const xa = (-th - y0) / slope - 0.5, xb = (Hd + th - y0) / slope - 0.5;
+        x0 = Math.max(0, Math.floor(Math.min(xa, xb)));
+        x1 = Math.min(Wd - 1, Math.ceil(Math.max(xa, xb)));
+      } else if (y0 < -th || y0 > Hd + th) return;
+      for (let x = x0; x <= x1; x++) {
+        const yc = y0 + slope * (x + 0.5);
+        blendSpan(yc - th, yc + th, x, true, Wd, Hd, r, g, b, a);
+      }
+    } else {
+      const inv = dx / dy, th = width * Math.sqrt(1 + inv * inv) / 2;
+      const ya = Math.max(0, Math.floor(Math.min(y0, y1))), yb = Math.min(Hd - 1, Math.ceil(Math.max(y0, y1)));
+      for (let y = ya; y <= yb; y++) {
+        const xc = (y + 0.5 - y0) * inv;
+        if (xc < -th || xc > Wd + th) continue;
+        blendSpan(xc - th, xc + th, y, false, Wd, Hd, r, g, b, a);
+      }
+    }
+  }
+
   panel.redraw = function () {
     panel.layout();
-    const W = st.width, H = st.height, top = scroller.scrollTop, rh = st.rowH;
-    ctx.clearRect(0, 0, W, H);
-    ctx.lineWidth = rh >= 20 ? 2 : 1.5;
-    ctx.lineCap = "round";
+    const W = st.width, H = st.height, top = scroller.scrollTop, rh = st.rowH, dpr = st.dpr || 1;
+    const Wd = canvas.width, Hd = canvas.height;
     let lines = 0;
+    if (!Wd || !Hd) { st.lines = 0; return 0; }
+    if (!acc || acc.length !== Wd * Hd * 4) acc = new Float32Array(Wd * Hd * 4);
+    else acc.fill(0);
+    const width = (rh >= 20 ? 1.8 : 1.4) * dpr;
     const rowOk = st.rowOk, colOk = st.colOk, f = focus();
+    const yOf = (i) => (i * rh + rh / 2 - top) * dpr;
     for (const s of st.series) {
       if (!s.visible) continue;
-      ctx.strokeStyle = s.color;
+      const [cr, cg, cb] = xhRgb(s.color);
       if (f) {
         const n = f.side === "left" ? s.nk : s.nq;
         if ((f.side === "left" ? f.index >= s.nq : f.index >= s.nk)) continue;
@@ -228,11 +273,7 @@ function xhLinePanel(parent, opts) {
           if ((rowOk && !rowOk[i]) || (colOk && !colOk[j])) continue;
           const w = weight(s, i, j);
           if (w * 255 < 0.5) continue;
-          ctx.globalAlpha = Math.min(1, w);
-          ctx.beginPath();
-          ctx.moveTo(0, i * rh + rh / 2 - top);
-          ctx.lineTo(W, j * rh + rh / 2 - top);
-          ctx.stroke();
+          rasterLine(yOf(i), yOf(j), Wd, Hd, cr, cg, cb, Math.min(1, w), width);
           lines++;
         }
         continue;
@@ -241,25 +282,28 @@ function xhLinePanel(parent, opts) {
       for (let b = 1; b < 256; b++) {
         const a = sp.starts[b], e = sp.starts[b + 1];
         if (a === e) continue;
-        ctx.globalAlpha = b / 255;
-        ctx.beginPath();
-        let any = false;
+        const alpha = b / 255;
         for (let t = a; t < e; t++) {
           const x = sp.idx[t], i = (x / nk) | 0, j = x - i * nk;
           if ((rowOk && !rowOk[i]) || (colOk && !colOk[j])) continue;
           const yi = i * rh + rh / 2 - top, yj = j * rh + rh / 2 - top;
           if ((yi < 0 && yj < 0) || (yi > H && yj > H)) continue;
-          ctx.moveTo(0, yi);
-          ctx.lineTo(W, yj);
-          any = true;
+          rasterLine(yi * dpr, yj * dpr, Wd, Hd, cr, cg, cb, alpha, width);
           lines++;
         }
-        if (any) ctx.stroke();
       }
     }
-    ctx.globalAlpha = 1;
+    const img = ctx.createImageData(Wd, Hd), px = img.data;
+    for (let o = 0; o < acc.length; o += 4) {
+      const al = acc[o + 3];
+      if (al <= 0) continue;
+      px[o] = acc[o] / al; px[o + 1] = acc[o + 1] / al; px[o + 2] = acc[o + 2] / al; px[o + 3] = al * 255;
+    }
+    ctx.putImageData(img, 0, 0);
+    void W;
     st.lines = lines;
     scroller.dataset.lines = String(lines);
+    if (panel.onredraw) panel.onredraw(lines);
     return lines;
   };
 
@@ -408,6 +452,7 @@ function xhLinePanel(parent, opts) {
     });
     panel.setTokens(seqs[qname].tokens, seqs[kname].tokens, seqs[qname].special, seqs[kname].special);
     panel.onchange = () => report();
+    panel.onredraw = () => report();
     root.append(xhEl("div", "xh-hint", "Hover a token to see only its lines, click it to pin. Head squares: click to toggle, double-click to solo."));
     const status = xhEl("div", "xh-status");
     root.append(status);

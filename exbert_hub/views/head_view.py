@@ -232,9 +232,13 @@ class HeadView(gr.HTML):
 
     Keep the initial value empty and set it from an event (big initial values break ``launch()``).
     ``payload(analysis, ...)`` stores the analysis in ``store`` and returns the value to send.
+
+    ``store`` is any object with ``get(key) -> Analysis`` (what the server functions call; an app can
+    pass its own store and build values with :func:`head_view_payload` and its own keys) and, for
+    ``payload()``, ``put(analysis) -> key``. Default: the module's :data:`DEFAULT_STORE`.
     """
 
-    def __init__(self, value: dict | None = None, *, store: AnalysisStore | None = None, height: int = 640, **kwargs: Any):
+    def __init__(self, value: dict | None = None, *, store: AnalysisStore | Any = None, height: int = 640, **kwargs: Any):
         self.store = store or DEFAULT_STORE
         store_ref = self.store
 

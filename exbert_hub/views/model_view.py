@@ -125,7 +125,7 @@ class ModelView(gr.HTML):
     and ``model_view_thumbs({"key", "stack", "thumb_size"})`` (the grid of another stack).
     """
 
-    def __init__(self, value: dict | None = None, *, store: AnalysisStore | None = None, height: int = 720, **kwargs: Any):
+    def __init__(self, value: dict | None = None, *, store: AnalysisStore | Any = None, height: int = 720, **kwargs: Any):
         self.store = store or DEFAULT_STORE
         store_ref = self.store
 

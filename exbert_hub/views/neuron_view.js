@@ -204,7 +204,7 @@
     const labels = kseq.tokens.map(label);
     const ctx0 = document.createElement("canvas").getContext("2d");
     ctx0.font = font;
-    let tokW = 40;
+    let tokW = 76;
     for (const s of labels) tokW = Math.max(tokW, ctx0.measureText(s).width + 16);
     tokW = Math.min(Math.ceil(tokW), 170);
     const cols = [
@@ -232,7 +232,7 @@
     for (const c of cols) {
       const qc = el("div", "xh-c" + (c.num ? " xh-num" : ""));
       qc.style.width = c.w + "px";
-      if (c.id === "tok") { qc.classList.add("xh-tokc"); qc.textContent = "q \u2190 " + label(S.sequences[info.query_seq].tokens[t.token]); qc.title = "the query vector of the selected token"; }
+      if (c.id === "tok") { qc.classList.add("xh-tokc"); qc.textContent = "query q"; qc.title = "the query vector of " + label(S.sequences[info.query_seq].tokens[t.token]) + " (#" + t.token + ")"; }
       if (c.id === "k") {
         const cv = document.createElement("canvas");
         cv.className = "xh-qstrip";

@@ -126,7 +126,7 @@ class NeuronView(gr.HTML):
     Server function: ``neuron_view_terms({"key", "stack", "layer", "head", "token"})``.
     """
 
-    def __init__(self, value: dict | None = None, *, store: AnalysisStore | None = None, height: int = 640, **kwargs: Any):
+    def __init__(self, value: dict | None = None, *, store: AnalysisStore | Any = None, height: int = 640, **kwargs: Any):
         self.store = store or DEFAULT_STORE
         store_ref = self.store
 
