@@ -133,7 +133,8 @@
     const img = octx.createImageData(off.width, off.height);
     const px = img.data, data = S.thumbs.data, bg = THEME[theme].cell;
     for (let c = 0; c < H; c++) {
-      const [r0, g0, b0] = xhRgb(xhHeadColor(S.heads[c]));
+      let [r0, g0, b0] = xhRgb(xhHeadColor(S.heads[c]));
+      if (theme === "dark") { r0 += (255 - r0) * 0.25; g0 += (255 - g0) * 0.25; b0 += (255 - b0) * 0.25; }
       // 256-entry colour ramp: background -> head colour (bytes are sqrt-scaled: small weights stay visible)
       const ramp = new Uint8ClampedArray(256 * 3);
       for (let q = 0; q < 256; q++) {
