@@ -63,6 +63,33 @@ def _search_ui():
     return search_ui
 
 
+class StoreRef:
+    """What a view component keeps of the app's AnalysisStore: ``get(key)`` and ``put(analysis)``.
+
+    Gradio copies every constructor argument a component keeps as an attribute into the page config
+    and deep-copies that config on each page request; a plain store there would deep-copy every cached
+    analysis (GBs at 1k tokens: page loads took 20+ s). Copies of this reference are itself.
+    """
+
+    def __init__(self, store: "AnalysisStore"):
+        self._store = store
+
+    def get(self, key: str) -> Analysis:
+        return self._store.get(key)
+
+    def put(self, analysis: Analysis) -> str:
+        raise NotImplementedError("the app builds view values with its own keys (AnalysisStore.run)")
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __repr__(self) -> str:
+        return "StoreRef(AnalysisStore)"
+
+
 def _make_view(found, tab: str, store):
     """The component of an optional view, or None (missing module, or it failed to build).
 
@@ -72,7 +99,7 @@ def _make_view(found, tab: str, store):
         return None
     cls, _ = found
     try:
-        return cls(None, store=store, elem_id=f"xh-{tab}-view")
+        return cls(None, store=StoreRef(store), elem_id=f"xh-{tab}-view")
     except Exception as err:  # noqa: BLE001 - a view in progress must not break the app
         log.warning("the %s view could not be built: %s", tab, err)
         return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +22,24 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
+def free_port() -> int:
+    """An ephemeral port the OS just handed out (other test runs on this machine use 7860 and up)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_on_free_port(demo, attempts: int = 3, **kwargs):
+    """``demo.launch(prevent_thread_lock=True)`` on a free port, again on another if the port was taken meanwhile."""
+    for attempt in range(attempts):
+        try:
+            return demo.launch(prevent_thread_lock=True, quiet=True, server_port=free_port(), **kwargs)
+        except (OSError, ValueError):
+            demo.close()
+            if attempt == attempts - 1:
+                raise
+
+
 @pytest.fixture(scope="session")
 def explorer_app(tiny):
     """The app on the tiny BERT masked LM (2 layers, 4 heads), on a free port, for the whole session."""
@@ -28,7 +47,7 @@ def explorer_app(tiny):
 
     model = str(tiny("bert"))
     demo = build_app(model, store=AnalysisStore(max_items=8))
-    demo.launch(prevent_thread_lock=True, quiet=True, **launch_options())
+    launch_on_free_port(demo, **launch_options())
     yield SimpleNamespace(url=demo.local_url.rstrip("/") + "/", model=model, demo=demo)
     demo.close()
 
