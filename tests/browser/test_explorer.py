@@ -118,6 +118,7 @@ def test_double_click_masks_and_predictions_change(page, explorer_app):
     after = s["preds"]
     assert len(after) == 5 and after != before
     assert url_params(page)["mask"] == str(CAT)
+    link = page.url
     # a special token cannot be masked: clear message, no re-run
     key = s["key"]
     token(page, "left", 0).dblclick()
@@ -128,6 +129,11 @@ def test_double_click_masks_and_predictions_change(page, explorer_app):
     token(page, "left", CAT).dblclick()
     wait_changed(page, "key", key)
     assert state(page)["left"][CAT] == "cat"
+    # the link taken while masked reopens the masked text, its selected token and predictions
+    page.goto(link)
+    page.wait_for_selector(".xb-root[data-ready='1']")
+    s = state(page)
+    assert s["left"][CAT] == "[MASK]" and s["token"] == str(CAT) and s["preds"] == after
 
 
 def test_layer_change_and_head_toggle_redraw(page, explorer_app):
