@@ -390,10 +390,14 @@
     ui.body.style.height = n * rowH + "px";
     ui.scroll.style.height = Math.min(n * rowH + 2, 640) + "px";
 
+    const wide = stripW >= 90;
+    const outH = el("div", "xb-ch", wide ? "heads out" : "out"), inH = el("div", "xb-ch", wide ? "heads in" : "in");
+    outH.title = "one square per head: its strongest attention out of the token (click a column to toggle the head)";
+    inH.title = "one square per head: attention into the token (click a column to toggle the head)";
     ui.head.replaceChildren(
-      el("div", "xb-ch", "heads out"), el("div", "xb-ch xb-ch-tok", "from"),
+      outH, el("div", "xb-ch xb-ch-tok", "from"),
       el("div", "xb-ch xb-ch-mid", p.causal ? "attends to (earlier tokens)" : "attends to"),
-      el("div", "xb-ch xb-ch-tok", "to"), el("div", "xb-ch", "heads in"));
+      el("div", "xb-ch xb-ch-tok", "to"), inH);
 
     const makeCol = (col, side) => {
       const frag = document.createDocumentFragment();
