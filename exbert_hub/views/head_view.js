@@ -41,6 +41,19 @@ function xhDecode(p) {
     const bytes = xhB64(p.b64);
     return { shape: p.shape.map(Number), data: new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4), lut: null };
   }
+  if (p.encoding === "csr-uint8") {
+    // sparse rows (weights too small to draw were left out): expand to dense bytes
+    const [h, nq, nk] = p.shape.map(Number);
+    const ib = xhB64(p.indptr), xb = xhB64(p.indices), values = xhB64(p.values);
+    const indptr = new Uint32Array(ib.buffer, ib.byteOffset, ib.byteLength / 4);
+    const indices = new Uint16Array(xb.buffer, xb.byteOffset, xb.byteLength / 2);
+    const data = new Uint8Array(h * nq * nk);
+    for (let r = 0; r < h * nq; r++) {
+      const base = r * nk;
+      for (let t = indptr[r]; t < indptr[r + 1]; t++) data[base + indices[t]] = values[t];
+    }
+    return { shape: [h, nq, nk], data, lut: window.exbertHub.lookupTable(p) };
+  }
   const att = window.exbertHub.decodeAttention(p);
   return { shape: att.shape, data: att.data, lut: att.lut };
 }
@@ -76,9 +89,18 @@ function xhLinePanel(parent, opts) {
     wrap.append(head);
   }
   wrap.append(scroller);
+  // shown when only the strongest lines are drawn (more than opts.lineBudget lines have a visible weight)
+  const notice = xhEl("div", "xh-notice");
+  notice.hidden = true;
+  const noticeText = xhEl("span");
+  const noticeBtn = xhEl("button", "xh-btn xh-showall");
+  noticeBtn.type = "button";
+  notice.append(noticeText, noticeBtn);
+  wrap.append(notice);
   parent.append(wrap);
   const ctx = canvas.getContext("2d");
   const st = {
+    budget: opts.lineBudget == null ? 40000 : opts.lineBudget, showAll: false, minBucket: 1, candidates: 0,
     left: [], right: [], series: [], rowOk: null, colOk: null, rowH: 20, leftW: 80, rightW: 80,
     hover: null, pinned: null, lines: 0, width: 0, height: 0,
   };
@@ -211,45 +233,78 @@ function xhLinePanel(parent, opts) {
   // Lines are rasterised here into a premultiplied RGBA buffer (then one putImageData): tens of
   // thousands of translucent lines take ~100 ms this way, seconds through stroke() in software.
   let acc = null;
-  function blendSpan(lo, hi, fixed, xMajor, Wd, Hd, r, g, b, a) {
-    // coverage of the pixels overlapping [lo, hi) along the minor axis, at column/row `fixed`
-    const p0 = Math.max(0, Math.floor(lo)), p1 = Math.min((xMajor ? Hd : Wd) - 1, Math.ceil(hi) - 1);
-    for (let p = p0; p <= p1; p++) {
-      const cov = Math.min(hi, p + 1) - Math.max(lo, p);
-      if (cov <= 0) continue;
-      const al = a * (cov > 1 ? 1 : cov), k = 1 - al;
-      const o = (xMajor ? p * Wd + fixed : fixed * Wd + p) * 4;
-      acc[o] = r * al + acc[o] * k;
-      acc[o + 1] = g * al + acc[o + 1] * k;
-      acc[o + 2] = b * al + acc[o + 2] * k;
-      acc[o + 3] = al + acc[o + 3] * k;
-    }
-  }
-  // a line from (0, y0) to (Wd, y1) in device pixels, clipped to the canvas
-  function rasterLine(y0, y1, Wd, Hd, r, g, b, a, width) {
-    const dy = y1 - y0, dx = Wd;
+  // a line from (0, y0) to (Wd, y1) in device pixels, clipped to the canvas; `half` = half its width
+  function rasterLine(y0, y1, Wd, Hd, r, g, b, a, half) {
+    const dy = y1 - y0, dx = Wd, A = acc;
     if (Math.abs(dy) <= dx) {
-      const slope = dy / dx, th = width * Math.sqrt(1 + slope * slope) / 2;
+      const slope = dy / dx, th = half * Math.sqrt(1 + slope * slope);
       let x0 = 0, x1 = Wd - 1;
       if (slope !== 0) {
         const xa = (-th - y0) / slope - 0.5, xb = (Hd + th - y0) / slope - 0.5;
         x0 = Math.max(0, Math.floor(Math.min(xa, xb)));
         x1 = Math.min(Wd - 1, Math.ceil(Math.max(xa, xb)));
       } else if (y0 < -th || y0 > Hd + th) return;
-      for (let x = x0; x <= x1; x++) {
-        const yc = y0 + slope * (x + 0.5);
-        blendSpan(yc - th, yc + th, x, true, Wd, Hd, r, g, b, a);
+      let yc = y0 + slope * (x0 + 0.5);
+      for (let x = x0; x <= x1; x++, yc += slope) {
+        const lo = yc - th, hi = yc + th;
+        let p = lo > 0 ? Math.floor(lo) : 0;
+        const pe = hi < Hd ? Math.ceil(hi) : Hd;
+        for (; p < pe; p++) {
+          const c = (hi < p + 1 ? hi : p + 1) - (lo > p ? lo : p);
+          const al = a * (c > 1 ? 1 : c), k = 1 - al, o = (p * Wd + x) << 2;
+          A[o] = r * al + A[o] * k; A[o + 1] = g * al + A[o + 1] * k; A[o + 2] = b * al + A[o + 2] * k; A[o + 3] = al + A[o + 3] * k;
+        }
       }
     } else {
-      const inv = dx / dy, th = width * Math.sqrt(1 + inv * inv) / 2;
+      const inv = dx / dy, th = half * Math.sqrt(1 + inv * inv);
       const ya = Math.max(0, Math.floor(Math.min(y0, y1))), yb = Math.min(Hd - 1, Math.ceil(Math.max(y0, y1)));
       for (let y = ya; y <= yb; y++) {
-        const xc = (y + 0.5 - y0) * inv;
-        if (xc < -th || xc > Wd + th) continue;
-        blendSpan(xc - th, xc + th, y, false, Wd, Hd, r, g, b, a);
+        const xc = (y + 0.5 - y0) * inv, lo = xc - th, hi = xc + th;
+        if (hi < 0 || lo > Wd) continue;
+        let p = lo > 0 ? Math.floor(lo) : 0;
+        const pe = hi < Wd ? Math.ceil(hi) : Wd;
+        for (; p < pe; p++) {
+          const c = (hi < p + 1 ? hi : p + 1) - (lo > p ? lo : p);
+          const al = a * (c > 1 ? 1 : c), k = 1 - al, o = (y * Wd + p) << 2;
+          A[o] = r * al + A[o] * k; A[o + 1] = g * al + A[o + 1] * k; A[o + 2] = b * al + A[o + 2] * k; A[o + 3] = al + A[o + 3] * k;
+        }
       }
     }
   }
+
+  // lowest opacity bucket drawn so that at most st.budget lines are drawn (all when showAll)
+  function chooseBucket() {
+    const counts = new Float64Array(257);
+    let total = 0;
+    for (const s of st.series) {
+      if (!s.visible) continue;
+      const sp = sparse(s);
+      for (let b = 1; b < 256; b++) counts[b] += sp.starts[b + 1] - sp.starts[b];
+    }
+    for (let b = 1; b < 256; b++) total += counts[b];
+    st.candidates = total;
+    if (st.showAll || !st.budget || total <= st.budget) return 1;
+    let kept = 0, b = 255;
+    for (; b >= 1; b--) {
+      if (kept + counts[b] > st.budget) break;
+      kept += counts[b];
+    }
+    return b + 1;
+  }
+  function updateNotice(drawnTotal) {
+    const limited = st.minBucket > 1;
+    notice.hidden = !limited && !(st.showAll && st.candidates > st.budget);
+    if (st.showAll) {
+      noticeText.textContent = "Showing all " + st.candidates.toLocaleString("en-US") + " lines. ";
+      noticeBtn.textContent = "Only the strongest";
+    } else if (limited) {
+      const w = ((st.minBucket - 0.5) / 255).toFixed(3);
+      noticeText.textContent = "Showing the strongest " + drawnTotal.toLocaleString("en-US") + " of " +
+        st.candidates.toLocaleString("en-US") + " lines (weight \u2265 " + w + "); fainter ones are hidden to stay fast. ";
+      noticeBtn.textContent = "Show all lines";
+    }
+  }
+  noticeBtn.addEventListener("click", () => { st.showAll = !st.showAll; panel.redraw(); });
 
   panel.redraw = function () {
     panel.layout();
@@ -259,8 +314,10 @@ function xhLinePanel(parent, opts) {
     if (!Wd || !Hd) { st.lines = 0; return 0; }
     if (!acc || acc.length !== Wd * Hd * 4) acc = new Float32Array(Wd * Hd * 4);
     else acc.fill(0);
-    const width = (rh >= 20 ? 1.8 : 1.4) * dpr;
+    const half = (rh >= 20 ? 0.9 : 0.7) * dpr;
     const rowOk = st.rowOk, colOk = st.colOk, f = focus();
+    st.minBucket = f ? 1 : chooseBucket();
+    let eligible = 0;
     const yOf = (i) => (i * rh + rh / 2 - top) * dpr;
     for (const s of st.series) {
       if (!s.visible) continue;
@@ -273,13 +330,14 @@ function xhLinePanel(parent, opts) {
           if ((rowOk && !rowOk[i]) || (colOk && !colOk[j])) continue;
           const w = weight(s, i, j);
           if (w * 255 < 0.5) continue;
-          rasterLine(yOf(i), yOf(j), Wd, Hd, cr, cg, cb, Math.min(1, w), width);
+          rasterLine(yOf(i), yOf(j), Wd, Hd, cr, cg, cb, Math.min(1, w), half);
           lines++;
         }
         continue;
       }
       const sp = sparse(s), nk = s.nk;
-      for (let b = 1; b < 256; b++) {
+      eligible += sp.starts[256] - sp.starts[st.minBucket];
+      for (let b = st.minBucket; b < 256; b++) {
         const a = sp.starts[b], e = sp.starts[b + 1];
         if (a === e) continue;
         const alpha = b / 255;
@@ -288,7 +346,7 @@ function xhLinePanel(parent, opts) {
           if ((rowOk && !rowOk[i]) || (colOk && !colOk[j])) continue;
           const yi = i * rh + rh / 2 - top, yj = j * rh + rh / 2 - top;
           if ((yi < 0 && yj < 0) || (yi > H && yj > H)) continue;
-          rasterLine(yi * dpr, yj * dpr, Wd, Hd, cr, cg, cb, alpha, width);
+          rasterLine(yi * dpr, yj * dpr, Wd, Hd, cr, cg, cb, alpha, half);
           lines++;
         }
       }
@@ -300,6 +358,7 @@ function xhLinePanel(parent, opts) {
       px[o] = acc[o] / al; px[o + 1] = acc[o + 1] / al; px[o + 2] = acc[o + 2] / al; px[o + 3] = al * 255;
     }
     ctx.putImageData(img, 0, 0);
+    if (!f) updateNotice(eligible);
     void W;
     st.lines = lines;
     scroller.dataset.lines = String(lines);
@@ -360,13 +419,14 @@ function xhLinePanel(parent, opts) {
     if (!value || typeof value !== "object") { S = null; message("xh-empty", "Run an analysis to see the head view."); return; }
     if (value.error) { S = null; message("xh-error", value.error); return; }
     if (!window.exbertHub) { message("xh-error", "exbert-hub: common.js is not loaded on this page"); return; }
+    root.dataset.renderAt = String(performance.now());
     if (!S || S.key !== value.key) cache.clear();
     const stacks = value.stacks || [];
     S = {
       key: value.key, sequences: value.sequences, stacks,
       stack: value.stack, layer: value.layer || 0,
       heads: new Set(value.heads || []), pairFilter: value.pair_filter || "all",
-      pairStart: value.pair_start,
+      pairStart: value.pair_start, lineBudget: value.line_budget,
     };
     for (const [stack, layers] of Object.entries(value.attention || {})) {
       for (const [layer, p] of Object.entries(layers)) cache.set(cacheKey(stack, layer), xhDecode(p));
@@ -447,6 +507,7 @@ function xhLinePanel(parent, opts) {
     const seqs = S.sequences;
     const qname = info.query_seq, kname = info.key_seq;
     panel = xhLinePanel(root, {
+      lineBudget: S.lineBudget,
       leftTitle: (qname === "decoder" ? "decoder " : "") + "tokens attending \u2192",
       rightTitle: "\u2192 attended " + (kname === "decoder" ? "decoder " : (qname !== kname ? "encoder " : "")) + "tokens",
     });
@@ -522,6 +583,11 @@ function xhLinePanel(parent, opts) {
     report();
     root.dataset.drawn = String((Number(root.dataset.drawn) || 0) + 1);
     root.dataset.drawnAt = String(performance.now());
+    // the frame after this one shows the drawing: benchmarks read paintedAt
+    const mark = root.dataset.drawn;
+    requestAnimationFrame(() => requestAnimationFrame(() => {
+      if (root.dataset.drawn === mark) root.dataset.paintedAt = String(performance.now());
+    }));
   }
 
   watch("value", () => render(props.value));

@@ -27,7 +27,7 @@ import numpy as np
 from ..analysis import Analysis
 from ..errors import ExbertError
 from . import asset, common_head
-from .transport import encode_attention
+from .transport import decode_attention, encode_attention
 
 PAIR_FILTERS = ("all", "a->a", "b->b", "a->b", "b->a")
 FLOAT32 = "float32"
@@ -101,6 +101,62 @@ def decode_float32(payload: dict) -> np.ndarray:
     """Inverse of :func:`encode_float32` (tests and Python clients)."""
     data = np.frombuffer(base64.b64decode(payload["b64"]), dtype="<f4")
     return data.reshape([int(s) for s in payload["shape"]]).astype(np.float32)
+
+
+CSR = "csr-uint8"
+
+
+def _visible_byte(scale: float) -> int:
+    """Smallest sqrt-quantised byte whose weight is drawn (weight * 255 >= 0.5, as in the browser)."""
+    lut = (np.float64(scale) * (np.arange(256) / 255.0) * (np.arange(256) / 255.0)).astype(np.float32)
+    idx = np.flatnonzero(lut.astype(np.float64) * 255 >= 0.5)
+    return int(idx[0]) if idx.size else 256
+
+
+def encode_layer(att: np.ndarray, sparse_ratio: float = 0.7) -> dict:
+    """One layer ``float[heads, queries, keys]`` for the head view: uint8 (sqrt) from encode_attention,
+    sent sparse when that is smaller.
+
+    The head view never draws a weight under 0.5/255 (its line opacity would be 0), so only bytes at or
+    above that threshold are needed. When they make up a small part of the layer (long inputs: each row
+    sums to 1 over ~1,000 keys) the payload is CSR instead of dense: ``{"shape", "encoding":
+    "csr-uint8", "transform", "scale", "indptr": base64 uint32[heads*queries + 1], "indices": base64
+    uint16[nnz], "values": base64 uint8[nnz]}``; otherwise the dense payload of encode_attention. Both
+    decode to the same drawing. Use :func:`decode_layer` to get the (thresholded) weights back.
+    """
+    dense = encode_attention(att)
+    h, nq, nk = att.shape
+    if nk > 65535:
+        return dense
+    q = np.frombuffer(base64.b64decode(dense["b64"]), dtype=np.uint8).reshape(h * nq, nk)
+    keep = q >= _visible_byte(dense["scale"])
+    nnz = int(keep.sum())
+    if nnz * 3 + (h * nq + 1) * 4 >= sparse_ratio * q.size:
+        return dense
+    indptr = np.zeros(h * nq + 1, dtype="<u4")
+    np.cumsum(keep.sum(axis=1), out=indptr[1:])
+    indices = np.nonzero(keep)[1].astype("<u2")
+    values = q[keep]
+    b64 = lambda a: base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")  # noqa: E731
+    return {"shape": [h, nq, nk], "encoding": CSR, "transform": dense["transform"], "scale": dense["scale"],
+            "indptr": b64(indptr), "indices": b64(indices), "values": b64(values)}
+
+
+def decode_layer(payload: dict) -> np.ndarray:
+    """float32[heads, queries, keys] of a head-view layer payload (dense or CSR; CSR has zeros where
+    the weight is too small to draw)."""
+    if payload.get("encoding") != CSR:
+        return decode_attention(payload)
+    h, nq, nk = payload["shape"]
+    indptr = np.frombuffer(base64.b64decode(payload["indptr"]), dtype="<u4")
+    indices = np.frombuffer(base64.b64decode(payload["indices"]), dtype="<u2")
+    values = np.frombuffer(base64.b64decode(payload["values"]), dtype=np.uint8)
+    q = np.zeros((h * nq, nk), dtype=np.uint8)
+    rows = np.repeat(np.arange(h * nq), np.diff(indptr.astype(np.int64)))
+    q[rows, indices] = values
+    dense = {"shape": [h, nq, nk], "b64": base64.b64encode(q.tobytes()).decode("ascii"), "encoding": "uint8",
+             "transform": payload["transform"], "scale": payload["scale"]}
+    return decode_attention(dense)
 
 
 def stack_sequences(stack: str) -> tuple[str, str]:
@@ -178,6 +234,7 @@ def head_view_payload(
     pair_filter: str = "all",
     key: str | None = None,
     prefetch_bytes: int = 1_500_000,
+    line_budget: int = 40_000,
 ) -> dict:
     """The value of a :class:`HeadView` for ``analysis``: JSON-safe, attention as uint8 base64.
 
@@ -187,12 +244,14 @@ def head_view_payload(
         "a->b", "b->a" (used when the analysis has a sentence pair). key: the :class:`AnalysisStore`
         key that lets the browser fetch other layers (None: no lazy fetches, so every layer is sent).
         prefetch_bytes: every layer of the shown stack is sent at once when it fits in this many
-        attention bytes (uint8); otherwise only ``layer``.
+        attention bytes (uint8); otherwise only ``layer``. line_budget: when more lines than this
+        have a visible weight (>= 0.5/255), only the strongest are drawn and the view says so, with
+        a button to draw them all (0: always all).
 
     Returns ``{"view": "head", "key", "model", "sequences": {"input": {tokens[T], special[T],
     segments[T]}, "decoder"?: ...}, "stacks": [{name, layers, heads, query_seq, key_seq}], "stack",
-    "layer", "heads", "pair_filter", "pair_start", "attention": {stack: {str(layer): payload of
-    float[heads, queries, keys] from encode_attention}}}``.
+    "layer", "heads", "pair_filter", "line_budget", "pair_start", "attention": {stack: {str(layer): payload of
+    float[heads, queries, keys] from encode_layer (uint8, dense or CSR)}}}``.
     """
     stack = resolve_stack(analysis, stack)
     st = analysis.stack(stack)
@@ -215,16 +274,17 @@ def head_view_payload(
         "layer": layer,
         "heads": heads,
         "pair_filter": pair_filter,
+        "line_budget": int(line_budget),
         "pair_start": analysis.pair_start if stack in ("self", "encoder") else None,
-        "attention": {stack: {str(i): encode_attention(st.attentions[i]) for i in layers}},
+        "attention": {stack: {str(i): encode_layer(st.attentions[i]) for i in layers}},
     }
 
 
 def head_view_layer_payload(analysis: Analysis, stack: str, layer: int) -> dict:
-    """One layer for the head view's lazy fetch: ``{"stack", "layer", "attention": uint8 payload [H, q, k]}``."""
+    """One layer for the head view's lazy fetch: ``{"stack", "layer", "attention": encode_layer payload [H, q, k]}``."""
     st = analysis.stack(stack)
     layer = _check_index(layer, st.num_layers, "layer")
-    return {"stack": stack, "layer": layer, "attention": encode_attention(st.attentions[layer])}
+    return {"stack": stack, "layer": layer, "attention": encode_layer(st.attentions[layer])}
 
 
 class HeadView(gr.HTML):

@@ -38,21 +38,38 @@ from .transport import encode_attention
 THEMES = ("auto", "light", "dark")
 
 
-def pool_attention(att: np.ndarray, size: int) -> np.ndarray:
-    """Max-pool the last two axes (queries, keys) of ``att`` to at most ``size`` each.
+def _pool_axis(x: np.ndarray, axis: int, block: int) -> np.ndarray:
+    """Max over consecutive blocks of ``block`` entries along ``axis`` (the last block may be shorter)."""
+    n = x.shape[axis]
+    full = n // block
+    x = np.moveaxis(x, axis, -2) if axis != -2 and axis != x.ndim - 2 else x
+    parts = []
+    if full:
+        head = x[..., : full * block, :]
+        parts.append(head.reshape(*head.shape[:-2], full, block, head.shape[-1]).max(axis=-2))
+    if full * block < n:
+        parts.append(x[..., full * block :, :].max(axis=-2, keepdims=True))
+    out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-2)
+    return np.moveaxis(out, -2, axis) if axis != -2 and axis != x.ndim - 2 else out
 
-    Cell (a, b) of the result is the largest weight of the block of queries ``[a*q/size, (a+1)*q/size)``
-    and keys likewise, so a thin diagonal or a single strong column stays visible in a thumbnail.
+
+def pool_attention(att: np.ndarray, size: int) -> np.ndarray:
+    """Max-pool the last two axes (queries, keys) of ``att`` to at most ``size`` cells each.
+
+    An axis of n > size entries is cut into blocks of ceil(n / size) consecutive tokens (the last one
+    may be shorter); a cell is the largest weight of its block of queries x block of keys, so a thin
+    diagonal or a single strong column stays visible in a thumbnail.
     """
     if size < 1:
         raise ValueError(f"thumb_size must be at least 1, got {size}")
     out = att
-    for axis in (-2, -1):
-        n = out.shape[axis]
-        if n > size:
-            edges = (np.arange(size, dtype=np.int64) * n) // size
-            out = np.maximum.reduceat(out, edges, axis=axis)
-    return out
+    q, k = att.shape[-2:]
+    if q > size:
+        out = _pool_axis(out, -2, -(-q // size))
+    if k > size:
+        # pool the keys through a transposed view so the reduction runs over the second-to-last axis
+        out = np.swapaxes(_pool_axis(np.swapaxes(out, -1, -2), -2, -(-k // size)), -1, -2)
+    return np.ascontiguousarray(out)
 
 
 def _thumbs(analysis: Analysis, stack: str, layers: list[int], heads: list[int], thumb_size: int) -> tuple[dict, bool]:

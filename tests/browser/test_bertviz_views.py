@@ -9,6 +9,7 @@ Uses the session fixtures ``tiny`` / ``tiny_engine`` (tests/conftest.py) and ``b
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 from pathlib import Path
@@ -17,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from exbert_hub.views.head_view import AnalysisStore, decode_float32, head_view_payload
+from exbert_hub.views.head_view import CSR, AnalysisStore, decode_float32, decode_layer, encode_layer, head_view_payload
 from exbert_hub.views.model_view import model_view_payload, pool_attention
 from exbert_hub.views.neuron_view import neuron_view_payload
 from exbert_hub.views.transport import decode_attention
@@ -65,6 +66,7 @@ def analyses(tiny, tiny_engine, tmp_path_factory):
         "t5": tiny_engine("t5").analyze("The cat sat on the mat.", target="Le chat dort."),
     }
     out["lazy"] = out["pair"]
+    out["budget"] = out["pair"]
     xss = bert.analyze(XSS + " and more")
     display = list(xss.input.display)
     display[1] = XSS  # one token whose whole text is the attack string
@@ -95,7 +97,7 @@ def views_app(analyses):
 
         def payloads(name: str):
             a = analyses[name.strip()]
-            hv_kwargs = {"prefetch_bytes": 0} if name.strip() == "lazy" else {}
+            hv_kwargs = {"lazy": {"prefetch_bytes": 0}, "budget": {"line_budget": 300}}.get(name.strip(), {})
             nv_kwargs = {"token": 3, "layer": 1, "head": 3} if name.strip() == "llama" else {}
             return hv.payload(a, **hv_kwargs), mv.payload(a), nv.payload(a, **nv_kwargs)
 
@@ -139,11 +141,24 @@ def _wait_lines_change(pg, before: int) -> int:
     return _lines(pg)
 
 
+def _bytes(payload: dict) -> np.ndarray:
+    """The uint8 of a head-view layer payload (dense or CSR), as the browser expands them."""
+    b64 = base64.b64decode
+    if payload["encoding"] == CSR:
+        h, nq, nk = payload["shape"]
+        indptr = np.frombuffer(b64(payload["indptr"]), "<u4").astype(np.int64)
+        q = np.zeros((h * nq, nk), np.uint8)
+        q[np.repeat(np.arange(h * nq), np.diff(indptr)), np.frombuffer(b64(payload["indices"]), "<u2")] = \
+            np.frombuffer(b64(payload["values"]), np.uint8)
+        return q.reshape(h, nq, nk)
+    return np.frombuffer(b64(payload["b64"]), dtype=np.uint8).reshape(payload["shape"])
+
+
 def _weights(payload: dict) -> np.ndarray:
     """Weights exactly as the browser decodes them (float64 math, stored as float32 in the lookup table)."""
-    q = np.frombuffer(__import__("base64").b64decode(payload["b64"]), dtype=np.uint8).astype(np.float64)
+    q = _bytes(payload).astype(np.float64)
     w = payload["scale"] * (q / 255) * (q / 255)
-    return w.astype(np.float32).astype(np.float64).reshape(payload["shape"])
+    return w.astype(np.float32).astype(np.float64)
 
 
 def _visible(w: np.ndarray) -> np.ndarray:
@@ -175,6 +190,20 @@ def test_payloads_are_compact_and_typed(analyses):
     np.testing.assert_array_equal(decode_float32(nv["terms"]["softmax"]), terms["softmax"])
     with pytest.raises(ValueError):
         head_view_payload(a, pair_filter="a->c")
+
+
+def test_long_layers_go_sparse_without_losing_drawn_lines(analyses):
+    a = analyses["long"]
+    att = a.attentions[1]
+    p = encode_layer(att)
+    assert p["encoding"] == CSR
+    dense = encode_layer(att, sparse_ratio=0)  # never sparse
+    assert dense["encoding"] == "uint8"
+    assert len(json.dumps(p)) < 0.7 * len(json.dumps(dense))
+    drawn = _weights(dense) * 255 >= 0.5
+    np.testing.assert_array_equal(_weights(p)[drawn], _weights(dense)[drawn])
+    assert (_weights(p)[~drawn] == 0).all()
+    np.testing.assert_allclose(decode_layer(p)[drawn], decode_attention(dense).reshape(att.shape)[drawn])
 
 
 def test_pool_attention_keeps_maxima():
@@ -261,6 +290,26 @@ def test_head_view_fetches_layers_lazily(vpage, views_app, analyses):
     assert requests, "layer 1 was not fetched from the server"
     w = _weights(head_view_payload(analyses["lazy"], layer=1)["attention"]["self"]["1"])
     assert _lines(pg) == int(_visible(w).sum())
+    assert not pg.errors
+
+
+@pytest.mark.browser
+def test_head_view_line_budget(vpage, views_app, analyses):
+    pg = vpage
+    _open(pg, views_app, "budget")
+    w = _weights(head_view_payload(analyses["budget"])["attention"]["self"]["0"])
+    total = int(_visible(w).sum())
+    assert total > 300
+    shown = _lines(pg)
+    assert 0 < shown <= 300
+    notice = pg.locator(".xh-hv .xh-notice")
+    assert notice.is_visible() and f"of {total:,} lines" in notice.inner_text()
+    # the strongest are kept: every drawn line is at least as strong as every hidden one
+    b = np.floor(w[_visible(w)] * 255 + 0.5)
+    assert (b >= np.sort(b)[::-1][shown - 1]).sum() >= shown
+    pg.click(".xh-hv .xh-showall")
+    pg.wait_for_function(f"() => document.querySelector('.xh-hv').dataset.lines === '{total}'")
+    assert "Showing all" in notice.inner_text()
     assert not pg.errors
 
 
@@ -428,6 +477,12 @@ def test_thousand_tokens_scroll_and_readable(vpage, views_app, analyses):
     sc = pg.eval_on_selector(".xh-hv .xh-lines", "e => [e.scrollHeight, e.clientHeight]")
     assert sc[0] > 10 * sc[1]
     assert _lines(pg) > 0
+    w = _weights(head_view_payload(a)["attention"]["self"]["0"])
+    # more visible lines than the default budget: the strongest 40,000 are drawn and the view says so
+    assert pg.locator(".xh-hv .xh-notice").is_visible() == (int(_visible(w).sum()) > 40_000)
+    pg.hover(".xh-hv .xh-left .xh-tok >> nth=5")
+    pg.wait_for_function(f"() => document.querySelector('.xh-hv').dataset.lines === '{int(_visible(w[:, 5, :]).sum())}'")
+    pg.mouse.move(5, 5)
     _shot(pg, "#hv", "head-1000-dark")
     pg.eval_on_selector(".xh-hv .xh-lines", "e => { e.scrollTop = e.scrollHeight / 2; }")
     pg.wait_for_timeout(200)
