@@ -4,7 +4,7 @@
     >>> launch("bert-base-uncased")                   # or: exbert-hub --model bert-base-uncased
 
 Handlers stay thin: model logic is in plain functions (``summarize``, ``attention_matrix``, ...) that
-the UI events and the HTTP API (``gr.api``, see API.md) share. Big data is never in the initial page:
+the UI events and the HTTP API (``gr.api``, see the README) share. Big data is never in the initial page:
 the first analysis runs in ``demo.load`` (which also reads deep-link query parameters).
 """
 
@@ -549,7 +549,7 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
             # (not before the first analysis arrived: the tab selected at mount must not overwrite the link)
             item.select(None, None, None, js=f"() => {{ const x = window.exbertHub; if (x && x.ready) x.setUrlParams({{tab: '{tab}'}}); }}")
 
-        # --- HTTP API (gradio_client); documented in API.md --------------------------------------
+        # --- HTTP API (gradio_client); documented in README.md --------------------------------------
         _register_api(default_model, store)
         if search is not None:
             search.register_search_api(default_model, corpus,
