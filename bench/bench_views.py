@@ -37,6 +37,8 @@ import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -73,17 +75,24 @@ def text_of(tokenizer, n_tokens: int, source: str) -> str:
     return text
 
 
-def model_folder(root: Path) -> Path:
+def model_folder(root: Path, sharpen: float = 1.0) -> Path:
+    """The random BERT-base-sized encoder; ``sharpen`` multiplies the query and key weights (peaked,
+    real-model-like attention instead of the near-uniform attention of a random model)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from exbert_hub.resolve import _packaged_minilm
 
-    folder = root / "bert-base-random-1100"
+    folder = root / ("bert-base-random-1100" + (f"-sharp{sharpen:g}" if sharpen != 1.0 else ""))
     if (folder / "config.json").exists():
         return folder
     torch.manual_seed(0)
-    BertModel(BertConfig(max_position_embeddings=1100)).save_pretrained(folder)  # 12 x 12, hidden 768
+    model = BertModel(BertConfig(max_position_embeddings=1100))  # 12 x 12, hidden 768
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            layer.attention.self.query.weight.mul_(sharpen)
+            layer.attention.self.key.weight.mul_(sharpen)
+    model.save_pretrained(folder)
     tok = AutoTokenizer.from_pretrained(_packaged_minilm())
     tok.model_max_length = 1100
     tok.save_pretrained(folder)
@@ -126,14 +135,14 @@ def launch_ours(analyses: dict):
         hv = HeadView(elem_id="hv", store=store)
         mv = ModelView(elem_id="mv", store=store)
 
-        def head(n: str):
-            p = hv.payload(analyses[int(n)])
-            sizes[("head", int(n))] = len(json.dumps(p))
+        def head(name: str):
+            p = hv.payload(analyses[name])
+            sizes[("head", name)] = len(json.dumps(p))
             return p
 
-        def model(n: str):
-            p = mv.payload(analyses[int(n)])
-            sizes[("model", int(n))] = len(json.dumps(p))
+        def model(name: str):
+            p = mv.payload(analyses[name])
+            sizes[("model", name)] = len(json.dumps(p))
             return p
 
         show_head.click(head, which, hv)
@@ -142,13 +151,13 @@ def launch_ours(analyses: dict):
     return demo, sizes
 
 
-def measure_ours(browser, url: str, view: str, n: int, timeout_s: float) -> dict:
+def measure_ours(browser, url: str, view: str, name: str, timeout_s: float) -> dict:
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = ctx.new_page()
     try:
         page.goto(url)
         page.wait_for_selector(".xh-hv .xh-empty")
-        page.locator("#which textarea").fill(str(n))
+        page.locator("#which textarea").fill(name)
         cdp = ctx.new_cdp_session(page)
         cdp.send("Network.enable")
         received = {"bytes": 0, "on": False}
@@ -240,6 +249,9 @@ def main() -> None:
     ap.add_argument("--bertviz-max-tokens", type=int, default=256)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--skip-bertviz", action="store_true", help="only ours (for development)")
+    ap.add_argument("--sharpen", type=float, default=3.0,
+                    help="also time our views on the same model with query/key weights x this (0: skip)")
+    ap.add_argument("--sharp-sizes", default="256,1024")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -252,8 +264,14 @@ def main() -> None:
     print(f"load average at start: {loadavg()}", flush=True)
     engine = exbert_hub.load(str(model_folder(args.out)))
     source = prose()
-    analyses = {n: engine.analyze(text_of(engine.tokenizer, n, source)) for n in sizes}
-    print("analyses:", {n: tuple(a.attentions.shape) for n, a in analyses.items()}, flush=True)
+    analyses = {f"random:{n}": engine.analyze(text_of(engine.tokenizer, n, source)) for n in sizes}
+    sharp_sizes = [int(x) for x in args.sharp_sizes.split(",")] if args.sharpen else []
+    if sharp_sizes:
+        sharp = exbert_hub.load(str(model_folder(args.out, args.sharpen)))
+        analyses.update({f"sharp:{n}": sharp.analyze(text_of(sharp.tokenizer, n, source)) for n in sharp_sizes})
+    print("analyses:", {k: tuple(a.attentions.shape) for k, a in analyses.items()}, flush=True)
+    drawable = {k: int((a.attentions.astype(np.float64) * 255 >= 0.5).sum()) for k, a in analyses.items()}
+    print("weights >= 0.5/255 (drawable lines, all layers):", drawable, flush=True)
     vendor = vendor_files(args.out / "vendor")
 
     rows = []
@@ -261,18 +279,21 @@ def main() -> None:
     url = demo.local_url.rstrip("/") + "/"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        measure_ours(browser, url, "head", sizes[0], 60)  # warm-up (first page load, JIT)
-        for n in sizes:
-            for view in ("head", "model"):
-                runs = [measure_ours(browser, url, view, n, 60) for _ in range(args.repeats)]
-                secs = [r["seconds"] for r in runs]
-                row = {"impl": "ours", "view": view, "tokens": n, "seconds": statistics.median(secs),
-                       "all_seconds": secs, "client_seconds": statistics.median(r["client_seconds"] for r in runs),
-                       "bytes": statistics.median(r["bytes"] for r in runs),
-                       "payload_json": payload_sizes.get((view, n)), "lines": runs[-1]["lines"],
-                       "thumbs": runs[-1]["thumbs"], "load": loadavg()}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        measure_ours(browser, url, "head", f"random:{sizes[0]}", 60)  # warm-up (first page load, JIT)
+        for variant, ns in (("random", sizes), ("sharp", sharp_sizes)):
+            for n in ns:
+                for view in ("head", "model"):
+                    name = f"{variant}:{n}"
+                    runs = [measure_ours(browser, url, view, name, 60) for _ in range(args.repeats)]
+                    secs = [r["seconds"] for r in runs]
+                    row = {"impl": "ours", "variant": variant, "view": view, "tokens": n,
+                           "seconds": statistics.median(secs), "all_seconds": secs,
+                           "client_seconds": statistics.median(r["client_seconds"] for r in runs),
+                           "bytes": statistics.median(r["bytes"] for r in runs),
+                           "payload_json": payload_sizes.get((view, name)), "lines": runs[-1]["lines"],
+                           "thumbs": runs[-1]["thumbs"], "load": loadavg()}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
         browser.close()
         demo.close()
         for n in sizes:
@@ -285,7 +306,7 @@ def main() -> None:
                                  "note": f"not run (above --bertviz-max-tokens {args.bertviz_max_tokens})"})
                     continue
                 row = {"impl": "bertviz", "view": view, "tokens": n, "load": loadavg()}
-                row.update(measure_bertviz(p, view, analyses[n], vendor, args.bertviz_timeout, args.out))
+                row.update(measure_bertviz(p, view, analyses[f"random:{n}"], vendor, args.bertviz_timeout, args.out))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(f"load average at end: {loadavg()}", flush=True)
@@ -296,13 +317,20 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for view in ("head", "model"):
         for n in sizes:
-            o = next(r for r in rows if r["impl"] == "ours" and r["view"] == view and r["tokens"] == n)
+            o = next(r for r in rows if r["impl"] == "ours" and r["variant"] == "random" and r["view"] == view and r["tokens"] == n)
             b = next(r for r in rows if r["impl"] == "bertviz" and r["view"] == view and r["tokens"] == n)
             b_time = f"{b['seconds']:.2f} s" if b.get("seconds") is not None else b.get("note", "-")
             b_bytes = b.get("bytes")
             ratio_b = f"{b_bytes / o['bytes']:.0f}x" if b_bytes and o["bytes"] else "-"
             ratio_t = f"{b['seconds'] / o['seconds']:.0f}x" if b.get("seconds") else ("> %.0fx" % (args.bertviz_timeout / o["seconds"]) if "did not finish" in b.get("note", "") else "-")
             print(f"| {view} | {n} | {fmt_bytes(o['bytes'])} | {o['seconds']:.2f} s | {fmt_bytes(b_bytes)} | {b_time} | {ratio_b} | {ratio_t} |")
+    if sharp_sizes:
+        print(f"\n| ours, attention sharpened (q/k x{args.sharpen:g}) | tokens | bytes | drawn in | client part | lines drawn |")
+        print("|---|---|---|---|---|---|")
+        for view in ("head", "model"):
+            for n in sharp_sizes:
+                o = next(r for r in rows if r["impl"] == "ours" and r["variant"] == "sharp" and r["view"] == view and r["tokens"] == n)
+                print(f"| {view} | {n} | {fmt_bytes(o['bytes'])} | {o['seconds']:.2f} s | {o['client_seconds']:.2f} s | {o['lines'] or '-'} |")
 
 
 if __name__ == "__main__":
