@@ -37,6 +37,7 @@ class AttentionCall:
     position_bias: torch.Tensor | None  # [heads, q, k] (T5) or None
     weights: torch.Tensor  # [heads, q, k]
     context: torch.Tensor  # [q, heads, head_dim]
+    batch_context: torch.Tensor  # [batch, q, heads, head_dim]: every sequence of a batched pass (corpus builder)
 
 
 @dataclass
@@ -65,6 +66,7 @@ def _wrap(original):
                     position_bias=None if bias is None else bias[0],
                     weights=weights[0],
                     context=attn_output[0],
+                    batch_context=attn_output,
                 )
             )
         return out
