@@ -196,6 +196,37 @@ def bertviz_html(view: str, analysis) -> tuple[str, float]:
     return html, time.perf_counter() - start
 
 
+def _descendants(pid: int) -> set[int]:
+    """Process ids below ``pid`` (Linux /proc), to end the Chromium this script started."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _kill_new_chromium(before: set[int]) -> None:
+    """A renderer stuck in BertViz's SVG loop does not answer browser.close(): end its processes by id."""
+    import signal
+
+    for pid in sorted(_descendants(os.getpid()) - before):
+        try:
+            if "chromium" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def measure_bertviz(playwright, view: str, analysis, vendor: dict, timeout_s: float, keep: Path) -> dict:
     html, t_py = bertviz_html(view, analysis)
     n = len(analysis.tokens)
@@ -203,8 +234,10 @@ def measure_bertviz(playwright, view: str, analysis, vendor: dict, timeout_s: fl
     path.write_text(html, encoding="utf-8")
     nbytes = path.stat().st_size
     del html
+    before = _descendants(os.getpid())
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     result = {"bytes": nbytes, "python_seconds": t_py}
+    finished = False
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
 
@@ -223,10 +256,16 @@ def measure_bertviz(playwright, view: str, analysis, vendor: dict, timeout_s: fl
             t_ms = page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(performance.now()))))")
             result.update(seconds=t_py + t_ms / 1000, browser_seconds=t_ms / 1000,
                           svg_lines=page.evaluate("() => document.querySelectorAll('#vis svg line').length"))
+            finished = True
         except Exception as err:  # noqa: BLE001  (Playwright TimeoutError or a crashed page)
             result.update(seconds=None, note=f"did not finish in {timeout_s:.0f} s ({type(err).__name__})")
     finally:
-        browser.close()
+        if not finished:
+            _kill_new_chromium(before)
+        try:
+            browser.close()
+        except Exception:  # noqa: BLE001  (already gone)
+            pass
         path.unlink(missing_ok=True)
     return result
 
