@@ -55,6 +55,14 @@ class AnalysisStore:
     def _nbytes(analysis: Analysis) -> int:
         return sum(int(s.attentions.nbytes) for s in analysis.stacks.values())
 
+    # Gradio deep-copies what a component keeps into the page config on every page load: a store
+    # must be shared, never copied (copying cached analyses made page loads take 20+ s at 1k tokens).
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
     def put(self, analysis: Analysis) -> str:
         with self._lock:
             for key, stored in self._items.items():
