@@ -68,7 +68,8 @@ class BuildSettings:
 
     def identity(self) -> dict:
         """What must not change between a build and its resumption."""
-        return {k: getattr(self, k) for k in ("model", "source", "config", "split", "column", "max_sentences",
+        # max_sentences is not in it: a finished or killed build can be extended with a higher cap
+        return {k: getattr(self, k) for k in ("model", "source", "config", "split", "column",
                                                "max_tokens", "min_words", "shard_chars", "layers")}
 
 
@@ -226,17 +227,19 @@ class Builder:
             self.shard_chars = max(2_000, min(self.shard_chars, self.s.max_sentences * 150))
         self.spacy_info = annotate.pipeline_info(self.s.spacy)  # fails early when the pipeline is missing
         self.source = sources.open_source(self.s.source, config=self.s.config, split=self.s.split, column=self.s.column)
-        self.identity = dict(self.s.identity(), layers=self.layers, model_fingerprint=_model_fingerprint(e),
+        self.identity = dict(self.s.identity(), source=self.source.description, layers=self.layers, model_fingerprint=_model_fingerprint(e),
                              spacy=self.spacy_info["pipeline"] + "-" + str(self.spacy_info["version"]),
                              format_version=cf.FORMAT_VERSION)
         self.runner = vectors.VectorRunner(e, self.layers)
 
     # --- stage 1: shards -----------------------------------------------------------------------------
     def _done_shards(self) -> dict[int, dict]:
+        """Finished shards; a shard cut short by the previous run's --max-sentences is redone."""
         folder = self.build_dir / cf.SHARD_DONE_DIR
         if not folder.exists():
             return {}
-        return {int(p.stem): cf.read_json(p) for p in folder.glob("*.json")}
+        done = {int(p.stem): cf.read_json(p) for p in folder.glob("*.json")}
+        return {k: v for k, v in done.items() if not v.get("truncated")}
 
     def _annotate_inline(self, docs):
         return annotate.annotate(self.s.spacy, docs, self.s.min_words)
@@ -276,6 +279,10 @@ class Builder:
                 shard, docs, worker = pending.popleft()
                 if shard in done:
                     info = done[shard]
+                    if cap is not None and progress.sentences + info["sentences"] > cap:
+                        raise BuildError(
+                            f"{self.out} already holds more than --max-sentences {cap} sentences from an earlier run; "
+                            "raise --max-sentences or pass --overwrite to start again")
                 else:
                     t0 = time.time()
                     sents = worker.result() if worker is not None else self._annotate_inline(docs)
@@ -313,8 +320,11 @@ class Builder:
         encoded = vectors.encode(self.engine, [s.text for s in sents]) if sents else []
         keep = [i for i, e in enumerate(encoded) if len(e.ids) <= self.max_tokens]
         skipped = len(sents) - len(keep)
+        truncated = False
         if self.s.max_sentences is not None:
-            keep = keep[: max(0, self.s.max_sentences - progress.sentences)]
+            room = max(0, self.s.max_sentences - progress.sentences)
+            truncated = len(keep) > room
+            keep = keep[:room]
         sents = [sents[i] for i in keep]
         encoded = [encoded[i] for i in keep]
 
@@ -381,7 +391,7 @@ class Builder:
             for kind, parts in (("embedding", emb_parts), ("heads", head_parts)):
                 _save_npy(np.concatenate(parts, axis=1), self.out / cf.build_vectors_file(shard, kind))
         info = {"shard": shard, "sentences": n_sent, "tokens": n_tok, "vectors": n_vec, "skipped_long": skipped,
-                "documents": n_docs, "seconds_model": round(t_model, 3), "seconds_spacy_wait": round(t_spacy, 3),
+                "documents": n_docs, "truncated": truncated, "seconds_model": round(t_model, 3), "seconds_spacy_wait": round(t_spacy, 3),
                 "seconds_write": round(time.time() - t0 - t_model, 3)}
         cf.write_json(self.out / cf.build_shard_done_file(shard), info)
         return info

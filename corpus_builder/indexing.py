@@ -103,6 +103,14 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f[f >= 0].tolist()) & set(t.tolist())) / k for f, t in zip(found, truth)]))
 
 
+def without_self(ids: np.ndarray, self_rows: np.ndarray | None, k: int) -> np.ndarray:
+    """Each row's first ``k`` ids other than the query's own row (queries drawn from the corpus itself
+    would otherwise count their trivial self-match)."""
+    if self_rows is None:
+        return ids[:, :k]
+    return np.stack([row[row != s][:k] for row, s in zip(ids, self_rows)])
+
+
 def one_head_queries(queries: np.ndarray, num_heads: int, rng: np.random.Generator) -> np.ndarray:
     """Each query with all heads but one (random) zeroed: the hardest subset query."""
     q = queries.reshape(len(queries), num_heads, -1).copy()
@@ -112,22 +120,26 @@ def one_head_queries(queries: np.ndarray, num_heads: int, rng: np.random.Generat
     return (q * mask).reshape(len(queries), -1)
 
 
-def _tune(index, tune_q, tune_truth, test_q, test_truth, k, target) -> tuple[int, float, float]:
-    """Smallest nprobe reaching ``target`` recall on the tuning queries; its recall on the test queries."""
+def _tune(index, queries, truth, self_rows, k, target) -> tuple[int, float, float]:
+    """Smallest nprobe reaching ``target`` recall on the first half of the queries; its recall on the other half."""
     import faiss
 
     ivf = faiss.extract_index_ivf(index)
+    half = len(queries) // 2
+
+    def measure(sl) -> float:
+        _, found = index.search(queries[sl], k + 1)
+        return recall(without_self(found, self_rows[sl], k), truth[sl])
+
     chosen, tuned = None, 0.0
-    for nprobe in [p for p in NPROBES if p <= ivf.nlist] + [ivf.nlist]:
+    for nprobe in sorted({p for p in NPROBES if p <= ivf.nlist} | {ivf.nlist}):
         ivf.nprobe = nprobe
-        _, found = index.search(tune_q, k)
-        tuned = recall(found, tune_truth)
+        tuned = measure(slice(0, half))
         chosen = nprobe
         if tuned >= target:
             break
     ivf.nprobe = chosen
-    _, found = index.search(test_q, k)
-    return int(chosen), tuned, recall(found, test_truth)
+    return int(chosen), tuned, measure(slice(half, None))
 
 
 def build_index(folder: Path, kind: str, layer: int, arrays: list[np.ndarray], *, tier: str, num_heads: int,
@@ -161,20 +173,20 @@ def build_index(folder: Path, kind: str, layer: int, arrays: list[np.ndarray], *
         index.train(source.take(train_rows))
         for start, chunk in source.chunks():
             index.add(chunk)
-        # recall@50 against exact search: tune nprobe on half of the sampled queries, report the other half
+        # recall@50 against exact search, queries drawn from the corpus (their own row left out of both
+        # lists): tune nprobe on half of them, report the other half
         nq = min(recall_queries, source.n)
         q_rows = rng.choice(source.n, size=nq, replace=False)
         queries = source.take(q_rows)
-        k = min(RECALL_K, source.n)
-        half = nq // 2
-        truth = exact_topk(source, queries, k)
-        nprobe, tuned, measured = _tune(index, queries[:half], truth[:half], queries[half:], truth[half:], k, target)
+        k = min(RECALL_K, source.n - 1)
+        truth = without_self(exact_topk(source, queries, k + 1), q_rows, k)
+        nprobe, tuned, measured = _tune(index, queries, truth, q_rows, k, target)
         stats.update(factory=factory, nlist=int(ivf.nlist), nprobe=nprobe, recall_at_50=round(measured, 4),
-                     recall_at_50_tuning=round(tuned, 4), recall_queries=nq - half, train_vectors=int(n_train))
+                     recall_at_50_tuning=round(tuned, 4), recall_queries=nq - nq // 2, train_vectors=int(n_train))
         if kind == "heads" and num_heads > 1:
             hq = one_head_queries(queries, num_heads, rng)
-            htruth = exact_topk(source, hq, k)
-            hn, htuned, hmeasured = _tune(index, hq[:half], htruth[:half], hq[half:], htruth[half:], k, target)
+            htruth = without_self(exact_topk(source, hq, k + 1), q_rows, k)
+            hn, _, hmeasured = _tune(index, hq, htruth, q_rows, k, target)
             stats.update(nprobe_one_head=hn, recall_at_50_one_head=round(hmeasured, 4))
             faiss.extract_index_ivf(index).nprobe = nprobe
         faiss.write_index(index, str(tmp))

@@ -283,6 +283,32 @@ def test_resume_after_sigkill(tiny, tmp_path):
     assert resumed_seconds > 0
 
 
+def test_killed_build_can_be_extended_with_a_higher_cap(tiny, tmp_path, text_file):
+    """A build stopped after its shards (as if killed before indexing) resumes with a higher --max-sentences,
+    redoing the shard the old cap cut short, and equals a clean build with the new cap."""
+    import pyarrow.parquet as pq
+
+    from corpus_builder import BuildError, build
+    from corpus_builder.builder import Builder, BuildSettings, Progress
+
+    model = str(tiny("bert"))
+    opts = dict(workers=0, progress=False, shard_chars=1500)
+    partial = Builder(BuildSettings(model=model, source=str(text_file), out=str(tmp_path / "a"), max_sentences=25, **opts))
+    partial._check_out()
+    partial._load()
+    cf.write_json(partial.build_dir / cf.BUILD_STATE_FILE, {"identity": partial.identity})
+    partial._shard_stage(Progress())
+    assert any(cf.read_json(p).get("truncated") for p in (partial.build_dir / cf.SHARD_DONE_DIR).glob("*.json"))
+    with pytest.raises(BuildError, match="more than --max-sentences 10"):
+        build(model, str(text_file), str(tmp_path / "a"), max_sentences=10, **opts)
+    build(model, str(text_file), str(tmp_path / "a"), max_sentences=60, **opts)
+    build(model, str(text_file), str(tmp_path / "b"), max_sentences=60, **opts)
+    for sub in (cf.SENTENCES_DIR, cf.TOKENS_DIR):
+        ta = pq.read_table(sorted((tmp_path / "a" / sub).glob("*.parquet"))).to_pydict()
+        tb = pq.read_table(sorted((tmp_path / "b" / sub).glob("*.parquet"))).to_pydict()
+        assert ta == tb and len(set(ta["sentence_id"])) == 60
+
+
 def test_resume_with_other_settings_is_refused(tiny, tmp_path, text_file):
     from corpus_builder import BuildError, build
 
