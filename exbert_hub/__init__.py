@@ -8,10 +8,17 @@ from .resolve import DEFAULT_MODEL, MINILM, SMOLLM2
 __version__ = "0.1.0"
 
 __all__ = [
-    "Analysis", "AttentionStack", "TokenSequence", "Engine", "ModelCache", "load", "launch",
+    "Analysis", "AttentionStack", "TokenSequence", "Engine", "ModelCache", "load", "load_corpus", "launch",
     "ExbertError", "InputError", "ModelNotFoundError", "UnsupportedModelError",
     "MASKED_LM", "CAUSAL_LM", "ENCODER", "ENCODER_DECODER", "DEFAULT_MODEL", "MINILM", "SMOLLM2",
 ]
+
+
+def load_corpus(name_or_folder: str, model: str | None = None, **kwargs):
+    """Open a corpus built by corpus_builder (a folder or a Hub dataset id); see exbert_hub.corpus.load_corpus."""
+    from .corpus import load_corpus as _load_corpus
+
+    return _load_corpus(name_or_folder, model, **kwargs)
 
 
 def launch(model: str = DEFAULT_MODEL, **kwargs):
