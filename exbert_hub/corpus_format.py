@@ -7,7 +7,7 @@ else spells them. A corpus is a folder that is also a valid Hugging Face *datase
     data/sentences/shard-00000.parquet  one row per sentence            (SENTENCE_COLUMNS)
     data/tokens/shard-00000.parquet     one row per model (subword) token (TOKEN_COLUMNS)
     index/embedding-layer03.npy       exact tier: float16 [vectors, hidden] (searched with IndexFlatIP)
-    index/heads-layer03.faiss         compressed tier: a FAISS index file (IVF + product quantizer)
+    index/heads-layer03.faiss         compressed tier: a FAISS index file (IVF + RaBitQ codes)
     vectors/00000-embedding.npy       optional (--keep-vectors): every shard's float16 vectors
 
 ``datasets.load_dataset(folder)`` gives the tokens (default config); ``load_dataset(folder, "sentences")``
@@ -56,7 +56,7 @@ KEPT_VECTORS_DIR = "vectors"
 
 KINDS = ("embedding", "heads")  # what a search compares: `by=` of Corpus.search
 EXACT = "exact"  # IndexFlatIP over the stored float16 vectors
-COMPRESSED = "compressed"  # FAISS index_factory index (IVF + PQ), approximate
+COMPRESSED = "compressed"  # FAISS index_factory index (IVF + RaBitQ by default), approximate
 
 
 def shard_name(shard: int) -> str:
