@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -122,15 +123,18 @@ def _model_revision(engine) -> str | None:
 
 
 def _shards(documents: Iterator[str], shard_chars: int) -> Iterator[tuple[int, list[tuple[int, str]]]]:
-    """(shard number, [(document number, text)]) with about ``shard_chars`` characters per shard."""
+    """(shard number, [(document number, text)]) with about ``shard_chars`` characters per shard.
+
+    The first shards are smaller (1/8, 1/4, 1/2) so the model starts after a short spaCy wait."""
     shard, batch, chars, number = 0, [], 0, 0
+    size = lambda k: shard_chars >> max(0, 3 - k)  # noqa: E731
     for doc in documents:
         pieces = [doc] if len(doc) <= MAX_DOC_CHARS else _cut(doc)
         for piece in pieces:
             batch.append((number, piece))
             chars += len(piece)
             number += 1
-            if chars >= shard_chars:
+            if chars >= size(shard):
                 yield shard, batch
                 shard, batch, chars = shard + 1, [], 0
     if batch:
@@ -254,6 +258,8 @@ class Builder:
         pending: deque[tuple[int, list, annotate.Worker | None]] = deque()
         checked = False
         turn = 0
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-writer")
+        writing: Future | None = None
         try:
             shard_iter = _shards(self.source.documents(), self.shard_chars)
             exhausted = False
@@ -290,7 +296,10 @@ class Builder:
                     if not checked and sents:
                         self._check_batched(sents)
                         checked = True
-                    info = self._process_shard(shard, sents, progress, len(docs), t_spacy)
+                    info, payload = self._run_shard(shard, sents, progress, len(docs), t_spacy)
+                    if writing is not None:
+                        writing.result()  # at most one shard waits for the disk; errors surface here
+                    writing = writer.submit(self._write_shard, info, payload)
                 progress.sentences += info["sentences"]
                 progress.tokens += info["tokens"]
                 progress.vectors += info["vectors"]
@@ -299,7 +308,10 @@ class Builder:
                 progress.shards.append(info)
                 bar.update(info["sentences"])
                 tok_bar.update(info["tokens"])
+            if writing is not None:
+                writing.result()
         finally:
+            writer.shutdown(wait=True)
             for w in workers:
                 w.close()
             bar.close()
@@ -317,9 +329,9 @@ class Builder:
         if not self.runner.batched:
             log.warning("building one sentence at a time through engine.analyze: %s", self.runner.fallback_reason)
 
-    def _process_shard(self, shard: int, sents: list[annotate.Sentence], progress: Progress, n_docs: int, t_spacy: float) -> dict:
-        import pyarrow as pa
-
+    def _run_shard(self, shard: int, sents: list[annotate.Sentence], progress: Progress, n_docs: int,
+                   t_spacy: float) -> tuple[dict, dict]:
+        """The model part of a shard (this thread): (info with row counts, payload for _write_shard)."""
         t0 = time.time()
         encoded = vectors.encode(self.engine, [s.text for s in sents]) if sents else []
         keep = [i for i, e in enumerate(encoded) if len(e.ids) <= self.max_tokens]
@@ -341,16 +353,30 @@ class Builder:
             texts = [sents[i].text for i in idx]
             for i, vec in zip(idx, self.runner.run([encoded[i] for i in idx], texts)):
                 per_sentence[i] = vec
-        t_model = time.time() - t0
+        info = {"shard": shard, "sentences": len(sents), "tokens": sum(len(e.ids) for e in encoded),
+                "vectors": sum(len(e.ids) - sum(e.special) for e in encoded), "skipped_long": skipped,
+                "documents": n_docs, "truncated": truncated, "seconds_model": round(time.time() - t0, 3),
+                "seconds_spacy_wait": round(t_spacy, 3)}
+        payload = {"sents": sents, "encoded": encoded, "vectors": per_sentence, "sentence_base": progress.sentences,
+                   "token_base": progress.tokens, "vector_base": progress.vectors}
+        return info, payload
 
-        # tables and vectors, in corpus order
-        sentence_base, token_base, vector_base = progress.sentences, progress.tokens, progress.vectors
+    def _write_shard(self, info: dict, payload: dict) -> None:
+        """Tables and normalised float16 vectors of a shard, then its done marker (a writer thread, so the
+        disk and the numpy work overlap the next shard's forward passes; shards are written in order)."""
+        import pyarrow as pa
+
+        t0 = time.time()
+        shard = info["shard"]
+        sents, encoded, per_sentence = payload["sents"], payload["encoded"], payload["vectors"]
         srows = {c: [] for c in cf.column_names(cf.SENTENCE_COLUMNS)}
         trows = {c: [] for c in cf.column_names(cf.TOKEN_COLUMNS)}
         emb_parts, head_parts = [], []
-        tid, vrow = token_base, vector_base
+        tid, vrow = payload["token_base"], payload["vector_base"]
+        empty = (("word_text", ""), ("lemma", ""), ("pos", ""), ("tag", ""), ("dep", ""), ("head", -1),
+                 ("ent_type", ""), ("ent_iob", ""))
         for j, (sent, enc, vec) in enumerate(zip(sents, encoded, per_sentence)):
-            sid = sentence_base + j
+            sid = payload["sentence_base"] + j
             srows["sentence_id"].append(sid)
             srows["text"].append(sent.text)
             srows["document"].append(sent.document)
@@ -379,26 +405,24 @@ class Builder:
                     trows["ent_type"].append(sent.ent_types[w])
                     trows["ent_iob"].append(sent.ent_iobs[w])
                 else:
-                    for c, empty in (("word_text", ""), ("lemma", ""), ("pos", ""), ("tag", ""), ("dep", ""),
-                                     ("head", -1), ("ent_type", ""), ("ent_iob", "")):
-                        trows[c].append(empty)
+                    for c, value in empty:
+                        trows[c].append(value)
                 tid += 1
                 vrow += 0 if special else 1
             real = ~np.asarray(enc.special, dtype=bool)
-            emb_parts.append(vectors.normalise_embedding(vec.hidden[:, real]).astype(np.float16))
-            head_parts.append(vectors.normalise_heads(vec.contexts[:, real], self.num_heads).astype(np.float16))
-
-        n_sent, n_tok, n_vec = len(sents), tid - token_base, vrow - vector_base
-        if n_sent:
+            emb_parts.append(vec.hidden[:, real])
+            head_parts.append(vec.contexts[:, real])
+        assert tid - payload["token_base"] == info["tokens"] and vrow - payload["vector_base"] == info["vectors"]
+        if sents:
             _write_parquet(pa.table(srows, schema=cf.arrow_schema(cf.SENTENCE_COLUMNS)), self.out / cf.sentences_file(shard))
             _write_parquet(pa.table(trows, schema=cf.arrow_schema(cf.TOKEN_COLUMNS)), self.out / cf.tokens_file(shard))
-            for kind, parts in (("embedding", emb_parts), ("heads", head_parts)):
-                _save_npy(np.concatenate(parts, axis=1), self.out / cf.build_vectors_file(shard, kind))
-        info = {"shard": shard, "sentences": n_sent, "tokens": n_tok, "vectors": n_vec, "skipped_long": skipped,
-                "documents": n_docs, "truncated": truncated, "seconds_model": round(t_model, 3), "seconds_spacy_wait": round(t_spacy, 3),
-                "seconds_write": round(time.time() - t0 - t_model, 3)}
+            emb = vectors.normalise_embedding(np.concatenate(emb_parts, axis=1)).astype(np.float16)
+            heads = vectors.normalise_heads(np.concatenate(head_parts, axis=1), self.num_heads).astype(np.float16)
+            for kind, arr in (("embedding", emb), ("heads", heads)):
+                for p, layer in enumerate(self.layers):
+                    _save_npy(arr[p], self.out / cf.build_vectors_dir(kind, layer) / cf.vectors_shard_name(shard))
+        info = dict(info, seconds_write=round(time.time() - t0, 3))
         cf.write_json(self.out / cf.build_shard_done_file(shard), info)
-        return info
 
     # --- stage 2: indexes --------------------------------------------------------------------------
     def _index_stage(self, progress: Progress) -> dict:
@@ -413,9 +437,19 @@ class Builder:
             if marker.exists():
                 indexes[kind][layer] = cf.read_json(marker)
                 continue
-            arrays = [np.load(self.out / cf.build_vectors_file(s["shard"], kind), mmap_mode="r")[p] for s in shards]
-            stats = indexing.build_index(self.out, kind, layer, arrays, tier=tier, num_heads=self.num_heads,
-                                         factory=self.s.index_factory, recall_queries=self.s.recall_queries)
+            src = self.out / cf.build_vectors_dir(kind, layer)
+            if tier == cf.EXACT:
+                # the shard files ARE the exact index: move them, no copy
+                dst = self.out / cf.index_file(kind, layer, tier)
+                if src.exists():
+                    shutil.rmtree(dst, ignore_errors=True)
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(src, dst)
+                stats = indexing.exact_stats(self.out, kind, layer)
+            else:
+                arrays = [np.load(src / cf.vectors_shard_name(s["shard"]), mmap_mode="r") for s in shards]
+                stats = indexing.build_index(self.out, kind, layer, arrays, num_heads=self.num_heads,
+                                             factory=self.s.index_factory, recall_queries=self.s.recall_queries)
             cf.write_json(marker, stats)
             indexes[kind][layer] = stats
         return indexes
@@ -504,10 +538,11 @@ class Builder:
                    "tokens_per_second_this_run": round(progress.tokens / max(t2 - t0, 1e-9), 1),
                    "resumed": resuming}
         self._card(progress, indexes, seconds)
-        if self.s.keep_vectors:
+        built = self.build_dir / cf.VECTORS_DIR
+        if self.s.keep_vectors and built.exists() and any(built.iterdir()):
             kept = self.out / cf.KEPT_VECTORS_DIR
             shutil.rmtree(kept, ignore_errors=True)
-            os.replace(self.build_dir / cf.VECTORS_DIR, kept)
+            os.replace(built, kept)
         shutil.rmtree(self.build_dir, ignore_errors=True)
         self.progress = progress
         return self.out

@@ -200,10 +200,13 @@ class Corpus:
             if not path.exists():
                 raise CorpusError(f"{self.folder} lacks {info['file']}: the corpus is incomplete")
             if info["tier"] == cf.EXACT:
-                vectors = np.load(path, mmap_mode="r")
-                index = faiss.IndexFlatIP(int(vectors.shape[1]))
-                for i in range(0, len(vectors), 65536):
-                    index.add(np.ascontiguousarray(vectors[i:i + 65536], dtype=np.float32))
+                index = faiss.IndexFlatIP(int(info["dim"]))
+                for f in sorted(path.glob("*.npy")):  # shard files in row order
+                    vectors = np.load(f, mmap_mode="r")
+                    for i in range(0, len(vectors), 65536):
+                        index.add(np.ascontiguousarray(vectors[i:i + 65536], dtype=np.float32))
+                if index.ntotal != int(info["vectors"]):
+                    raise CorpusError(f"{path} holds {index.ntotal} vectors, the card says {info['vectors']}: damaged corpus")
             else:
                 index = faiss.read_index(str(path))
                 faiss.extract_index_ivf(index).nprobe = int(info.get("nprobe", 16))

@@ -6,9 +6,10 @@ else spells them. A corpus is a folder that is also a valid Hugging Face *datase
     README.md                         dataset card: YAML header (below) + human-readable description
     data/sentences/shard-00000.parquet  one row per sentence            (SENTENCE_COLUMNS)
     data/tokens/shard-00000.parquet     one row per model (subword) token (TOKEN_COLUMNS)
-    index/embedding-layer03.npy       exact tier: float16 [vectors, hidden] (searched with IndexFlatIP)
+    index/embedding-layer03/shard-00000.npy  exact tier: float16 [vectors of the shard, hidden], searched
+                                      with a faiss.IndexFlatIP made from all shards' files
     index/heads-layer03.faiss         compressed tier: a FAISS index file (IVF + RaBitQ codes)
-    vectors/00000-embedding.npy       optional (--keep-vectors): every shard's float16 vectors
+    vectors/heads-layer03/shard-00000.npy  optional (--keep-vectors, compressed tier): the float16 vectors
 
 ``datasets.load_dataset(folder)`` gives the tokens (default config); ``load_dataset(folder, "sentences")``
 the sentences. An unfinished build also holds ``.build/`` (never uploaded).
@@ -48,10 +49,10 @@ INDEX_DIR = "index"
 BUILD_DIR = ".build"  # work in progress of an unfinished build; removed when the build completes
 BUILD_STATE_FILE = "state.json"  # .build/state.json: the settings of the build in progress
 SHARD_DONE_DIR = "shards"  # .build/shards/00012.json: shard 12 is finished (its row counts)
-VECTORS_DIR = "vectors"  # .build/vectors/00012-embedding.npy: float16 [layers, vectors, dim]
+VECTORS_DIR = "vectors"  # .build/vectors/embedding-layer03/shard-00012.npy: float16 [vectors, dim]
 INDEX_DONE_DIR = "indexes"  # .build/indexes/heads-layer03.json: that index is finished (its stats)
-# optional (build --keep-vectors): vectors/00012-embedding.npy, float16 [indexed layers, vectors, dim] of shard 12,
-# rows in vector_row order; not needed for search
+# optional (build --keep-vectors): vectors/embedding-layer03/shard-00012.npy, float16 [vectors, dim] of shard 12,
+# rows in vector_row order; not needed for search (the exact tier's index/ folders hold the same files)
 KEPT_VECTORS_DIR = "vectors"
 
 KINDS = ("embedding", "heads")  # what a search compares: `by=` of Corpus.search
@@ -78,13 +79,22 @@ def index_stem(kind: str, layer: int) -> str:
 
 
 def index_file(kind: str, layer: int, tier: str) -> str:
-    """Path (inside the corpus folder) of the index of ``kind`` vectors at ``layer``."""
-    ext = {EXACT: ".npy", COMPRESSED: ".faiss"}[tier]
+    """Path (inside the corpus folder) of the index of ``kind`` vectors at ``layer``: a folder of float16
+    shard files (exact tier) or a FAISS index file (compressed tier)."""
+    ext = {EXACT: "", COMPRESSED: ".faiss"}[tier]
     return f"{INDEX_DIR}/{index_stem(kind, layer)}{ext}"
 
 
-def build_vectors_file(shard: int, kind: str) -> str:
-    return f"{BUILD_DIR}/{VECTORS_DIR}/{shard:05d}-{kind}.npy"
+def vectors_shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}.npy"
+
+
+def build_vectors_dir(kind: str, layer: int) -> str:
+    return f"{BUILD_DIR}/{VECTORS_DIR}/{index_stem(kind, layer)}"
+
+
+def kept_vectors_dir(kind: str, layer: int) -> str:
+    return f"{KEPT_VECTORS_DIR}/{index_stem(kind, layer)}"
 
 
 def build_shard_done_file(shard: int) -> str:
