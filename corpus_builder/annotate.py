@@ -143,26 +143,47 @@ def _recv(stream):
 
 
 class Worker:
-    """One spaCy process; ``submit`` requests are answered in order by ``result``."""
+    """One spaCy process; ``submit`` requests are answered in order by ``result``.
+
+    A reader thread collects answers as they come, so ``idle()`` tells whether the process has answered
+    everything it was given (the builder then lets the model use every core)."""
 
     def __init__(self, pipeline: str):
+        import queue
+        import threading
+
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self.proc = subprocess.Popen([sys.executable, "-m", "corpus_builder.annotate", pipeline],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        self.pending = 0
+        self.pending = 0  # submitted, not yet taken by result()
+        self._answers: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True, name="spacy-worker-reader").start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                self._answers.put(_recv(self.proc.stdout))
+            except (EOFError, OSError, ValueError):
+                self._answers.put(None)
+                return
 
     def submit(self, documents: list[tuple[int, str]], min_words: int, max_chars: int = 2000) -> None:
         _send(self.proc.stdin, (documents, min_words, max_chars))
         self.pending += 1
 
+    def idle(self) -> bool:
+        """Every submitted request has been answered (the process waits for work)."""
+        return self._answers.qsize() >= self.pending
+
     def result(self) -> list[Sentence]:
-        try:
-            status, value = _recv(self.proc.stdout)
-        except EOFError:
+        answer = self._answers.get()
+        if answer is None:
+            self._answers.put(None)
             code = self.proc.wait()
-            raise SpacyError(f"the spaCy worker process exited (code {code}); see its error above") from None
+            raise SpacyError(f"the spaCy worker process exited (code {code}); see its error above")
         self.pending -= 1
+        status, value = answer
         if status == "error":
             raise SpacyError(value)
         return value

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SPACY = "en_core_web_sm"
 DEFAULT_EXACT_LIMIT = 100_000  # vectors per index; above: compressed IVF-RaBitQ index (exact search at 100k: ~10-30 ms)
+PREFETCH = 4  # shards a spaCy worker may be given ahead of the model
 MAX_DOC_CHARS = 100_000  # longer documents are cut at whitespace (spaCy's memory grows with document length)
 
 
@@ -255,6 +256,12 @@ class Builder:
         bar = tqdm(desc="sentences", unit=" sent", disable=not self.s.progress, total=self.s.max_sentences, dynamic_ncols=True)
         tok_bar = tqdm(desc="tokens", unit=" tok", disable=not self.s.progress, dynamic_ncols=True)
         workers = [annotate.Worker(self.s.spacy) for _ in range(max(0, self.s.workers))]
+        import torch
+
+        # CPU sharing: while a spaCy worker is busy the model runs on one thread fewer (oversubscribed
+        # OpenMP threads spin and slow everyone); once spaCy is ahead and idle, it gets every thread
+        threads = torch.get_num_threads()
+        shared = max(1, threads - len(workers)) if workers else threads
         pending: deque[tuple[int, list, annotate.Worker | None]] = deque()
         checked = False
         turn = 0
@@ -267,8 +274,8 @@ class Builder:
                 cap = self.s.max_sentences
                 if cap is not None and progress.sentences >= cap:
                     break
-                # keep the spaCy workers one shard ahead of the model
-                while not exhausted and len(pending) < len(workers) + 1:
+                # keep the spaCy workers up to PREFETCH shards ahead of the model
+                while not exhausted and len(pending) < len(workers) * PREFETCH + 1:
                     try:
                         shard, docs = next(shard_iter)
                     except StopIteration:
@@ -296,10 +303,16 @@ class Builder:
                     if not checked and sents:
                         self._check_batched(sents)
                         checked = True
+                    busy = any(not w.idle() for w in workers)
+                    torch.set_num_threads(shared if busy else threads)
                     info, payload = self._run_shard(shard, sents, progress, len(docs), t_spacy)
+                    info["threads"] = torch.get_num_threads()
                     if writing is not None:
                         writing.result()  # at most one shard waits for the disk; errors surface here
-                    writing = writer.submit(self._write_shard, info, payload)
+                    t1 = time.time()
+                    tables = self._tables(info, payload)
+                    info["seconds_tables"] = round(time.time() - t1, 3)
+                    writing = writer.submit(self._write_shard, info, tables)
                 progress.sentences += info["sentences"]
                 progress.tokens += info["tokens"]
                 progress.vectors += info["vectors"]
@@ -311,6 +324,7 @@ class Builder:
             if writing is not None:
                 writing.result()
         finally:
+            torch.set_num_threads(threads)
             writer.shutdown(wait=True)
             for w in workers:
                 w.close()
@@ -361,13 +375,9 @@ class Builder:
                    "token_base": progress.tokens, "vector_base": progress.vectors}
         return info, payload
 
-    def _write_shard(self, info: dict, payload: dict) -> None:
-        """Tables and normalised float16 vectors of a shard, then its done marker (a writer thread, so the
-        disk and the numpy work overlap the next shard's forward passes; shards are written in order)."""
-        import pyarrow as pa
-
-        t0 = time.time()
-        shard = info["shard"]
+    def _tables(self, info: dict, payload: dict) -> dict:
+        """Sentence and token columns of a shard (Python work: done in the model's thread, because a
+        Python loop in another thread would hold the GIL between the model's many small torch calls)."""
         sents, encoded, per_sentence = payload["sents"], payload["encoded"], payload["vectors"]
         srows = {c: [] for c in cf.column_names(cf.SENTENCE_COLUMNS)}
         trows = {c: [] for c in cf.column_names(cf.TOKEN_COLUMNS)}
@@ -413,11 +423,23 @@ class Builder:
             emb_parts.append(vec.hidden[:, real])
             head_parts.append(vec.contexts[:, real])
         assert tid - payload["token_base"] == info["tokens"] and vrow - payload["vector_base"] == info["vectors"]
-        if sents:
-            _write_parquet(pa.table(srows, schema=cf.arrow_schema(cf.SENTENCE_COLUMNS)), self.out / cf.sentences_file(shard))
-            _write_parquet(pa.table(trows, schema=cf.arrow_schema(cf.TOKEN_COLUMNS)), self.out / cf.tokens_file(shard))
-            emb = vectors.normalise_embedding(np.concatenate(emb_parts, axis=1)).astype(np.float16)
-            heads = vectors.normalise_heads(np.concatenate(head_parts, axis=1), self.num_heads).astype(np.float16)
+        return {"sentences": srows, "tokens": trows, "embedding": emb_parts, "heads": head_parts}
+
+    def _write_shard(self, info: dict, tables: dict) -> None:
+        """Normalised float16 vectors and parquet tables of a shard, then its done marker. Runs in a writer
+        thread (numpy and the disk release the GIL), so it overlaps the next shard's forward passes;
+        shards are written in order."""
+        import pyarrow as pa
+
+        t0 = time.time()
+        shard = info["shard"]
+        if info["sentences"]:
+            _write_parquet(pa.table(tables["sentences"], schema=cf.arrow_schema(cf.SENTENCE_COLUMNS)),
+                           self.out / cf.sentences_file(shard))
+            _write_parquet(pa.table(tables["tokens"], schema=cf.arrow_schema(cf.TOKEN_COLUMNS)),
+                           self.out / cf.tokens_file(shard))
+            emb = vectors.normalise_embedding(np.concatenate(tables["embedding"], axis=1)).astype(np.float16)
+            heads = vectors.normalise_heads(np.concatenate(tables["heads"], axis=1), self.num_heads).astype(np.float16)
             for kind, arr in (("embedding", emb), ("heads", heads)):
                 for p, layer in enumerate(self.layers):
                     _save_npy(arr[p], self.out / cf.build_vectors_dir(kind, layer) / cf.vectors_shard_name(shard))
@@ -531,8 +553,11 @@ class Builder:
         indexes = self._index_stage(progress)
         t2 = time.time()
         model_s = sum(s.get("seconds_model", 0) for s in progress.shards)
-        seconds = {"spacy_wait_all_shards": round(sum(s.get("seconds_spacy_wait", 0) for s in progress.shards), 2),
-                   "write_all_shards": round(sum(s.get("seconds_write", 0) for s in progress.shards), 2),
+        seconds = {"shards_on_all_threads": sum(1 for s in progress.shards if s.get("threads", 0) > 1),
+                   "shard_model_seconds": [round(s.get("seconds_model", 0), 2) for s in progress.shards][:50],
+                   "shard_threads": [s.get("threads") for s in progress.shards][:50],
+                   "spacy_wait_all_shards": round(sum(s.get("seconds_spacy_wait", 0) for s in progress.shards), 2),
+                   "tables_all_shards": round(sum(s.get("seconds_tables", 0) for s in progress.shards), 2),
                    "total_this_run": round(t2 - t0, 2), "shards_this_run": round(t1 - t0, 2),
                    "indexes_this_run": round(t2 - t1, 2), "model_forward_all_shards": round(model_s, 2),
                    "tokens_per_second_this_run": round(progress.tokens / max(t2 - t0, 1e-9), 1),
