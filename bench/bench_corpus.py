@@ -9,6 +9,8 @@
     HF_HUB_OFFLINE=1 .venv/bin/python -m corpus_builder build --model sentence-transformers/all-MiniLM-L6-v2 \
         --source bench/out/docstrings.txt --out bench/out/docstrings-corpus --layers 1,4 --max-sentences 48000 --keep-vectors
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py search bench/out/docstrings-corpus --queries 300
+    # (after changing index defaults: rebuild the indexes from the kept vectors, same code as the builder)
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py reindex bench/out/docstrings-corpus
 
 Every figure is printed as JSON; bench/RESULTS.md ("Corpus") quotes them with the commands.
 """
@@ -183,17 +185,61 @@ def storage(args) -> dict:
 
 
 # --- 3. search at scale ----------------------------------------------------------------------------
-def search(args) -> dict:
-    """Median/p99 latency of top-50 searches and recall@50 vs exact, on the corpus's compressed indexes.
+def kept_source(folder: Path, by: str, layer: int):
+    from corpus_builder import indexing
+    from exbert_hub import corpus_format as cf
 
-    Queries are LIVE: sentences are drawn from the corpus, run through engine.analyze, and a token's
-    vector searched with Corpus.search (the full API path incl. building the hits) and with the bare
-    FAISS index. Exact top-50 comes from brute force over the kept float16 vectors (--keep-vectors)."""
+    files = sorted((folder / cf.kept_vectors_dir(by, layer)).glob("shard-*.npy"))
+    if not files:
+        raise SystemExit(f"{folder} has no kept vectors for {by} layer {layer}: build with --keep-vectors")
+    return indexing.VectorSource([np.load(f, mmap_mode="r") for f in files])
+
+
+def reindex(args) -> dict:
+    """Rebuild the compressed indexes of a corpus built with --keep-vectors (same code as the builder)
+    and update its card: used after changing the index defaults, without recomputing 1M vectors."""
+    from corpus_builder import builder, indexing
+    from exbert_hub import corpus_format as cf
+
+    folder = Path(args.folder)
+    meta = cf.read_card(folder)
+    for by in cf.KINDS:
+        for layer in meta["layers"]:
+            src = kept_source(folder, by, layer)
+            stats = indexing.build_index(folder, by, layer, src.arrays, num_heads=meta["num_heads"],
+                                         factory=args.factory, recall_queries=args.recall_queries)
+            meta["indexes"][by][layer] = stats
+            print(json.dumps({"by": by, "layer": layer, **stats}), flush=True)
+    text = (folder / cf.CARD_FILE).read_text()
+    header = __import__("yaml").safe_load(text.split("---")[1])
+    extra = {k: v for k, v in header.items() if k not in ("configs", cf.CARD_KEY)}
+    cf.write_card(folder, meta, builder._card_body(meta), extra_yaml=extra)
+    return {"bench": "reindex", "corpus": str(folder), "indexes": meta["indexes"]}
+
+
+def live_queries(engine, n: int, rng) -> list:
+    """Analyses of sentences NOT in the docstring corpus: prose of the Python language reference."""
+    import re
+
+    from corpus_builder.sources import _python_docs
+
+    sentences = [s.strip() for d in _python_docs() for s in re.split(r"(?<=[.!?])\s+", d)
+                 if 6 <= len(s.split()) <= 40]
+    picks = rng.choice(len(sentences), size=n, replace=False)
+    return [engine.analyze(sentences[int(i)]) for i in picks]
+
+
+def search(args) -> dict:
+    """Median/p99 latency of top-50 searches and recall@50 vs exact, at >= 1M vectors.
+
+    Queries are LIVE: sentences that are not in the corpus (Python language reference) run through
+    engine.analyze, one random non-special token each, searched through Corpus.search (the whole API
+    path, hits with their sentences and spaCy tokens) and through the bare FAISS index. Exact top-50 is
+    brute force over the kept float16 vectors (--keep-vectors). nprobe: the card's, then 2x and 4x."""
     import faiss
 
     import exbert_hub
     from corpus_builder import indexing
-    from exbert_hub import corpus_format as cf
     from exbert_hub.corpus import load_corpus
 
     folder = Path(args.folder)
@@ -203,45 +249,49 @@ def search(args) -> dict:
     rng = np.random.default_rng(args.seed)
     results = {"bench": "search at scale", "corpus": str(folder), "vectors": meta["counts"]["vectors"],
                "tokens": meta["counts"]["tokens"], "faiss_threads": faiss.omp_get_max_threads(),
-               "load_avg_before": load_avg(), "cases": []}
-    sids = rng.choice(corpus.num_sentences, size=args.queries, replace=False)
-    analyses = [engine.analyze(corpus.sentence(int(s))) for s in sids]
+               "load_avg_before": load_avg(), "queries": args.queries, "cases": []}
+    analyses = live_queries(engine, args.queries, rng)
     picks = [int(rng.integers(1, len(a.tokens) - 1)) for a in analyses]
-    cases = [("embedding", None), ("heads", None), ("heads", "one")]
     for layer in meta["layers"]:
-        for by, heads_mode in cases:
+        for by, heads_mode in (("embedding", None), ("heads", None), ("heads", "one")):
             info = meta["indexes"][by][layer]
-            kept = sorted((folder / cf.KEPT_VECTORS_DIR).glob(f"*-{by}.npy"))
-            pos = meta["layers"].index(layer)
-            source = indexing.VectorSource([np.load(p, mmap_mode="r")[pos] for p in kept])
-            queries, api_ms, faiss_ms, top1_self = [], [], [], 0
+            index = corpus._index(by, layer)
+            ivf = faiss.extract_index_ivf(index)
+            source = kept_source(folder, by, layer)
+            qs, heads_used = [], []
             for a, tok in zip(analyses, picks):
                 heads = None if heads_mode is None else [int(rng.integers(0, corpus.num_heads))]
                 q, n_heads = corpus.query_vector(a, tok, layer, by, heads)
-                queries.append(q)
-                index = corpus._index(by, layer)
-                t0 = time.perf_counter()
-                corpus._search(index, by, layer, q, 50, n_heads)
-                faiss_ms.append((time.perf_counter() - t0) * 1000)
-                t0 = time.perf_counter()
-                hits = corpus.search(a, token=tok, layer=layer, by=by, heads=heads, k=50)
-                api_ms.append((time.perf_counter() - t0) * 1000)
-                top1_self += int(hits[0].sentence == a.text and hits[0].token_index == tok)
-            qs = np.stack(queries).astype(np.float32)
+                qs.append(q)
+                heads_used.append(heads)
+            qs = np.stack(qs).astype(np.float32)
             truth = indexing.exact_topk(source, qs, 50)
-            found = np.stack([corpus._search(corpus._index(by, layer), by, layer, q, 50,
-                                             1 if heads_mode else corpus.num_heads)[1] for q in qs])
-            results["cases"].append({
-                "layer": layer, "by": by, "heads": "all" if heads_mode is None and by == "heads" else heads_mode,
-                "index": info.get("factory") or "IndexFlatIP", "nprobe": info.get("nprobe_one_head" if heads_mode else "nprobe"),
-                "faiss_median_ms": round(statistics.median(faiss_ms), 2),
-                "faiss_p99_ms": round(float(np.percentile(faiss_ms, 99)), 2),
-                "api_median_ms": round(statistics.median(api_ms), 2), "api_p99_ms": round(float(np.percentile(api_ms, 99)), 2),
-                "recall_at_50": round(indexing.recall(found, truth), 4), "queries": len(qs),
-                "own_token_first": round(top1_self / len(qs), 3),
-                "card_recall_at_50": info.get("recall_at_50_one_head" if heads_mode else "recall_at_50"),
-            })
-            print(json.dumps(results["cases"][-1]), flush=True)
+            base = int(info["nprobe_one_head"] if heads_mode else info["nprobe"])
+            for nprobe in sorted({base, min(ivf.nlist, base * 2), min(ivf.nlist, base * 4)}):
+                ivf.nprobe = nprobe  # (SearchParametersIVF would not pass through the embedding's rotation)
+                faiss_ms, found = [], []
+                for q in qs:
+                    t0 = time.perf_counter()
+                    _, rows = index.search(q[None], 50)
+                    faiss_ms.append((time.perf_counter() - t0) * 1000)
+                    found.append(rows[0])
+                case = {"layer": layer, "by": by, "heads": ("one" if heads_mode else "all") if by == "heads" else None,
+                        "index": info.get("factory"), "nprobe": nprobe, "card_nprobe": nprobe == base,
+                        "faiss_median_ms": round(statistics.median(faiss_ms), 2),
+                        "faiss_p99_ms": round(float(np.percentile(faiss_ms, 99)), 2),
+                        "recall_at_50": round(indexing.recall(np.stack(found), truth), 4)}
+                if nprobe == base:  # the whole API path at the card's setting
+                    ivf.nprobe = int(info["nprobe"])
+                    api_ms = []
+                    for a, tok, heads in zip(analyses, picks, heads_used):
+                        t0 = time.perf_counter()
+                        corpus.search(a, token=tok, layer=layer, by=by, heads=heads, k=50)
+                        api_ms.append((time.perf_counter() - t0) * 1000)
+                    case.update(api_median_ms=round(statistics.median(api_ms), 2),
+                                api_p99_ms=round(float(np.percentile(api_ms, 99)), 2),
+                                card_recall_at_50=info.get("recall_at_50_one_head" if heads_mode else "recall_at_50"))
+                results["cases"].append(case)
+                print(json.dumps(case), flush=True)
     results["load_avg_after"] = load_avg()
     return results
 
@@ -260,6 +310,10 @@ def main() -> None:
     t.add_argument("--out", default=str(ROOT / "bench/out/corpus-throughput"))
     s = sub.add_parser("storage")
     s.add_argument("folders", nargs="+")
+    r = sub.add_parser("reindex")
+    r.add_argument("folder")
+    r.add_argument("--factory", default=None)
+    r.add_argument("--recall-queries", type=int, default=400)
     q = sub.add_parser("search")
     q.add_argument("folder")
     q.add_argument("--queries", type=int, default=300)
@@ -272,6 +326,8 @@ def main() -> None:
         result = throughput(args)
     elif args.cmd == "storage":
         result = storage(args)
+    elif args.cmd == "reindex":
+        result = reindex(args)
     else:
         result = search(args)
     print(json.dumps(result, indent=1))

@@ -36,7 +36,7 @@ from . import annotate, indexing, sources, vectors
 log = logging.getLogger(__name__)
 
 DEFAULT_SPACY = "en_core_web_sm"
-DEFAULT_EXACT_LIMIT = 100_000  # vectors per index; above: compressed IVF-RaBitQ index (exact search at 100k: ~10-30 ms)
+DEFAULT_EXACT_LIMIT = 10_000  # vectors per index; above: compressed IVF-SQ6 index (~1/10 of exBERT's bytes, see indexing)
 PREFETCH = 4  # shards a spaCy worker may be given ahead of the model
 MAX_DOC_CHARS = 100_000  # longer documents are cut at whitespace (spaCy's memory grows with document length)
 
@@ -63,7 +63,7 @@ class BuildSettings:
     workers: int = 1  # spaCy worker processes; 0 = annotate in this process
     exact_limit: int = DEFAULT_EXACT_LIMIT
     index_factory: str | None = None  # override the compressed tier's factory string
-    recall_queries: int = 400
+    recall_queries: int = 200  # half tune nprobe, half measure recall@50 (the card)
     keep_vectors: bool = False  # also keep the float16 vectors of every shard in vectors/ (for analysis, re-indexing)
     overwrite: bool = False
     progress: bool = True

@@ -1,22 +1,31 @@
-"""FAISS indexes of a corpus: exact below a size threshold, compressed (IVF + RaBitQ) above it.
+"""FAISS indexes of a corpus: exact below a size threshold, compressed (IVF + 6-bit scalar codes) above it.
 
-Exact tier: the float16 vectors themselves are stored (``index/<kind>-layerNN.npy``); the reader adds
+Exact tier: the float16 vectors themselves are stored (``index/<kind>-layerNN/*.npy``); the reader adds
 them to a ``faiss.IndexFlatIP`` when first searched (inner product = cosine on unit vectors, exact up to
 the float16 rounding of the stored vectors).
 
-Compressed tier: a FAISS ``index_factory`` index, by default ``IVF<nlist>,RaBitQ5``: an inverted file of
-``nlist`` k-means cells (a power of two near sqrt(n)) whose residuals are coded with 5-bit extended
-RaBitQ (5 bits per dimension plus correction factors: 260 bytes for 384 dimensions, plus 8 bytes of
-id). Chosen by measurement on 100k-160k real MiniLM vectors (bench/RESULTS.md, "Corpus"): at the same
-cells visited, recall@50 was PQ192x4fs 0.64, SQ4 0.76, PQ128 0.85, SQ6 0.92, PQ192 0.93, RaBitQ4 0.945,
-RaBitQ5 0.968, SQ8 0.974 (384 bytes), so RaBitQ5 gives SQ8's recall in 2/3 of its bytes and builds in
-seconds (PQ with 192 sub-quantizers took minutes to train).
+Compressed tier: a FAISS ``index_factory`` index: an inverted file of ``nlist`` k-means cells (a power of
+two near sqrt(n)) whose vectors are stored as 6-bit scalar codes (``SQ6``: 288 bytes for 384 dimensions,
+plus 8 bytes of id). Embeddings are randomly rotated first (``RR<dim>``): hidden states have a few
+outlier dimensions that take most of a 6-bit grid's range, and a rotation spreads them. Contexts are NOT
+rotated, so each head keeps its own dimensions and a query on a subset of heads reads only their codes.
+
+Chosen by measurement on 50,000 real MiniLM vectors (layer 4 of the docstrings corpus, 200 queries,
+recall@50 against exact search with every cell visited; bench/RESULTS.md, "Corpus"):
+
+- embeddings: RR+SQ6 0.964 (298 B/vector, 0.7 s to train and add), RaBitQ5 0.972 (270 B, 1.8 s),
+  SQ6 0.934, RaBitQ4 0.943, SQ8 0.984 (392 B), PQ96 0.90 (minutes to train);
+- contexts, all heads / one head: SQ6 0.983 / 0.948, RaBitQ5 0.982 / 0.873 (its rotation mixes the
+  heads, so one head's error is the whole vector's), RaBitQ4 0.965 / 0.742, SQ4 0.946 / 0.787.
+
+SQ6 codes are cheap to make (the whole-build throughput target counts indexing) and keep one-head
+search accurate; RaBitQ's multi-bit codes cost ~50 us per vector to make.
 
 ``nprobe`` (cells visited) is tuned at build time on sampled corpus vectors to reach the recall target,
 and recall@50 against exact search is measured on a separate held-out sample and written into the
-dataset card. For ``heads`` indexes it is also measured for one-head queries (the other heads zeroed),
-whose nprobe is tuned separately and capped at nlist/4: the cells and codes are made from all heads, so
-one-head recall is lower (see the card).
+dataset card. For ``heads`` indexes it is also tuned and measured for one-head queries (the other heads
+zeroed): the cells are made from all heads, so such queries need more of them; their nprobe is capped
+so a search visits at most ``ONE_HEAD_SCAN`` vectors.
 """
 
 from __future__ import annotations
@@ -44,12 +53,18 @@ def default_nlist(n: int) -> int:
     return int(nlist)
 
 
-DEFAULT_CODE = "RaBitQ5"
+DEFAULT_CODE = "SQ6"
 IVF_TRAIN_ITERATIONS = 10
+ONE_HEAD_SCAN = 250_000  # vectors a one-head query may visit (about 20 ms of SQ6 codes on this machine)
 
 
 def default_factory(n: int, dim: int, num_heads: int, kind: str) -> str:
-    return f"IVF{default_nlist(n)},{DEFAULT_CODE}"
+    rotate = f"RR{dim}," if kind == "embedding" else ""
+    return f"{rotate}IVF{default_nlist(n)},{DEFAULT_CODE}"
+
+
+def one_head_nprobe_cap(nlist: int, n: int) -> int:
+    return max(1, min(nlist, nlist * ONE_HEAD_SCAN // max(n, 1)))
 
 
 class VectorSource:
@@ -83,14 +98,16 @@ class VectorSource:
 
 
 def exact_topk(source: VectorSource, queries: np.ndarray, k: int) -> np.ndarray:
-    """int64[q, k] rows of the k largest inner products (brute force, chunked)."""
+    """int64[q, k] rows of the k largest inner products (brute force over chunks with faiss.knn, merged)."""
+    import faiss
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
     best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     best_i = np.zeros((len(queries), 0), dtype=np.int64)
     for start, chunk in source.chunks():
-        scores = queries @ chunk.T
-        ids = np.broadcast_to(np.arange(start, start + len(chunk)), scores.shape)
-        s = np.concatenate([best_s, scores], axis=1)
-        i = np.concatenate([best_i, ids], axis=1)
+        s, i = faiss.knn(queries, np.ascontiguousarray(chunk), min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
+        s = np.concatenate([best_s, s], axis=1)
+        i = np.concatenate([best_i, i + start], axis=1)
         if s.shape[1] > k:
             part = np.argpartition(-s, k - 1, axis=1)[:, :k]
             s = np.take_along_axis(s, part, axis=1)
@@ -121,8 +138,10 @@ def one_head_queries(queries: np.ndarray, num_heads: int, rng: np.random.Generat
     return (q * mask).reshape(len(queries), -1)
 
 
-def _tune(index, queries, truth, self_rows, k, target, max_nprobe: int | None = None) -> tuple[int, float, float]:
-    """Smallest nprobe reaching ``target`` recall on the first half of the queries; its recall on the other half."""
+def _tune(index, queries, truth, self_rows, k, target, max_nprobe: int | None = None,
+          tune: bool = True) -> tuple[int, float, float]:
+    """Smallest nprobe reaching ``target`` recall on the first half of the queries; its recall on the other half.
+    Without ``tune``: nprobe is the cap."""
     import faiss
 
     ivf = faiss.extract_index_ivf(index)
@@ -132,14 +151,29 @@ def _tune(index, queries, truth, self_rows, k, target, max_nprobe: int | None = 
         _, found = index.search(queries[sl], k + 1)
         return recall(without_self(found, self_rows[sl], k), truth[sl])
 
-    chosen, tuned = None, 0.0
+    if not tune:
+        ivf.nprobe = min(ivf.nlist, max_nprobe or ivf.nlist)
+        r = measure(slice(None))
+        return int(ivf.nprobe), r, r
+    # recall grows with nprobe: binary search for the smallest candidate that reaches the target
     cap = min(ivf.nlist, max_nprobe or ivf.nlist)
-    for nprobe in sorted({p for p in NPROBES if p <= cap} | {cap}):
-        ivf.nprobe = nprobe
-        tuned = measure(slice(0, half))
-        chosen = nprobe
-        if tuned >= target:
-            break
+    candidates = sorted({p for p in NPROBES if p <= cap} | {cap})
+    measured: dict[int, float] = {}
+
+    def at(i: int) -> float:
+        if i not in measured:
+            ivf.nprobe = candidates[i]
+            measured[i] = measure(slice(0, half))
+        return measured[i]
+
+    lo, hi = 0, len(candidates) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if at(mid) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    chosen, tuned = candidates[lo], at(lo)
     ivf.nprobe = chosen
     return int(chosen), tuned, measure(slice(half, None))
 
@@ -155,7 +189,7 @@ def exact_stats(folder: Path, kind: str, layer: int) -> dict:
 
 
 def build_index(folder: Path, kind: str, layer: int, arrays: list[np.ndarray], *, num_heads: int,
-                factory: str | None = None, recall_queries: int = 400, seed: int = 0,
+                factory: str | None = None, recall_queries: int = 200, seed: int = 0,
                 target: float = RECALL_TARGET, max_train: int = 200_000) -> dict:
     """Write the compressed index of one (kind, layer) into ``folder`` and return its stats for the card."""
     import faiss
@@ -172,7 +206,7 @@ def build_index(folder: Path, kind: str, layer: int, arrays: list[np.ndarray], *
     index = faiss.index_factory(source.dim, factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.niter = IVF_TRAIN_ITERATIONS
-    n_train = min(source.n, max_train, max(ivf.nlist * 64, 65536))
+    n_train = min(source.n, max_train, ivf.nlist * 64)  # 64 per cell: k-means needs >= 39
     train_rows = np.sort(rng.choice(source.n, size=n_train, replace=False))
     index.train(source.take(train_rows))
     for start, chunk in source.chunks():
@@ -183,14 +217,16 @@ def build_index(folder: Path, kind: str, layer: int, arrays: list[np.ndarray], *
     q_rows = rng.choice(source.n, size=nq, replace=False)
     queries = source.take(q_rows)
     k = min(RECALL_K, source.n - 1)
-    truth = without_self(exact_topk(source, queries, k + 1), q_rows, k)
+    hq = one_head_queries(queries, num_heads, rng) if kind == "heads" and num_heads > 1 else queries[:0]
+    both = without_self(exact_topk(source, np.concatenate([queries, hq]), k + 1), np.concatenate([q_rows, q_rows[:len(hq)]]), k)
+    truth, htruth = both[:nq], both[nq:]
     nprobe, tuned, measured = _tune(index, queries, truth, q_rows, k, target)
     stats.update(factory=factory, nlist=int(ivf.nlist), nprobe=nprobe, recall_at_50=round(measured, 4),
                  recall_at_50_tuning=round(tuned, 4), recall_queries=nq - nq // 2, train_vectors=int(n_train))
     if kind == "heads" and num_heads > 1:
-        hq = one_head_queries(queries, num_heads, rng)
-        htruth = without_self(exact_topk(source, hq, k + 1), q_rows, k)
-        hn, _, hmeasured = _tune(index, hq, htruth, q_rows, k, target, max_nprobe=max(1, ivf.nlist // 4))
+        # small corpora: every cell (the whole index is at most ONE_HEAD_SCAN vectors), nothing to tune
+        cap = one_head_nprobe_cap(ivf.nlist, source.n)
+        hn, _, hmeasured = _tune(index, hq, htruth, q_rows, k, target, max_nprobe=cap, tune=cap < ivf.nlist)
         stats.update(nprobe_one_head=hn, recall_at_50_one_head=round(hmeasured, 4))
         faiss.extract_index_ivf(index).nprobe = nprobe
     faiss.write_index(index, str(tmp))

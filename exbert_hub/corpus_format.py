@@ -8,7 +8,7 @@ else spells them. A corpus is a folder that is also a valid Hugging Face *datase
     data/tokens/shard-00000.parquet     one row per model (subword) token (TOKEN_COLUMNS)
     index/embedding-layer03/shard-00000.npy  exact tier: float16 [vectors of the shard, hidden], searched
                                       with a faiss.IndexFlatIP made from all shards' files
-    index/heads-layer03.faiss         compressed tier: a FAISS index file (IVF + RaBitQ codes)
+    index/heads-layer03.faiss         compressed tier: a FAISS index file (IVF + 6-bit codes)
     vectors/heads-layer03/shard-00000.npy  optional (--keep-vectors, compressed tier): the float16 vectors
 
 ``datasets.load_dataset(folder)`` gives the tokens (default config); ``load_dataset(folder, "sentences")``
@@ -57,7 +57,7 @@ KEPT_VECTORS_DIR = "vectors"
 
 KINDS = ("embedding", "heads")  # what a search compares: `by=` of Corpus.search
 EXACT = "exact"  # IndexFlatIP over the stored float16 vectors
-COMPRESSED = "compressed"  # FAISS index_factory index (IVF + RaBitQ by default), approximate
+COMPRESSED = "compressed"  # FAISS index_factory index (IVF + SQ6 by default), approximate
 
 
 def shard_name(shard: int) -> str:
