@@ -93,6 +93,7 @@ class Progress:
     tokens: int = 0
     vectors: int = 0
     skipped_long: int = 0
+    duplicates: int = 0
     documents: int = 0
     shards: list[dict] = field(default_factory=list)
 
@@ -176,6 +177,7 @@ class Builder:
         self.s = settings
         self.out = Path(settings.out).expanduser()
         self.build_dir = self.out / cf.BUILD_DIR
+        self._seen: set[int] = set()  # hashes of the sentences kept so far
 
     # --- setup ---------------------------------------------------------------------------------------
     def _check_out(self) -> bool:
@@ -246,6 +248,15 @@ class Builder:
         done = {int(p.stem): cf.read_json(p) for p in folder.glob("*.json")}
         return {k: v for k, v in done.items() if not v.get("truncated")}
 
+    def _remember(self, shard: int) -> None:
+        """Add a finished shard's sentences to the seen set (a resumed build skips them like an uninterrupted one)."""
+        import pyarrow.parquet as pq
+
+        path = self.out / cf.sentences_file(shard)
+        if path.exists():
+            for text in pq.read_table(path, columns=["text"]).column("text").to_pylist():
+                self._seen.add(hash(" ".join(text.split())))
+
     def _annotate_inline(self, docs):
         return annotate.annotate(self.s.spacy, docs, self.s.min_words)
 
@@ -292,6 +303,7 @@ class Builder:
                 shard, docs, worker = pending.popleft()
                 if shard in done:
                     info = done[shard]
+                    self._remember(shard)
                     if cap is not None and progress.sentences + info["sentences"] > cap:
                         raise BuildError(
                             f"{self.out} already holds more than --max-sentences {cap} sentences from an earlier run; "
@@ -317,6 +329,7 @@ class Builder:
                 progress.tokens += info["tokens"]
                 progress.vectors += info["vectors"]
                 progress.skipped_long += info["skipped_long"]
+                progress.duplicates += info.get("duplicates", 0)
                 progress.documents += info["documents"]
                 progress.shards.append(info)
                 bar.update(info["sentences"])
@@ -347,6 +360,16 @@ class Builder:
                    t_spacy: float) -> tuple[dict, dict]:
         """The model part of a shard (this thread): (info with row counts, payload for _write_shard)."""
         t0 = time.time()
+        # a sentence seen before (in this or an earlier shard) is left out: repeated boilerplate would
+        # otherwise fill the top hits with copies of one match
+        unique = []
+        for sent in sents:
+            key = hash(" ".join(sent.text.split()))
+            if key not in self._seen:
+                self._seen.add(key)
+                unique.append(sent)
+        duplicates = len(sents) - len(unique)
+        sents = unique
         encoded = vectors.encode(self.engine, [s.text for s in sents]) if sents else []
         keep = [i for i, e in enumerate(encoded) if len(e.ids) <= self.max_tokens]
         skipped = len(sents) - len(keep)
@@ -369,7 +392,7 @@ class Builder:
                 per_sentence[i] = vec
         info = {"shard": shard, "sentences": len(sents), "tokens": sum(len(e.ids) for e in encoded),
                 "vectors": sum(len(e.ids) - sum(e.special) for e in encoded), "skipped_long": skipped,
-                "documents": n_docs, "truncated": truncated, "seconds_model": round(time.time() - t0, 3),
+                "documents": n_docs, "duplicates": duplicates, "truncated": truncated, "seconds_model": round(time.time() - t0, 3),
                 "seconds_spacy_wait": round(t_spacy, 3)}
         payload = {"sents": sents, "encoded": encoded, "vectors": per_sentence, "sentence_base": progress.sentences,
                    "token_base": progress.tokens, "vector_base": progress.vectors}
@@ -515,6 +538,7 @@ class Builder:
                       "transformers_version": transformers.__version__},
             "counts": {"documents": progress.documents, "sentences": progress.sentences, "tokens": progress.tokens,
                        "vectors": progress.vectors, "skipped_long_sentences": progress.skipped_long,
+                       "duplicate_sentences_skipped": progress.duplicates,
                        "shards": len(progress.shards)},
             "indexes": {kind: {int(layer): st for layer, st in sorted(per.items())} for kind, per in indexes.items()},
             "timings": seconds,

@@ -4,22 +4,20 @@ Exact tier: the float16 vectors themselves are stored (``index/<kind>-layerNN/*.
 them to a ``faiss.IndexFlatIP`` when first searched (inner product = cosine on unit vectors, exact up to
 the float16 rounding of the stored vectors).
 
-Compressed tier: a FAISS ``index_factory`` index: an inverted file of ``nlist`` k-means cells (a power of
-two near sqrt(n)) whose vectors are stored as 6-bit scalar codes (``SQ6``: 288 bytes for 384 dimensions,
-plus 8 bytes of id). Embeddings are randomly rotated first (``RR<dim>``): hidden states have a few
-outlier dimensions that take most of a 6-bit grid's range, and a rotation spreads them. Contexts are NOT
-rotated, so each head keeps its own dimensions and a query on a subset of heads reads only their codes.
+Compressed tier: a FAISS ``index_factory`` index: an inverted file of ``nlist`` k-means cells (a power
+of two near sqrt(n)) whose vectors are coded
+- embeddings: ``RaBitQ5`` (extended RaBitQ, 5 bits per dimension + correction factors: 262 bytes for 384
+  dimensions, plus 8 bytes of id);
+- contexts (``heads``): ``SQ6``, 6-bit scalar codes (288 bytes + id). Unlike RaBitQ (whose random
+  rotation mixes the heads, so one head's error is the whole vector's), each head keeps its own
+  dimensions and a query on a subset of heads reads only their codes.
 
-Chosen by measurement on 50,000 real MiniLM vectors (layer 4 of the docstrings corpus, 200 queries,
-recall@50 against exact search with every cell visited; bench/RESULTS.md, "Corpus"):
-
-- embeddings: RR+SQ6 0.964 (298 B/vector, 0.7 s to train and add), RaBitQ5 0.972 (270 B, 1.8 s),
-  SQ6 0.934, RaBitQ4 0.943, SQ8 0.984 (392 B), PQ96 0.90 (minutes to train);
-- contexts, all heads / one head: SQ6 0.983 / 0.948, RaBitQ5 0.982 / 0.873 (its rotation mixes the
-  heads, so one head's error is the whole vector's), RaBitQ4 0.965 / 0.742, SQ4 0.946 / 0.787.
-
-SQ6 codes are cheap to make (the whole-build throughput target counts indexing) and keep one-head
-search accurate; RaBitQ's multi-bit codes cost ~50 us per vector to make.
+Chosen by measurement on real MiniLM vectors (recall@50 against exact search; bench/RESULTS.md, "Corpus"):
+- 50,000 vectors, every cell visited: embeddings RaBitQ5 0.972 (270 B/vector), randomly rotated SQ6
+  0.964 (298 B), SQ6 0.934, RaBitQ4 0.943, SQ8 0.984 (392 B), PQ96 0.90; contexts all heads / one head:
+  SQ6 0.983 / 0.948, RaBitQ5 0.982 / 0.873, RaBitQ4 0.965 / 0.742, SQ4 0.946 / 0.787.
+- 1,051,330 vectors (layer 1 of the docstrings corpus): rotated SQ6 needed every cell and still reached
+  only 0.945, RaBitQ5 reached 0.977 visiting 4 of 1,024 cells.
 
 ``nprobe`` (cells visited) is tuned at build time on sampled corpus vectors to reach the recall target,
 and recall@50 against exact search is measured on a separate held-out sample and written into the
@@ -53,14 +51,15 @@ def default_nlist(n: int) -> int:
     return int(nlist)
 
 
-DEFAULT_CODE = "SQ6"
+DEFAULT_CODE = "SQ6"  # contexts (heads)
+EMBEDDING_CODE = "RaBitQ5"
 IVF_TRAIN_ITERATIONS = 10
 ONE_HEAD_SCAN = 250_000  # vectors a one-head query may visit (about 20 ms of SQ6 codes on this machine)
 
 
 def default_factory(n: int, dim: int, num_heads: int, kind: str) -> str:
-    rotate = f"RR{dim}," if kind == "embedding" else ""
-    return f"{rotate}IVF{default_nlist(n)},{DEFAULT_CODE}"
+    code = EMBEDDING_CODE if kind == "embedding" else DEFAULT_CODE
+    return f"IVF{default_nlist(n)},{code}"
 
 
 def one_head_nprobe_cap(nlist: int, n: int) -> int:

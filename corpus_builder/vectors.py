@@ -10,16 +10,13 @@ values up to ~10; float16 storage rounds at ~5e-3). ``check_against_engine`` ver
 sentences at the start of every build and the builder falls back to ``engine.analyze`` per sentence
 when it does not hold (or for encoder-decoders, whose decoder input the batch path does not build).
 
-Per-head contexts are the attention outputs before the output projection, read from the model's
-eager attention function (as ``exbert_hub.capture`` does for one sentence, but for the whole batch).
+Per-head contexts are the attention outputs before the output projection, recorded by the engine's own
+``exbert_hub.capture`` wrapper (its ``batch_context`` keeps every sequence of the batch).
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import sys
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,41 +24,6 @@ import torch
 
 from exbert_hub import capture
 from exbert_hub.analysis import ENCODER_DECODER
-
-_BATCH: contextvars.ContextVar[list | None] = contextvars.ContextVar("corpus_batch_contexts", default=None)
-_PATCH_LOCK = threading.Lock()
-_FLAG = "__corpus_builder_batch__"
-
-
-def _wrap(original):
-    def eager_batch_contexts(module, query, key, value, attention_mask, *args, **kwargs):
-        out = original(module, query, key, value, attention_mask, *args, **kwargs)
-        calls = _BATCH.get()
-        if calls is not None:
-            calls.append(out[0])  # [batch, tokens, heads, head_dim]
-        return out
-
-    setattr(eager_batch_contexts, _FLAG, True)
-    # exbert_hub.capture must not wrap us again (its wrapper is inside ours and still records)
-    setattr(eager_batch_contexts, capture._WRAPPED_FLAG, True)
-    eager_batch_contexts.__wrapped__ = original
-    return eager_batch_contexts
-
-
-def instrument(model: torch.nn.Module) -> bool:
-    """Wrap the eager attention functions of the model's modeling modules (pass-through outside a batch)."""
-    capture.instrument(model)  # the engine's own wrapper goes first (idempotent)
-    found = False
-    with _PATCH_LOCK:
-        for mod in {type(m).__module__ for m in model.modules()}:
-            pymod = sys.modules.get(mod)
-            fn = getattr(pymod, "eager_attention_forward", None)
-            if fn is None:
-                continue
-            found = True
-            if not getattr(fn, _FLAG, False):
-                setattr(pymod, "eager_attention_forward", _wrap(fn))
-    return found
 
 
 @dataclass
@@ -105,7 +67,7 @@ class VectorRunner:
     def __init__(self, engine, layers: list[int]):
         self.engine = engine
         self.layers = list(layers)
-        self.batched = engine.kind != ENCODER_DECODER and instrument(engine.model)
+        self.batched = engine.kind != ENCODER_DECODER and capture.instrument(engine.model)
         self.fallback_reason = None if self.batched else (
             "encoder-decoder models run through engine.analyze one sentence at a time"
             if engine.kind == ENCODER_DECODER else "the model's attention function was not found")
@@ -142,13 +104,9 @@ class VectorRunner:
 
     def _batch(self, encoded: list[Encoded]) -> list[BatchVectors]:
         inputs, lengths = self._inputs(encoded)
-        calls: list[torch.Tensor] = []
-        token = _BATCH.set(calls)
-        try:
-            with self._lock, torch.inference_mode():
-                out = self.engine.model(**inputs, output_hidden_states=True, return_dict=True)
-        finally:
-            _BATCH.reset(token)
+        with self._lock, torch.inference_mode(), capture.recording() as rec:
+            out = self.engine.model(**inputs, output_hidden_states=True, return_dict=True)
+        calls = [c.batch_context for c in rec.calls]  # [batch, tokens, heads, head_dim] per layer
         hidden_states = getattr(out, "hidden_states", None) or getattr(out, "encoder_hidden_states", None)
         if hidden_states is None or len(calls) != self.engine.num_layers:
             raise RuntimeError(f"batched pass captured {len(calls)} attention calls for {self.engine.num_layers} layers")

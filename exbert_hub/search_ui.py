@@ -503,6 +503,25 @@ def token_choices(analysis) -> list[tuple[str, int]]:
     return out
 
 
+def link_query(request) -> dict:
+    """The search tab's part of the page address (``?tab=search&token=3&layer=2&heads=0,5&by=heads``)."""
+    q = dict(getattr(request, "query_params", None) or {}) if request is not None else {}
+    out: dict = {"tab": q.get("tab")}
+    if q.get("by") in ("embedding", "heads"):
+        out["by"] = q["by"]
+    for name in ("token", "layer"):
+        try:
+            out[name] = int(q[name])
+        except (KeyError, TypeError, ValueError):
+            pass
+    if q.get("heads") and q["heads"] != "none":
+        try:
+            out["heads"] = [int(h) for h in str(q["heads"]).split(",") if h.strip()]
+        except ValueError:
+            pass
+    return out
+
+
 def default_token(analysis, current: int | None = None) -> int:
     """Keep ``current`` when it is a token of ``analysis``; else its first non-special token."""
     T = len(analysis.tokens)
@@ -615,12 +634,20 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
         field = gr.State("pos")
 
     # --- a new analysis: its tokens, layers and heads ------------------------------------------------
-    def on_analysis(key, current_token, current_layer, current_heads, corpus_text):
+    def on_analysis(key, current_token, current_layer, current_heads, corpus_text, request=None):
         a = analysis_of(key)
         if a is None:
             return (gr.update(choices=[], value=None), gr.update(), gr.update(choices=[], value=[]),
-                    corpus_status(corpus_text) if corpus_text else "Analyze a text first, then search the corpus.")
+                    corpus_status(corpus_text) if corpus_text else "Analyze a text first, then search the corpus.",
+                    gr.update())
         H, L = a.num_heads, a.num_layers
+        by_update = gr.update()
+        if current_token is None:  # the page's first analysis: a link's token, layer, heads and "by"
+            link = link_query(request)
+            current_token, current_layer = link.get("token", current_token), link.get("layer", current_layer)
+            current_heads = link.get("heads", current_heads)
+            if link.get("by"):
+                by_update = gr.update(value=link["by"])
         kept_heads = [h for h in (current_heads or []) if 0 <= int(h) < H]
         layer_value = min(max(int(current_layer or 0), 0), L - 1)
         return (
@@ -628,11 +655,26 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
             gr.update(minimum=0, maximum=max(L - 1, 1), value=layer_value, interactive=L > 1),
             gr.update(choices=[(str(h), h) for h in range(H)], value=kept_heads),
             corpus_status(corpus_text, a.model_name),
+            by_update,
         )
 
+    on_analysis.__annotations__["request"] = gr.Request  # a real class (this module has postponed annotations)
     refresh = dict(fn=on_analysis, inputs=[key_state, token, layer, heads, corpus_box],
-                   outputs=[token, layer, heads, status], api_visibility="private")
-    key_state.change(**refresh)
+                   outputs=[token, layer, heads, status, by], api_visibility="private")
+    first_search = gr.State(True)  # a link that opens this tab also runs its search, once
+    search_inputs = [key_state, token, layer, by, heads, k, corpus_box, left, right, field]
+    search_outputs = [message, view, plot, results]
+
+    def on_link_search(first, key, token_value, layer_value, by_value, heads_value, k_value, corpus_text,
+                       l_value, r_value, field_value, request=None):
+        if not first or link_query(request).get("tab") != tab_id or not corpus_text:
+            return {first_search: False}
+        return {first_search: False, **on_search(key, token_value, layer_value, by_value, heads_value, k_value,
+                                                 corpus_text, l_value, r_value, field_value)}
+
+    on_link_search.__annotations__["request"] = gr.Request
+    key_state.change(**refresh).then(on_link_search, [first_search, *search_inputs], [first_search, *search_outputs],
+                                     api_visibility="private")
     tab.select(**refresh)
 
     def on_corpus(key, corpus_text):

@@ -250,6 +250,8 @@ def test_resume_after_sigkill(tiny, tmp_path):
 
     model = str(tiny("bert"))
     source = _text_file(tmp_path / "src.txt", 70)
+    text = source.read_text()
+    source.write_text(text + "\n\n" + text[: len(text) // 3])  # repeats: the resumed build must skip them too
     killed, clean = tmp_path / "killed", tmp_path / "clean"
 
     proc = subprocess.Popen(_build_cmd(model, source, killed), cwd=ROOT, env=_env(), stderr=subprocess.PIPE)
@@ -287,6 +289,23 @@ def test_resume_after_sigkill(tiny, tmp_path):
             assert np.array_equal(_exact_vectors(killed / f), _exact_vectors(clean / f))
     assert cf.read_card(killed)["timings"]["resumed"] is True
     assert resumed_seconds > 0
+
+
+def test_repeated_sentences_are_kept_once(tiny, tmp_path, text_file, tiny_corpus):
+    import pyarrow.parquet as pq
+
+    from corpus_builder import build
+
+    twice = tmp_path / "twice.txt"
+    twice.write_text(text_file.read_text() + "\n\n" + text_file.read_text().replace(". ", ".  "))
+    out = tmp_path / "dedup"
+    build(str(tiny("bert")), str(twice), str(out), workers=0, progress=False, shard_chars=4000)
+    texts = pq.read_table(sorted((out / cf.SENTENCES_DIR).glob("*.parquet"))).column("text").to_pylist()
+    once = pq.read_table(sorted((tiny_corpus / cf.SENTENCES_DIR).glob("*.parquet"))).column("text").to_pylist()
+    assert len(texts) == len({" ".join(t.split()) for t in texts})
+    assert texts == once
+    meta = cf.read_card(out)
+    assert meta["counts"]["duplicate_sentences_skipped"] >= len(once)
 
 
 def test_killed_build_can_be_extended_with_a_higher_cap(tiny, tmp_path, text_file):
@@ -368,9 +387,9 @@ def test_compressed_tier_measures_recall(tiny, text_file, tmp_path):
         assert st["tier"] == cf.COMPRESSED and st["file"].endswith(".faiss")
         assert "IVF" in st["factory"] and st["nprobe"] >= 1
         assert 0 < st["recall_at_50"] <= 1
-    # embeddings are rotated before the 6-bit codes; contexts are not, so each head keeps its own dims
-    assert meta["indexes"]["embedding"][1]["factory"].startswith("RR")
-    assert meta["indexes"]["heads"][1]["factory"].startswith("IVF")
+    # contexts get per-dimension codes (each head keeps its own dims), embeddings RaBitQ
+    assert meta["indexes"]["embedding"][1]["factory"].endswith("RaBitQ5")
+    assert meta["indexes"]["heads"][1]["factory"].endswith("SQ6")
     assert "recall_at_50_one_head" in meta["indexes"]["heads"][1]
     assert "recall@50" in (out / "README.md").read_text()
     corpus = load_corpus(str(out))

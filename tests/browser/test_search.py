@@ -269,6 +269,22 @@ def test_window_sliders_and_search_by_heads(page, search_app):
     assert not page.errors
 
 
+def test_link_restores_the_query_and_runs_the_search(page, search_app):
+    page.goto(search_app.url + "?tab=search&token=2&layer=2&heads=0,3&by=heads")
+    page.wait_for_function("() => { const r = document.querySelector('.xs-root'); return r && r.dataset.ready === '1'; }",
+                           timeout=60_000)
+    assert page.locator("#xs-token input").input_value() == "2: cat"
+    assert page.locator("#xs-layer input[type=number]").input_value() == "2"
+    checked = page.locator("#xs-heads input[type=checkbox]:checked")
+    assert checked.count() == 2
+    s = view_state(page)
+    assert "by heads (heads 0, 3)" in s["summary"] and s["hits"] == "50"
+    ref = expected(search_app, by="heads", heads=[0, 3])
+    assert [m[0] for m in s["matches"]] == [h["tokens"][h["match"]] for h in ref["hits"]]
+    shot(page, "search-link.png")
+    assert not page.errors
+
+
 def test_bad_corpus_gives_a_message_not_a_trace(page, search_app):
     open_tab(page, search_app)
     box = page.locator("#xs-corpus textarea, #xs-corpus input").first
