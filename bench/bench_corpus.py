@@ -2,15 +2,18 @@
 
     # 1. build throughput: whole build vs bare forward passes of the same batches (target >= 0.7)
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py throughput --sentences 3000
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py throughput --sentences 3000 --model bert-base-random --out bench/out/corpus-throughput-bert
     # 2. storage bytes/token vs exBERT's layout for the same model and sentences (target <= 1/8)
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py storage bench/out/corpus-3000 bench/out/docstrings-corpus
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py storage bench/out/corpus-throughput bench/out/corpus-throughput-bert bench/out/docstrings-corpus
     # 3. search at scale: >= 1M real MiniLM token vectors (docstrings of installed packages)
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py docstrings --out bench/out/docstrings.txt
     HF_HUB_OFFLINE=1 .venv/bin/python -m corpus_builder build --model sentence-transformers/all-MiniLM-L6-v2 \
-        --source bench/out/docstrings.txt --out bench/out/docstrings-corpus --layers 1,4 --max-sentences 48000 --keep-vectors
+        --source bench/out/docstrings.txt --out bench/out/docstrings-corpus --layers 1,4 --max-sentences 58000 --keep-vectors
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py search bench/out/docstrings-corpus --queries 300
     # (after changing index defaults: rebuild the indexes from the kept vectors, same code as the builder)
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py reindex bench/out/docstrings-corpus
+    # how the index codes were chosen: recall@50 / bytes / build time of factory strings on 50k kept vectors
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py codes bench/out/docstrings-corpus --layer 4
 
 Every figure is printed as JSON; bench/RESULTS.md ("Corpus") quotes them with the commands.
 """
@@ -109,6 +112,32 @@ def bare_forward_seconds(engine, folder: Path, batch_size: int) -> tuple[float, 
     return total, tokens
 
 
+def throughput_model(name: str) -> str:
+    """MiniLM (packaged), or "bert-base-random": BERT-base's shape with random weights (bench_engine's)."""
+    if name != "bert-base-random":
+        return name
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_engine import bert_base_folder
+
+    return str(bert_base_folder(ROOT / "bench/out"))
+
+
+def spacy_alone_seconds(folder: Path) -> float:
+    """spaCy (the build's pipeline, one process) over the corpus sentences: the CPU the build needs besides the model."""
+    import pyarrow.parquet as pq
+
+    from corpus_builder import annotate
+    from exbert_hub import corpus_format as cf
+
+    meta = cf.read_card(folder)
+    nlp = annotate.load_pipeline(meta["spacy"]["requested"])
+    texts = pq.read_table(sorted((folder / cf.SENTENCES_DIR).glob("*.parquet")), columns=["text"]).column("text").to_pylist()
+    t0 = time.perf_counter()
+    for _ in nlp.pipe(texts, batch_size=64):
+        pass
+    return time.perf_counter() - t0
+
+
 def throughput(args) -> dict:
     import shutil
 
@@ -116,12 +145,13 @@ def throughput(args) -> dict:
     from corpus_builder import build
     from exbert_hub import corpus_format as cf
 
-    engine = exbert_hub.load(MINILM)
+    model = throughput_model(args.model)
+    engine = exbert_hub.load(model)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     load_before = load_avg()
     t0 = time.perf_counter()
-    build(MINILM, args.source, str(out), max_sentences=args.sentences, batch_size=args.batch_size,
+    build(model, args.source, str(out), max_sentences=args.sentences, batch_size=args.batch_size,
           workers=args.workers, progress=False)
     build_s = time.perf_counter() - t0
     meta = cf.read_card(out)
@@ -132,11 +162,13 @@ def throughput(args) -> dict:
         assert n == tokens, (n, tokens)
         bare.append(s)
     bare_s = statistics.median(bare)
+    spacy_s = spacy_alone_seconds(out)
     return {
-        "bench": "build throughput", "model": MINILM, "source": args.source, "sentences": meta["counts"]["sentences"],
+        "bench": "build throughput", "model": args.model, "source": args.source, "sentences": meta["counts"]["sentences"],
         "tokens": tokens, "batch_size": args.batch_size, "workers": args.workers, "build_seconds": round(build_s, 2),
         "build_tokens_per_s": round(tokens / build_s, 1), "bare_forward_seconds_runs": [round(x, 2) for x in bare],
         "bare_tokens_per_s": round(tokens / bare_s, 1), "ratio": round(bare_s / build_s, 3),
+        "spacy_alone_seconds": round(spacy_s, 2), "spacy_alone_over_bare_forward": round(spacy_s / bare_s, 3),
         "card_timings": meta["timings"], "index_tier": meta["indexes"]["embedding"][0]["tier"],
         "load_avg_before": load_before, "load_avg_after": load_avg(), "cpus": os.cpu_count(),
     }
@@ -182,6 +214,45 @@ def storage(args) -> dict:
             "ratio_vs_exbert_same_layers": round(ours / ex_same_layers, 4),
         })
     return {"bench": "storage bytes/token", "corpora": rows}
+
+
+# --- index codes compared (how the defaults were chosen) ------------------------------------------
+def codes(args) -> dict:
+    """recall@50 vs exact search (every cell visited, so only the codes' error counts), bytes per vector and
+    seconds to train + add, for FAISS factory strings on the first ``--vectors`` kept vectors of a layer."""
+    import faiss
+
+    from corpus_builder import indexing
+
+    folder = Path(args.folder)
+    meta = __import__("exbert_hub").corpus_format.read_card(folder)
+    rows = []
+    for by in ("embedding", "heads"):
+        src = kept_source(folder, by, args.layer)
+        X = np.concatenate([np.asarray(a[: args.vectors], dtype=np.float32) for a in src.arrays])[: args.vectors]
+        rng = np.random.default_rng(0)
+        q_rows = rng.choice(len(X), size=args.queries, replace=False)
+        sets = [("all heads" if by == "heads" else "embedding", X[q_rows])]
+        if by == "heads":
+            sets.append(("one head", indexing.one_head_queries(X[q_rows], meta["num_heads"], rng)))
+        sub = indexing.VectorSource([X])
+        truths = [indexing.without_self(indexing.exact_topk(sub, q, 51), q_rows, 50) for _, q in sets]
+        for factory in args.factories.split(";"):
+            index = faiss.index_factory(X.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+            t0 = time.perf_counter()
+            index.train(X[:65536])
+            index.add(X)
+            seconds = time.perf_counter() - t0
+            ivf = faiss.extract_index_ivf(index)
+            ivf.nprobe = ivf.nlist
+            row = {"by": by, "factory": factory, "vectors": len(X), "bytes_per_vector": round(len(faiss.serialize_index(index)) / len(X)),
+                   "train_add_seconds": round(seconds, 2)}
+            for (name, q), truth in zip(sets, truths):
+                _, found = index.search(q, 51)
+                row[f"recall_at_50 {name}"] = round(indexing.recall(indexing.without_self(found, q_rows, 50), truth), 3)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return {"bench": "index codes", "corpus": str(folder), "layer": args.layer, "rows": rows}
 
 
 # --- 3. search at scale ----------------------------------------------------------------------------
@@ -302,6 +373,7 @@ def main() -> None:
     d = sub.add_parser("docstrings")
     d.add_argument("--out", default=str(ROOT / "bench/out/docstrings.txt"))
     t = sub.add_parser("throughput")
+    t.add_argument("--model", default=MINILM, help='a model name, or "bert-base-random"')
     t.add_argument("--source", default="builtin:python-docs")
     t.add_argument("--sentences", type=int, default=3000)
     t.add_argument("--batch-size", type=int, default=32)
@@ -314,6 +386,12 @@ def main() -> None:
     r.add_argument("folder")
     r.add_argument("--factory", default=None)
     r.add_argument("--recall-queries", type=int, default=400)
+    c = sub.add_parser("codes")
+    c.add_argument("folder")
+    c.add_argument("--layer", type=int, default=4)
+    c.add_argument("--vectors", type=int, default=50_000)
+    c.add_argument("--queries", type=int, default=200)
+    c.add_argument("--factories", default="IVF64,RaBitQ5;IVF64,RaBitQ4;IVF64,SQ6;RR384,IVF64,SQ6;IVF64,SQ4;IVF64,SQ8")
     q = sub.add_parser("search")
     q.add_argument("folder")
     q.add_argument("--queries", type=int, default=300)
@@ -328,6 +406,8 @@ def main() -> None:
         result = storage(args)
     elif args.cmd == "reindex":
         result = reindex(args)
+    elif args.cmd == "codes":
+        result = codes(args)
     else:
         result = search(args)
     print(json.dumps(result, indent=1))
