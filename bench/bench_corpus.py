@@ -290,9 +290,10 @@ def codes(args) -> dict:
     import faiss
 
     from corpus_builder import indexing
+    from exbert_hub import corpus_format as cf
 
     folder = Path(args.folder)
-    meta = __import__("exbert_hub").corpus_format.read_card(folder)
+    meta = cf.read_card(folder)
     rows = []
     for by in ("embedding", "heads"):
         src = kept_source(folder, by, args.layer)
@@ -336,6 +337,8 @@ def kept_source(folder: Path, by: str, layer: int):
 def reindex(args) -> dict:
     """Rebuild the compressed indexes of a corpus built with --keep-vectors (same code as the builder)
     and update its card: used after changing the index defaults, without recomputing 1M vectors."""
+    import yaml
+
     from corpus_builder import builder, indexing
     from exbert_hub import corpus_format as cf
 
@@ -349,7 +352,7 @@ def reindex(args) -> dict:
             meta["indexes"][by][layer] = stats
             print(json.dumps({"by": by, "layer": layer, **stats}), flush=True)
     text = (folder / cf.CARD_FILE).read_text()
-    header = __import__("yaml").safe_load(text.split("---")[1])
+    header = yaml.safe_load(text.split("---")[1])
     extra = {k: v for k, v in header.items() if k not in ("configs", cf.CARD_KEY)}
     cf.write_card(folder, meta, builder._card_body(meta), extra_yaml=extra)
     return {"bench": "reindex", "corpus": str(folder), "indexes": meta["indexes"]}

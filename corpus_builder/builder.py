@@ -255,7 +255,7 @@ class Builder:
         path = self.out / cf.sentences_file(shard)
         if path.exists():
             for text in pq.read_table(path, columns=["text"]).column("text").to_pylist():
-                self._seen.add(hash(" ".join(text.split())))
+                self._seen.add(_sentence_key(text))
 
     def _annotate_inline(self, docs):
         return annotate.annotate(self.s.spacy, docs, self.s.min_words)
@@ -364,7 +364,7 @@ class Builder:
         # otherwise fill the top hits with copies of one match
         unique = []
         for sent in sents:
-            key = hash(" ".join(sent.text.split()))
+            key = _sentence_key(sent.text)
             if key not in self._seen:
                 self._seen.add(key)
                 unique.append(sent)
@@ -595,6 +595,11 @@ class Builder:
         shutil.rmtree(self.build_dir, ignore_errors=True)
         self.progress = progress
         return self.out
+
+
+def _sentence_key(text: str) -> int:
+    """Identity of a sentence for removing repeats: its words, whitespace ignored."""
+    return hash(" ".join(text.split()))
 
 
 def align_words(offsets, special, starts, ends, length) -> list[int]:

@@ -150,12 +150,12 @@ def _tune(index, queries, truth, self_rows, k, target, max_nprobe: int | None = 
         _, found = index.search(queries[sl], k + 1)
         return recall(without_self(found, self_rows[sl], k), truth[sl])
 
-    if not tune:
-        ivf.nprobe = min(ivf.nlist, max_nprobe or ivf.nlist)
-        r = measure(slice(None))
-        return int(ivf.nprobe), r, r
-    # recall grows with nprobe: binary search for the smallest candidate that reaches the target
     cap = min(ivf.nlist, max_nprobe or ivf.nlist)
+    if not tune:
+        ivf.nprobe = cap
+        r = measure(slice(None))
+        return int(cap), r, r
+    # recall grows with nprobe: binary search for the smallest candidate that reaches the target
     candidates = sorted({p for p in NPROBES if p <= cap} | {cap})
     measured: dict[int, float] = {}
 
