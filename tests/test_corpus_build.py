@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tolerances import f32_close, f32_rel_bound
 
 from exbert_hub import corpus_format as cf
 
@@ -122,14 +123,16 @@ def test_batched_vectors_equal_engine_analyze(tiny, family):
     texts = ["The cat sat on the mat.", "A much longer sentence about the history of the Roman empire and its wars.",
              "Hi there.", "Python is a programming language."]
     diff = vectors.check_against_engine(runner, texts)
-    assert diff < 1e-5
+    cfg = engine.config
+    width = max(cfg.hidden_size, getattr(cfg, "intermediate_size", 0) or 0)
+    assert diff < f32_rel_bound(width, engine.num_layers)
     assert runner.batched == (family != "bart")  # encoder-decoders go through engine.analyze
     enc = vectors.encode(engine, texts)
     for text, e, v in zip(texts, enc, runner.run(enc, texts)):
         a = engine.analyze(text)
         assert e.tokens == a.tokens and e.special == a.special.tolist()
-        np.testing.assert_allclose(v.hidden, a.hidden_states[1:], atol=1e-5 * max(1, np.abs(a.hidden_states).max()))
-        np.testing.assert_allclose(v.contexts, a.contexts, atol=1e-5 * max(1, np.abs(a.contexts).max()))
+        f32_close(v.hidden, a.hidden_states[1:], width, engine.num_layers)
+        f32_close(v.contexts, a.contexts, width, engine.num_layers)
 
 
 def test_minilm_batched_vectors_equal_engine_analyze():
@@ -139,7 +142,8 @@ def test_minilm_batched_vectors_equal_engine_analyze():
     engine = exbert_hub.load("sentence-transformers/all-MiniLM-L6-v2")
     runner = vectors.VectorRunner(engine, [0, 3, 5])
     texts = ["The cat sat on the mat.", "Assignment statements are used to rebind names to values.", "Hi there."]
-    assert vectors.check_against_engine(runner, texts) < 1e-6
+    # measured 1.056e-6 on one machine of this kind, below 1e-6 on others: float32 rounding of the padded batch
+    assert vectors.check_against_engine(runner, texts) < f32_rel_bound(engine.config.intermediate_size, engine.num_layers)
     assert runner.batched
 
 

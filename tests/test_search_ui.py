@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+from tolerances import f32_close
 
 from exbert_hub.corpus import CorpusError, CorpusModelMismatch, load_corpus
 from exbert_hub.errors import ExbertError, InputError
@@ -134,7 +135,7 @@ def test_batched_attention_equals_engine_analyze(corpus, engine):
     for i in ids:
         ref = engine.analyze(corpus.sentence(i)).attentions[1].mean(axis=0)
         assert got[i].shape == ref.shape
-        np.testing.assert_allclose(got[i], ref, atol=1e-5)
+        f32_close(got[i], ref, 1536, 2)  # a padded batch vs one sentence, through layers 0 and 1
     # corpus tokens that are not the tokenizer's (another tokenizer version): no attention, never misaligned
     text, toks = sentences[3]
     assert sentence_attention(engine, {3: (text, ["X"] + toks[1:])}, layer=1) == {}
@@ -155,7 +156,7 @@ def test_batched_attention_other_families(tiny_engine, family):
     assert set(got) == set(sentences)
     assert len(calls) == (len(texts) if family == "t5" else 0)  # one batched pass for all the others
     for i in sentences:
-        np.testing.assert_allclose(got[i], refs[i].attentions[1][[1, 2]].mean(axis=0), atol=1e-5)
+        f32_close(got[i], refs[i].attentions[1][[1, 2]].mean(axis=0), 64, 2)  # tiny: widths <= 64, layers 0-1
 
 
 # --------------------------------------------------------------------------------------------------
