@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
                                    "indexes as a Hugging Face dataset folder. Rerun the same command to resume.")
     b.add_argument("--model", required=True, help="Hub id or folder of the model (the app must use the same)")
     b.add_argument("--source", default="builtin:python-docs",
-                   help="text file or folder, parquet/json/csv file, Hub dataset id, or builtin:python-docs (default, offline)")
+                   help="text file or folder, parquet/json/csv file, Hub dataset id, builtin:wordnet (WordNet usage examples, offline: apt-get install wordnet-base), builtin:wordnet-glosses, or builtin:python-docs (default, offline)")
     b.add_argument("--out", required=True, help="output folder (a dataset repository)")
     b.add_argument("--config", default=None, help="Hub dataset config (e.g. wikitext-2-raw-v1)")
     b.add_argument("--split", default="train", help="dataset split (default train)")

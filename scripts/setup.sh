@@ -13,6 +13,14 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "note: chromium is missing; browser tests need 'sudo apt-get install chromium chromium-driver'" >&2
   fi
 fi
+# WordNet's database (builtin:wordnet, the launch's default corpus source), like chromium: as root, once
+if [ ! -f /usr/share/wordnet/data.noun ]; then
+  if [ "$(id -u)" = "0" ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null
+  else
+    echo "note: wordnet-base is missing; builtin:wordnet corpora need 'sudo apt-get install wordnet-base'" >&2
+  fi
+fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
