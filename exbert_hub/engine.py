@@ -9,8 +9,13 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
+import json
 import logging
+import math
+import os
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -29,7 +34,9 @@ from .analysis import (
     AttentionStack,
     TokenSequence,
 )
+from . import resolve as _resolve
 from .errors import InputError, ModelNotFoundError, UnsupportedModelError
+from .policy import Policy, PolicyError, _shown
 from .resolve import LOAD_LOCK, Resolved, resolve
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,14 @@ DEFAULT_MAX_CHARS = 100_000
 DEFAULT_MAX_ATTENTION_BYTES = 2_000_000_000
 
 _CROSS_NAMES = ("encoder_attn", "EncDecAttention", "crossattention", "cross_attn")
+KINDS = (MASKED_LM, CAUSAL_LM, ENCODER, ENCODER_DECODER)
+
+# Sanity bounds of a visitor's config, checked before anything is built from it (even on the meta device)
+MAX_CONFIG_BYTES = 5_000_000  # config.json
+MAX_DECLARED_LAYERS = 1024  # any config value named *layers*; real models have at most a few hundred
+MAX_DECLARED_EXPERTS = 1024  # any config value named *experts*
+MAX_DECLARED_MODULES = 65_536  # layers x experts
+ROUGH_MARGIN = 50  # a rough count above 50x the limit is refused without building anything
 
 
 def detect_kind(config) -> str:
@@ -103,53 +118,67 @@ class LoadedModel:
     module_names: dict[int, str]
     forward_args: frozenset[str]
     nbytes: int
+    nparams: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _load_model(resolved: Resolved, kind: str | None, revision: str | None, trust_remote_code: bool) -> LoadedModel:
-    with LOAD_LOCK:  # one from_pretrained at a time in this process (see resolve.LOAD_LOCK)
-        return _load_model_locked(resolved, kind, revision, trust_remote_code)
+def _load_model(resolved: Resolved, kind: str | None, revision: str | None, trust_remote_code: bool,
+                policy: Policy | None = None) -> LoadedModel:
+    """Load ``resolved`` (config, model, tokenizer).
 
-
-def _load_model_locked(resolved: Resolved, kind: str | None, revision: str | None, trust_remote_code: bool):
-    from transformers import AutoConfig, AutoTokenizer
-
-    source = resolved.source
+    LOAD_LOCK is held around each from_pretrained (and the meta-device size estimate), never across a
+    network look-up. With a ``policy`` (a visitor's request), the model's size is checked before any
+    weights are downloaded or allocated: the Hub's own counts (``model_info``, skipped offline), the
+    safetensors headers of a local folder, and always the parameters of the model built from its config
+    on the meta device. The operator (policy None, or a name in ``policy.operator_models``) is not checked.
+    """
+    checked = policy is not None and resolved.name not in policy.operator_models
+    hub = resolved.origin == "hub"
     # trust_remote_code is always passed explicitly: left unset, transformers asks on stdin whether to run
     # the code of a local folder whose config has an auto_map (and runs it if the user types "y")
-    common = {"trust_remote_code": bool(trust_remote_code)}
-    if resolved.origin == "hub":
+    common: dict = {"trust_remote_code": bool(trust_remote_code)}
+    if hub:
         common["revision"] = revision
-    try:
-        config = AutoConfig.from_pretrained(source, **common)
-    except ValueError as err:
-        if "trust_remote_code" not in str(err):
-            raise
-        raise UnsupportedModelError(
-            f"{resolved.name!r} needs its own Python code to run (its config.json has an auto_map); exbert-hub "
-            "does not run a model's code unless you opt in with trust_remote_code=True (read that code first)."
-        ) from err
-    kind = kind or detect_kind(config)
-    if kind not in (MASKED_LM, CAUSAL_LM, ENCODER, ENCODER_DECODER):
-        raise InputError(f"unknown model kind {kind!r}: use one of masked-lm, causal-lm, encoder, encoder-decoder")
-    try:
-        model = _model_class(kind).from_pretrained(
-            source, config=config, attn_implementation="eager", dtype=torch.float32, **common
-        )
-    except ValueError as err:
-        raise UnsupportedModelError(
-            f"{resolved.name!r} ({config.model_type}) cannot be loaded as a {kind} with eager attention, which "
-            f"exbert-hub needs to read attention weights: {str(err).splitlines()[0]}"
-        ) from err
+        if _resolve.hub_offline():  # HF_HUB_OFFLINE=1, or the Hub was found unreachable: never wait on retries
+            common["local_files_only"] = True
+    weights: list[str] = []
+    if checked:
+        if hub and not common.get("local_files_only"):
+            weights = _check_hub_size(resolved.name, revision, policy)
+        elif not hub:
+            _check_local_size(resolved, policy)
+    with LOAD_LOCK:  # one from_pretrained at a time in this process (see resolve.LOAD_LOCK)
+        config = _load_config(resolved, common)
+        kind = kind or detect_kind(config)
+        if kind not in KINDS:
+            raise InputError(f"unknown model kind {kind!r}: use one of masked-lm, causal-lm, encoder, encoder-decoder")
+        if checked:
+            _check_config_size(resolved.name, config, kind, trust_remote_code, policy)
+    if weights:
+        _prefetch(resolved.name, revision, weights)  # the big download, outside LOAD_LOCK
+    with LOAD_LOCK:
+        try:
+            model = _model_class(kind).from_pretrained(
+                resolved.source, config=config, attn_implementation="eager", dtype=torch.float32, **common
+            )
+        except ValueError as err:
+            raise UnsupportedModelError(
+                f"{resolved.name!r} ({config.model_type}) cannot be loaded as a {kind} with eager attention, which "
+                f"exbert-hub needs to read attention weights: {str(err).splitlines()[0]}"
+            ) from err
     model.eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **common)
-    except Exception as err:  # noqa: BLE001
-        raise ModelNotFoundError(f"{resolved.name!r} has no usable tokenizer in {source}: {err}") from err
+    with LOAD_LOCK:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(resolved.source, **common)
+        except Exception as err:  # noqa: BLE001
+            where = f" in {resolved.source}" if resolved.origin != "hub" else ""
+            raise ModelNotFoundError(f"{resolved.name!r} has no usable tokenizer{where}: {err}") from err
     captures = capture.instrument(model)
     if not captures:
         log.warning("%s: attention code not recognised; queries, keys and contexts will be unavailable", resolved.name)
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    params = list(model.parameters())
     return LoadedModel(
         resolved=resolved,
         model=model,
@@ -158,15 +187,284 @@ def _load_model_locked(resolved: Resolved, kind: str | None, revision: str | Non
         captures=captures,
         module_names={id(m): n for n, m in model.named_modules()},
         forward_args=frozenset(inspect.signature(model.forward).parameters),
-        nbytes=nbytes,
+        nbytes=sum(p.numel() * p.element_size() for p in params),
+        nparams=sum(p.numel() for p in params),
     )
+
+
+def _load_config(resolved: Resolved, common: dict):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolved.source, **common)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise UnsupportedModelError(
+            f"{resolved.name!r} needs its own Python code to run (its config.json has an auto_map); exbert-hub "
+            "does not run a model's code unless you opt in with trust_remote_code=True (read that code first)."
+        ) from err
+
+
+# --- sizes, checked before loading (policy) --------------------------------------------------------------
+def _count_text(n: int, limit: int | None = None) -> str:
+    """7_241_732_096 -> '7.2B' (exact digits when the rounded figure would equal the limit's)."""
+    def short(x: int) -> str:
+        for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+            if x >= scale:
+                return f"{x / scale:.1f}{suffix}"
+        return str(x)
+
+    return f"{n:,}" if limit is not None and short(n) == short(limit) else short(n)
+
+
+def _bytes_text(n: int) -> str:
+    for scale, suffix in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "KB")):
+        if n >= scale:
+            return f"{n / scale:.1f} {suffix}"
+    return f"{n} bytes"
+
+
+def _refuse_params(name: str, n: int, policy: Policy) -> None:
+    if n > policy.max_params:
+        raise PolicyError(
+            f"the model {_shown(name)} has {_count_text(n, policy.max_params)} parameters; this server loads at most "
+            f"{_count_text(policy.max_params, n)} (EXBERT_HUB_MAX_PARAMS): pick a smaller model"
+        )
+
+
+def _weight_files(names: dict[str, int | None]) -> list[str]:
+    """The top-level weight files from_pretrained downloads, in its order of preference."""
+    top = [n for n in names if "/" not in n]
+
+    def shards(pattern: str, ext: str) -> list[str]:
+        return sorted(n for n in top if re.fullmatch(pattern, n)) or sorted(n for n in top if n.endswith(ext))
+
+    if "model.safetensors" in top:
+        return ["model.safetensors"]
+    if "model.safetensors.index.json" in top:
+        return shards(r"model-\d+-of-\d+\.safetensors", ".safetensors")
+    if "pytorch_model.bin" in top:
+        return ["pytorch_model.bin"]
+    if "pytorch_model.bin.index.json" in top:
+        return shards(r"pytorch_model-\d+-of-\d+\.bin", ".bin")
+    return []
+
+
+def _check_hub_size(name: str, revision: str | None, policy: Policy) -> list[str]:
+    """Refuse a Hub model whose parameters or weight download exceed the policy; return its weight files.
+
+    Uses ``HfApi().model_info(files_metadata=True)``: the Hub's safetensors parameter count and the sizes
+    of the files that would be downloaded. A failed look-up checks nothing here (the config check still runs).
+    """
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(name, revision=revision, files_metadata=True, timeout=15)
+    except Exception as err:  # noqa: BLE001 - gated, private, network...: from_pretrained says it better
+        log.info("model_info(%s) failed (%s); its size is checked from its config only", name, err)
+        return []
+    sizes: dict[str, int | None] = {}
+    for sibling in getattr(info, "siblings", None) or []:
+        size = getattr(sibling, "size", None)
+        if size is None:
+            size = getattr(getattr(sibling, "lfs", None), "size", None)
+        sizes[sibling.rfilename] = size
+    total = getattr(getattr(info, "safetensors", None), "total", None)
+    if isinstance(total, int) and total > 0:
+        _refuse_params(name, total, policy)
+    if (sizes.get("config.json") or 0) > MAX_CONFIG_BYTES:
+        raise PolicyError(f"the config.json of {_shown(name)} is {_bytes_text(sizes['config.json'])}; this server "
+                          f"reads configs of at most {_bytes_text(MAX_CONFIG_BYTES)}")
+    files = _weight_files(sizes)
+    download = sum(sizes.get(f) or 0 for f in files)
+    if download > policy.max_download_bytes:
+        raise PolicyError(
+            f"the model {_shown(name)} would download {_bytes_text(download)} of weights; this server downloads at "
+            f"most {_bytes_text(policy.max_download_bytes)} (EXBERT_HUB_MAX_DOWNLOAD): pick a smaller model"
+        )
+    return files
+
+
+def safetensors_params(path) -> int:
+    """Elements of every tensor in a safetensors file, from its header alone (no tensor is read).
+
+    The format: an 8-byte little-endian header length, then that many bytes of JSON mapping each tensor
+    name to its dtype, shape and offsets. Raises ValueError for a file that is not safetensors.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError("too short for a safetensors header")
+        size = int.from_bytes(head, "little")
+        if size > 100_000_000:
+            raise ValueError("implausible safetensors header length")
+        header = json.loads(f.read(size))
+    if not isinstance(header, dict):
+        raise ValueError("the safetensors header is not a JSON object")
+    total = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ValueError(f"tensor {key!r} has no valid shape")
+        total += math.prod(shape)
+    return total
+
+
+def _local_weight_files(folder) -> list[str]:
+    """The weight files from_pretrained would read in a local folder (the index's shards when sharded)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    try:
+        names = dict.fromkeys(os.listdir(folder))
+    except OSError:
+        return []
+    if "model.safetensors" not in names and "model.safetensors.index.json" in names:
+        index = folder / "model.safetensors.index.json"
+        try:
+            if index.stat().st_size < 50_000_000:
+                weight_map = json.loads(index.read_text()).get("weight_map", {})
+                shards = sorted({v for v in weight_map.values() if isinstance(v, str)})
+                # only plain file names of this folder (an index cannot point the check elsewhere)
+                return [n for n in shards if n in names]
+        except (OSError, ValueError, AttributeError):
+            pass
+    return _weight_files(names)
+
+
+def _check_local_size(resolved: Resolved, policy: Policy) -> None:
+    """Refuse a folder whose config.json is huge or whose safetensors headers declare too many parameters."""
+    from pathlib import Path
+
+    folder = Path(resolved.source)
+    try:
+        config_bytes = (folder / "config.json").stat().st_size
+    except OSError:
+        config_bytes = 0
+    if config_bytes > MAX_CONFIG_BYTES:
+        raise PolicyError(f"the config.json of {_shown(resolved.name)} is {_bytes_text(config_bytes)}; this server "
+                          f"reads configs of at most {_bytes_text(MAX_CONFIG_BYTES)}")
+    total = 0
+    for name in _local_weight_files(folder):
+        if name.endswith(".safetensors"):
+            try:
+                total += safetensors_params(folder / name)
+            except (OSError, ValueError) as err:
+                log.info("%s: %s unreadable (%s); from_pretrained will say why", resolved.name, name, err)
+    if total:
+        _refuse_params(resolved.name, total, policy)
+
+
+def _declared(tree, words: tuple[str, ...]) -> int:
+    """The largest integer in a config dict (nested configs included) under a key containing one of ``words``."""
+    best = 0
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, (dict, list)):
+                    stack.append(value)
+                elif isinstance(value, int) and not isinstance(value, bool) and any(w in str(key) for w in words):
+                    best = max(best, value)
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, (dict, list)))
+    return best
+
+
+def _rough_params(tree: dict) -> int | None:
+    """A rough parameter count from a config dict's sizes (embeddings + attention + MLP per layer)."""
+    def first(d, *keys):
+        for k in keys:
+            v = d.get(k)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+        return None
+
+    total, found = 0, False
+    for node in [tree] + [v for v in tree.values() if isinstance(v, dict)]:
+        h = first(node, "hidden_size", "d_model", "n_embd", "dim", "embed_dim")
+        if h is None:
+            continue
+        if "encoder_layers" in node or "decoder_layers" in node:
+            layers = (first(node, "encoder_layers") or 0) + (first(node, "decoder_layers") or 0)
+        elif "num_decoder_layers" in node:
+            layers = (first(node, "num_layers") or 0) + (first(node, "num_decoder_layers") or 0)
+        else:
+            layers = first(node, "num_hidden_layers", "num_layers", "n_layer", "n_layers") or 0
+        ff = first(node, "intermediate_size", "d_ff", "n_inner", "hidden_dim", "ffn_dim", "encoder_ffn_dim") or 4 * h
+        vocab = first(node, "vocab_size") or 0
+        total += vocab * h + layers * (4 * h * h + 2 * h * ff)
+        found = True
+    return total if found else None
+
+
+def _meta_params(config, kind: str, trust_remote_code: bool) -> int | None:
+    """Parameters (and buffer elements) of the model ``config`` describes, built on the meta device:
+    no memory is allocated for them. None when the model cannot be built that way."""
+    try:
+        with torch.device("meta"):
+            model = _model_class(kind).from_config(copy.deepcopy(config), trust_remote_code=bool(trust_remote_code))
+    except Exception as err:  # noqa: BLE001
+        log.info("could not build %s on the meta device to count its parameters: %s", config.model_type, err)
+        return None
+    try:
+        return int(sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()))
+    finally:
+        del model
+
+
+def _check_config_size(name: str, config, kind: str, trust_remote_code: bool, policy: Policy) -> None:
+    """Refuse a model whose config describes more parameters than the policy allows (call under LOAD_LOCK).
+
+    This is what catches a folder with a tiny weights file and a huge config: from_pretrained would
+    allocate (and randomly initialise) every parameter the config declares.
+    """
+    tree = config.to_dict()
+    layers, experts = _declared(tree, ("layers",)), _declared(tree, ("experts",))
+    if layers > MAX_DECLARED_LAYERS or experts > MAX_DECLARED_EXPERTS or layers * max(experts, 1) > MAX_DECLARED_MODULES:
+        what = f"{layers:,} layers" + (f" and {experts:,} experts" if experts else "")
+        raise PolicyError(f"the model {_shown(name)} declares {what}; this server loads at most "
+                          f"{_count_text(policy.max_params)} parameters (EXBERT_HUB_MAX_PARAMS): pick a smaller model")
+    rough = _rough_params(tree)
+    if rough is not None and rough > ROUGH_MARGIN * policy.max_params:
+        _refuse_params(name, rough, policy)
+    counted = _meta_params(config, kind, trust_remote_code)
+    if counted is None:
+        if rough is None:
+            raise PolicyError(f"cannot tell the size of {_shown(name)} from its config; this server only loads "
+                              "models whose size it can check")
+        counted = rough
+    _refuse_params(name, counted, policy)
+
+
+def _prefetch(name: str, revision: str | None, files: list[str]) -> None:
+    """Download a Hub model's weight files into the cache outside LOAD_LOCK (from_pretrained then finds them)."""
+    from huggingface_hub.file_download import hf_hub_download
+
+    for filename in files:
+        try:
+            hf_hub_download(name, filename, revision=revision)
+        except Exception as err:  # noqa: BLE001 - from_pretrained retries and reports it
+            log.info("prefetching %s of %s failed (%s)", filename, name, err)
+            return
 
 
 class ModelCache:
     """Thread-safe LRU cache of loaded models, bounded by count and by parameter memory.
 
     A model being loaded by one thread is waited for, never loaded a second time by another.
+
+    Models are keyed by what is loaded (a Hub id and revision, or the real path of a folder, so a symlink
+    or another spelling of the same folder shares one copy). Requests (the name as asked, with the load
+    options) are remembered separately, so that asking again for a loaded model finds it without
+    resolving the name again: no Hub look-up, no LOAD_LOCK (``find``).
     """
+
+    max_requests = 1024  # remembered request -> model mappings
 
     def __init__(self, max_models: int = 3, max_bytes: int = 8_000_000_000):
         self.max_models = max_models
@@ -174,7 +472,28 @@ class ModelCache:
         self._items: OrderedDict[tuple, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
+        self._requests: OrderedDict[tuple, tuple[tuple, Resolved]] = OrderedDict()
         self.loads = 0  # how many times a model was actually loaded (for tests)
+
+    def find(self, request: tuple) -> tuple[LoadedModel | None, Resolved | None]:
+        """The loaded model a request was answered with before (or None), and how its name resolved."""
+        with self._lock:
+            hit = self._requests.get(request)
+            if hit is None:
+                return None, None
+            key, resolved = hit
+            self._requests.move_to_end(request)
+            loaded = self._items.get(key)
+            if loaded is not None:
+                self._items.move_to_end(key)
+            return loaded, resolved
+
+    def remember(self, request: tuple, key: tuple, resolved: Resolved) -> None:
+        with self._lock:
+            self._requests[request] = (key, resolved)
+            self._requests.move_to_end(request)
+            while len(self._requests) > self.max_requests:
+                self._requests.popitem(last=False)
 
     def get(self, key: tuple, loader) -> LoadedModel:
         with self._lock:
@@ -209,12 +528,50 @@ class ModelCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._requests.clear()
 
     def __len__(self) -> int:
         return len(self._items)
 
 
 MODEL_CACHE = ModelCache()
+
+
+def _request_key(name, revision, trust_remote_code, kind, allow_local) -> tuple | None:
+    """What a load asks for, before resolving: the name (as an absolute path when it may be a folder, so
+    a relative name follows the working directory) and the options."""
+    if not isinstance(name, str) or not name.strip():
+        return None
+    name = name.strip()
+    shown = os.path.abspath(os.path.expanduser(name)) if allow_local else name
+    return (shown, name, revision, bool(trust_remote_code), kind, bool(allow_local))
+
+
+def _model_key(resolved: Resolved, revision, trust_remote_code, kind) -> tuple:
+    """What is loaded: a Hub id and revision, or the real path of a folder (symlinks and aliases resolved)."""
+    if resolved.origin == "hub":
+        return ("hub", resolved.source, revision, bool(trust_remote_code), kind)
+    return ("folder", os.path.realpath(resolved.source), bool(trust_remote_code), kind)
+
+
+def _check_load_args(revision, trust_remote_code, kind, max_tokens, max_chars, policy, remote) -> None:
+    if kind is not None and kind not in KINDS:
+        raise InputError(f"unknown model kind {kind!r}: use one of masked-lm, causal-lm, encoder, encoder-decoder")
+    if revision is not None and not isinstance(revision, str):
+        raise InputError(f"revision must be a branch, tag or commit id (a string), got {type(revision).__name__}")
+    for what, value in (("max_tokens", max_tokens), ("max_chars", max_chars)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InputError(f"{what} must be a whole number of at least 1, got {_short_repr(value)}")
+    for what, value in (("trust_remote_code", trust_remote_code), ("remote", remote)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise InputError(f"{what} must be True or False, got {_short_repr(value)}")
+    if policy is not None and not isinstance(policy, Policy):
+        raise InputError(f"policy must be an exbert_hub.policy.Policy or None, got {type(policy).__name__}")
+
+
+def _short_repr(value, limit: int = 40) -> str:
+    text = " ".join(repr(value).split())
+    return (text if len(text) <= limit else text[: limit - 1] + "…") + f" ({type(value).__name__})"
 
 
 def load(
@@ -226,38 +583,85 @@ def load(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     max_chars: int = DEFAULT_MAX_CHARS,
     cache: ModelCache | None = None,
+    policy: Policy | None = None,
+    remote: bool = False,
 ) -> "Engine":
     """An Engine for ``name``: a Hugging Face Hub id, a local folder, or a packaged model when offline.
 
-    The model is loaded once per process and shared (see ModelCache). ``trust_remote_code`` stays off
-    unless you opt in; safetensors weights are preferred when a repository has both formats.
+    The model is loaded once per process and shared (see ModelCache). Asking again for a loaded model
+    (same name and options) returns at once: the name is not resolved again, the Hub is not asked and
+    LOAD_LOCK is not taken, so a slow load of another model never delays it. ``trust_remote_code``
+    stays off unless you opt in; safetensors weights are preferred when a repository has both formats.
     ``kind`` forces one of "masked-lm", "causal-lm", "encoder", "encoder-decoder".
+
+    policy: an ``exbert_hub.policy.Policy`` for names chosen by a visitor of a served app; None (the
+        default) is the operator: no checks. With a policy, before anything is downloaded or allocated:
+        ``policy.check_model(name, remote=remote)`` (allow-list; local folders off for remote visitors,
+        in which case the disk is never looked at and no message says whether a path exists); then the
+        model's size against ``policy.max_params`` and ``policy.max_download_bytes`` (the Hub's
+        ``model_info`` when online, the safetensors headers of a folder, and always the parameter count
+        of the model built from its config on the meta device). Refusals raise ``PolicyError`` with one line.
+        Names in ``policy.operator_models`` are not size-checked.
+    remote: the visitor is on another machine (see ``policy.is_remote``); only used with a policy.
     """
-    resolved = resolve(name, revision=revision, trust_remote_code=trust_remote_code)
-    key = (resolved.source, revision, trust_remote_code, kind)
+    _check_load_args(revision, trust_remote_code, kind, max_tokens, max_chars, policy, remote)
+    allow_local = True
+    if policy is not None:
+        allow_local = policy.check_model(name, remote=bool(remote))
     # "cache or MODEL_CACHE" would ignore an empty cache (ModelCache has __len__, so it is falsy when empty)
     cache = MODEL_CACHE if cache is None else cache
-    loaded = cache.get(key, lambda: _load_model(resolved, kind, revision, trust_remote_code))
-    return Engine(loaded, max_tokens=max_tokens, max_chars=max_chars)
+    request = _request_key(name, revision, trust_remote_code, kind, allow_local)
+    loaded, resolved = cache.find(request) if request is not None else (None, None)
+    if loaded is None:
+        if resolved is None or resolved.origin == "local":  # a folder is looked at again: it may have changed
+            resolved = resolve(name, revision=revision, trust_remote_code=trust_remote_code, allow_local=allow_local)
+        key = _model_key(resolved, revision, trust_remote_code, kind)
+        loaded = cache.get(key, lambda: _load_model(resolved, kind, revision, trust_remote_code, policy=policy))
+        if request is not None:
+            cache.remember(request, key, resolved)
+    if policy is not None and resolved.name not in policy.operator_models:
+        # a model loaded earlier without checks (by the operator) is still refused to a visitor if too big
+        _refuse_params(resolved.name, loaded.nparams, policy)
+    return Engine(loaded, max_tokens=int(max_tokens), max_chars=int(max_chars), resolved=resolved)
+
+
+def _check_positions(mask) -> list[int]:
+    """Mask positions as a list of ints: None, one int, or a sequence of ints (numpy ints included)."""
+    if mask is None:
+        return []
+    if isinstance(mask, (int, np.integer)) and not isinstance(mask, (bool, np.bool_)):
+        return [int(mask)]
+    if isinstance(mask, (str, bytes, dict)) or not hasattr(mask, "__iter__"):
+        raise InputError(f"mask must be a list of token positions (whole numbers), got {_short_repr(mask)}")
+    positions = []
+    for p in mask:
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, np.integer)):
+            raise InputError(f"mask positions must be whole numbers (token indexes from 0), got {_short_repr(p)}")
+        positions.append(int(p))
+    return positions
 
 
 class Engine:
     """Analyzes texts with one loaded model. Cheap to create; the model itself is shared."""
 
-    def __init__(self, loaded: LoadedModel, *, max_tokens: int = DEFAULT_MAX_TOKENS, max_chars: int = DEFAULT_MAX_CHARS):
+    def __init__(self, loaded: LoadedModel, *, max_tokens: int = DEFAULT_MAX_TOKENS, max_chars: int = DEFAULT_MAX_CHARS,
+                 resolved: Resolved | None = None):
         self._loaded = loaded
+        # the name as this engine's caller asked for it (the shared model may have been loaded under another
+        # spelling of the same folder)
+        self._resolved = resolved or loaded.resolved
         self.max_tokens = max_tokens
         self.max_chars = max_chars
 
     # --- what the model is -----------------------------------------------------------------------
     @property
     def name(self) -> str:
-        return self._loaded.resolved.name
+        return self._resolved.name
 
     @property
     def origin(self) -> str:
         """'local', 'hub' or 'packaged'."""
-        return self._loaded.resolved.origin
+        return self._resolved.origin
 
     @property
     def kind(self) -> str:
@@ -321,8 +725,18 @@ class Engine:
         pair: a second sentence (encoders), its tokens have segment 1.
         mask: token positions replaced by the mask token before the pass (masked LMs).
         target: decoder text of an encoder-decoder (default: the text itself).
+        top_k: predictions kept per position (a whole number from 1 to 100).
         truncate: cut text longer than ``token_limit`` (reported in the Analysis) instead of raising.
+
+        Wrong types or values raise InputError with one line (texts with a lone surrogate, mask positions
+        that are not whole numbers, a top_k that is not one...).
         """
+        mask = _check_positions(mask)
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+            raise InputError(f"top_k must be a whole number between 1 and 100, got {_short_repr(top_k)}")
+        top_k = int(top_k)
+        if not isinstance(truncate, (bool, np.bool_)):
+            raise InputError(f"truncate must be True or False, got {_short_repr(truncate)}")
         text = self._check_text(text, "text")
         if pair is not None:
             pair = self._check_text(pair, "pair")
@@ -385,6 +799,13 @@ class Engine:
     def _check_text(self, text, what: str) -> str:
         if not isinstance(text, str):
             raise InputError(f"the {what} must be a string, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate (e.g. half of an emoji cut by a client)
+            raise InputError(
+                f"the {what} contains an invalid character (a lone surrogate at position {err.start}): "
+                "remove it, or copy the text again from its source"
+            ) from None
         if not text.strip():
             raise InputError(f"the {what} is empty: type a sentence to analyze")
         if len(text) > self.max_chars:

@@ -150,3 +150,38 @@ def build(family: str, folder: Path) -> Path:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+# --- folders whose files lie about their size (for the policy's checks) ---------------------------------
+def write_safetensors_header(path: Path, tensors: dict[str, list[int]], dtype: str = "F32") -> Path:
+    """A safetensors file holding only its header: ``tensors`` maps names to shapes (no data follows).
+
+    Enough for anything that reads the header (the size checks); not a loadable weights file unless
+    ``tensors`` is empty.
+    """
+    import json
+    import math
+
+    header, offset = {}, 0
+    for name, shape in tensors.items():
+        size = math.prod(shape) * 4
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = Path(path)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw)
+    return path
+
+
+def bert_folder_with_config(folder: Path, weights: dict[str, list[int]] | None = None, **config) -> Path:
+    """A BERT folder with the real WordPiece tokenizer, a config.json of ``config`` (over SMALL) and a
+    weights file that only declares ``weights`` (default: no tensor at all: a 16-byte file)."""
+    import transformers as tf
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tf.BertConfig(vocab_size=WORDPIECE_VOCAB, **{**SMALL, **config}).save_pretrained(folder)
+    _wordpiece().save_pretrained(folder)
+    write_safetensors_header(folder / "model.safetensors", weights or {})
+    return folder
