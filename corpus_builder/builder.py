@@ -29,6 +29,7 @@ from typing import Iterator
 import numpy as np
 
 from exbert_hub import corpus_format as cf
+from exbert_hub.corpus import probe_fingerprint
 from exbert_hub.errors import InputError
 
 from . import annotate, indexing, sources, vectors
@@ -515,6 +516,9 @@ class Builder:
             "model_revision": _model_revision(e),
             "model_origin": e.origin,
             "model_fingerprint": self.identity["model_fingerprint"],
+            # the model's embedding of a probe sentence per indexed layer: searches compare it with the
+            # live model's, so other weights under the same name are refused (exbert_hub.corpus.check_engine)
+            "probe_fingerprint": self._probe_fingerprint(),
             "model_kind": e.kind,
             "num_layers": e.num_layers,
             "num_heads": self.num_heads,
@@ -550,6 +554,13 @@ class Builder:
             "tags": ["exbert-hub", "interpretability", "attention", "faiss", "spacy"],
             "size_categories": [_size_category(progress.sentences)],
         })
+
+    def _probe_fingerprint(self) -> dict | None:
+        try:
+            return probe_fingerprint(self.engine, self.layers)
+        except Exception as err:  # noqa: BLE001 - a model that cannot analyze the probe: a corpus without one
+            log.warning("no model fingerprint in the card (the probe sentence could not be analyzed: %s)", err)
+            return None
 
     # --- all -----------------------------------------------------------------------------------------
     def run(self) -> Path:

@@ -3,7 +3,7 @@
     >>> import exbert_hub
     >>> from exbert_hub.corpus import load_corpus
     >>> engine = exbert_hub.load("sentence-transformers/all-MiniLM-L6-v2")
-    >>> corpus = load_corpus("my_corpus", model=engine.name)     # or "user/name" on the Hub
+    >>> corpus = load_corpus("my_corpus", engine=engine)     # or "user/name" on the Hub
     >>> a = engine.analyze("The cat sat on the mat.")
     >>> hits = corpus.search(a, token=2, layer=3, by="embedding", k=50)
     >>> hits[0].sentence, hits[0].token_index, hits[0].score, hits[0].tokens[hits[0].token_index].pos
@@ -12,28 +12,54 @@ The file layout, the columns and the meaning of layers and scores are in ``exber
 ``by="embedding"``: cosine of the token's output hidden state at ``layer`` (``hidden_states[layer + 1]``).
 ``by="heads"``: the mean, over the selected heads, of the cosine between per-head attention outputs
 (before the output projection) at ``layer``. A token searched with its own live vector scores ~1.0.
+
+Names typed by visitors of a served app. ``load_corpus(name, policy=..., remote=True)`` asks the policy
+first and, when it does not allow folders, never looks at the disk for ``name``; a Hub corpus downloads only
+the corpus's own files (``corpus_format.CORPUS_PATTERNS``), after checking their total size against
+``policy.max_corpus_bytes``; every file a card names is confined to the corpus folder; errors name the
+corpus as the visitor gave it (a folder by its own name only), never a server path, and for remote
+visitors do not tell a missing folder from a file or a non-corpus. Opened corpora are kept in a bounded
+LRU cache (``CORPUS_CACHE``: by count and by bytes).
+
+Model check. A corpus can only be searched with the model it was built with: by name, and (given the live
+engine: ``load_corpus(..., engine=)``, ``Corpus.check_engine``, ``Corpus.search(..., engine=)``) by the
+model's embedding of a fixed probe sentence at each indexed layer, stored in the card at build time, so
+other weights under the same name are refused (``CorpusModelMismatch``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import stat
 import threading
+import time
+import warnings
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from . import corpus_format as cf
 from .errors import ExbertError, InputError
 
+log = logging.getLogger(__name__)
+
 
 class CorpusError(ExbertError, OSError):
-    """A corpus that cannot be opened (missing, unfinished, a newer format...)."""
+    """A corpus that cannot be opened (missing, unfinished, damaged, a newer format, files outside it...)."""
 
 
 class CorpusModelMismatch(ExbertError, ValueError):
     """A search with vectors of a different model than the corpus was built with."""
+
+
+class CorpusWarning(UserWarning):
+    """Something a corpus cannot check (an old corpus without a model fingerprint)."""
 
 
 @dataclass
@@ -82,6 +108,31 @@ class Hit:
                 "tokens": [t.to_dict() for t in self.tokens]}
 
 
+# --------------------------------------------------------------------------------------------------
+# Names and messages
+# --------------------------------------------------------------------------------------------------
+def _shown(name: Any, limit: int = 80) -> str:
+    """A name quoted for a one-line message (bounded; shown as text, never markup)."""
+    one = " ".join(str(name).split())
+    return repr(one if len(one) <= limit else one[: limit - 1] + "…")
+
+
+def _is_hub_dataset_id(name: str) -> bool:
+    from .policy import is_hub_id
+
+    return is_hub_id(name) and name.count("/") == 1
+
+
+def _model_shown(name: str) -> str:
+    """A model name for messages: Hub ids as they are, a local folder by its own name only."""
+    from .policy import is_hub_id
+
+    text = str(name)
+    if is_hub_id(text):
+        return repr(text)
+    return f"{Path(text.rstrip('/')).name!r} (a local model folder)"
+
+
 def _same_model(a: str, b: str) -> bool:
     def norm(name: str) -> str:
         name = str(name).strip().rstrip("/")
@@ -91,35 +142,326 @@ def _same_model(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
-def resolve_corpus(name_or_folder: str, revision: str | None = None) -> Path:
-    """A local folder, or a Hub dataset repo downloaded (or found in the cache) with huggingface_hub."""
+def _offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+# --------------------------------------------------------------------------------------------------
+# Where a corpus is
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Location:
+    """A corpus found on disk: ``folder`` as opened, the resolved folders its files may lie in (a Hub
+    snapshot's files are links into the repo's blobs folder), and a label safe to show anyone."""
+
+    folder: Path
+    roots: tuple[Path, ...]
+    label: str
+    hub: bool = False
+    name: str = ""
+
+
+_HUB_TTL = 300.0  # seconds a resolved Hub corpus is reused before asking the Hub again
+_HUB_MEMO: dict[tuple, tuple[Location, float]] = {}
+_HUB_LOCK = threading.Lock()
+
+
+def locate_corpus(name_or_folder: str, revision: str | None = None, *, allow_folder: bool = True,
+                  remote: bool = False, max_bytes: int | None = None) -> Location:
+    """Find a corpus: a local folder (when ``allow_folder``), else a Hub dataset repo downloaded (only the
+    corpus's files, at most ``max_bytes`` of them) or found in the cache.
+
+    ``remote``: the name comes from a visitor on another machine: ``~`` is not expanded, and a name that is
+    no corpus gets one message whatever is on the disk."""
     if not isinstance(name_or_folder, str) or not name_or_folder.strip():
         raise CorpusError("no corpus given: pass a folder made by `python -m corpus_builder build` or a Hub dataset id")
-    path = Path(name_or_folder).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise CorpusError(f"{path} is a file; a corpus is a folder (made by `python -m corpus_builder build`)")
-    if name_or_folder.count("/") != 1 or name_or_folder.startswith((".", "/", "~")):
-        raise CorpusError(f"no corpus folder {path} (and {name_or_folder!r} is not a Hub dataset id like 'user/name')")
-    from huggingface_hub import snapshot_download
+    name = name_or_folder.strip()
+    if allow_folder:
+        path = Path(name) if remote else Path(name).expanduser()
+        if path.is_dir():
+            real = path.resolve()
+            return Location(path, (real,), real.name or name, hub=False, name=name)
+        if not _is_hub_dataset_id(name):
+            if remote:
+                raise CorpusError(f"cannot open the corpus {_shown(name)}: it is not a corpus folder this server "
+                                  "can open, nor a Hub dataset id like user/name")
+            if path.exists():
+                raise CorpusError(f"{path} is a file; a corpus is a folder (made by `python -m corpus_builder build`)")
+            raise CorpusError(f"no corpus folder {path} (and {name!r} is not a Hub dataset id like 'user/name')")
+    elif not _is_hub_dataset_id(name):
+        raise CorpusError(f"{_shown(name)} is not a Hub dataset id (like user/name); this server does not open "
+                          "folders for visitors")
+    return _from_hub(name, revision, max_bytes=max_bytes, remote=remote)
 
+
+def resolve_corpus(name_or_folder: str, revision: str | None = None, **kwargs) -> Path:
+    """The folder of a corpus (see ``locate_corpus``)."""
+    return locate_corpus(name_or_folder, revision, **kwargs).folder
+
+
+def _sibling_size(s) -> int | None:
+    sizes = [x for x in (getattr(s, "size", None), getattr(getattr(s, "lfs", None), "size", None)) if x is not None]
+    return max(sizes) if sizes else None
+
+
+def _from_hub(repo_id: str, revision: str | None, *, max_bytes: int | None, remote: bool) -> Location:
+    key = (repo_id, revision, max_bytes)
+    with _HUB_LOCK:
+        memo = _HUB_MEMO.get(key)
+    if memo is not None and time.monotonic() - memo[1] < _HUB_TTL and memo[0].folder.is_dir():
+        return memo[0]
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    from .policy import PolicyError
+
+    patterns = list(cf.CORPUS_PATTERNS)
+    rev = revision
     try:
-        return Path(snapshot_download(repo_id=name_or_folder, repo_type="dataset", revision=revision))
-    except Exception as err:  # noqa: BLE001 - offline, not found, gated: all mean "cannot open"
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
-        why = "offline (HF_HUB_OFFLINE=1) and not in the local cache" if offline else str(err).splitlines()[0]
-        raise CorpusError(f"could not get the corpus {name_or_folder!r} from the Hugging Face Hub: {why}") from err
+        if not _offline():
+            info = huggingface_hub.HfApi().dataset_info(repo_id, revision=revision, files_metadata=True)
+            files = list(filter_repo_objects(list(info.siblings or []), allow_patterns=patterns,
+                                             key=lambda s: s.rfilename))
+            if cf.CARD_FILE not in {s.rfilename for s in files}:
+                raise CorpusError(f"the Hub dataset {_shown(repo_id)} is not an exbert-hub corpus: it has no "
+                                  f"{cf.CARD_FILE}; build one with `python -m corpus_builder build`")
+            if max_bytes is not None:
+                sizes = [_sibling_size(s) for s in files]
+                if any(x is None for x in sizes):
+                    raise CorpusError(f"the Hub did not give the size of every file of the corpus {_shown(repo_id)}; "
+                                      "this server only opens corpora whose size it can check")
+                total = int(sum(sizes))
+                if total > max_bytes:
+                    raise PolicyError(f"the corpus {_shown(repo_id)} is {_gb(total)} on the Hub; this server opens "
+                                      f"corpora of at most {_gb(max_bytes)}")
+            rev = getattr(info, "sha", None) or revision  # download exactly the commit whose size was checked
+        folder = Path(huggingface_hub.snapshot_download(repo_id=repo_id, repo_type="dataset", revision=rev,
+                                                        allow_patterns=patterns))
+    except (CorpusError, PolicyError):
+        raise
+    except Exception as err:  # noqa: BLE001 - offline, not found, gated, network: all mean "cannot open"
+        raise CorpusError(f"could not get the corpus {_shown(repo_id)} from the Hugging Face Hub: "
+                          f"{_hub_reason(err, revision, remote)}") from err
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots" and (folder.parent.parent / "blobs").is_dir():
+        roots.append((folder.parent.parent / "blobs").resolve())  # the cache's snapshot files link there
+    loc = Location(folder, tuple(roots), repo_id, hub=True, name=repo_id)
+    with _HUB_LOCK:
+        _HUB_MEMO[key] = (loc, time.monotonic())
+    return loc
 
 
+def _hub_reason(err: BaseException, revision: str | None, remote: bool) -> str:
+    from huggingface_hub import errors as hf_errors
+
+    if isinstance(err, getattr(hf_errors, "RevisionNotFoundError", ())):
+        return f"it has no revision {_shown(revision)}"
+    if isinstance(err, getattr(hf_errors, "RepositoryNotFoundError", ())):
+        return "no such dataset (or it is private or gated: log in with a token that may read it)"
+    if _offline():
+        return "offline (HF_HUB_OFFLINE=1) and not in the local cache"
+    if isinstance(err, getattr(hf_errors, "LocalEntryNotFoundError", ())):
+        return "the Hub could not be reached and the corpus is not in the local cache; try again later"
+    if remote:
+        return f"the Hub answered with an error ({type(err).__name__}); try again later"
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def confined(loc: Location, rel: Any, *, want: str = "file") -> Path:
+    """The resolved path of ``rel`` (a path inside the corpus, as a card or the format names it), refused
+    unless it stays inside the corpus: no absolute path, no "..", no link leading out, and a regular file
+    (``want="file"``) or a folder (``want="dir"``), never a device or a pipe."""
+    label = loc.label
+    if not isinstance(rel, str) or not rel.strip() or "\x00" in rel:
+        raise CorpusError(f"the corpus {label!r} is damaged: its card names a file as {_shown(rel)}; rebuild it")
+    text = rel.replace("\\", "/")
+    parts = PurePosixPath(text).parts
+    if text.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", text) or ".." in parts:
+        raise CorpusError(f"the corpus {label!r} names the file {_shown(rel)}, outside the corpus folder; refused")
+    path = loc.folder.joinpath(*[p for p in parts if p not in ("", ".")])
+    try:
+        real = path.resolve(strict=True)
+        mode = real.stat().st_mode
+    except (OSError, RuntimeError):
+        raise CorpusError(f"the corpus {label!r} is incomplete: it lacks {_shown(rel)}; rebuild it or get it again") from None
+    if not any(real == root or root in real.parents for root in loc.roots):
+        raise CorpusError(f"the corpus {label!r}: {_shown(rel)} leads outside the corpus folder; refused")
+    if want == "file" and not stat.S_ISREG(mode):
+        raise CorpusError(f"the corpus {label!r}: {_shown(rel)} is not a regular file; refused")
+    if want == "dir" and not stat.S_ISDIR(mode):
+        raise CorpusError(f"the corpus {label!r} is damaged: {_shown(rel)} is not a folder; rebuild it")
+    return real
+
+
+def corpus_disk_bytes(loc: Location) -> int:
+    """Bytes of the corpus's own files (``CORPUS_PATTERNS``) in its folder, links followed (inside it only)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    base = loc.folder
+    names = [p.relative_to(base).as_posix() for p in base.rglob("*") if not p.is_dir()]
+    total = 0
+    for rel in filter_repo_objects(names, allow_patterns=list(cf.CORPUS_PATTERNS)):
+        total += confined(loc, rel).stat().st_size
+    return total
+
+
+def _listed(loc: Location, rel_dir: str, suffix: str) -> list[tuple[str, Path]]:
+    """(path inside the corpus, resolved path) of the ``*suffix`` files of a folder of the corpus, sorted."""
+    real = confined(loc, rel_dir, want="dir")
+    names = sorted(p.name for p in real.iterdir() if p.name.endswith(suffix))
+    return [(f"{rel_dir}/{n}", confined(loc, f"{rel_dir}/{n}")) for n in names]
+
+
+# --------------------------------------------------------------------------------------------------
+# The card
+# --------------------------------------------------------------------------------------------------
+def _int(value, what: str, label: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise CorpusError(f"the corpus {label!r} has a damaged card: {what} is {_shown(value, 30)}; rebuild it")
+    return int(value)
+
+
+def check_meta(meta: dict, label: str) -> dict:
+    """The card's mapping with its fields checked (types, ranges, one index entry per kind and layer);
+    index entries keyed by int layer. Raises a one-line CorpusError naming the field."""
+    model = meta.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise CorpusError(f"the corpus {label!r} has a damaged card: no model name; rebuild it")
+    L = _int(meta.get("num_layers"), "num_layers", label, 1)
+    H = _int(meta.get("num_heads"), "num_heads", label, 1)
+    _int(meta.get("hidden_size", 0), "hidden_size", label)
+    _int(meta.get("head_dim", 0), "head_dim", label)
+    layers = meta.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise CorpusError(f"the corpus {label!r} has a damaged card: no indexed layers; rebuild it")
+    layers = [_int(x, "a layer", label) for x in layers]
+    if any(x >= L for x in layers):
+        raise CorpusError(f"the corpus {label!r} has a damaged card: layers {layers} for {L} layers; rebuild it")
+    indexes = meta.get("indexes")
+    if not isinstance(indexes, dict):
+        raise CorpusError(f"the corpus {label!r} has a damaged card: no indexes; rebuild it")
+    checked: dict = {}
+    for kind in cf.KINDS:
+        per = indexes.get(kind)
+        if not isinstance(per, dict):
+            raise CorpusError(f"the corpus {label!r} has a damaged card: no {kind} indexes; rebuild it")
+        try:
+            per = {int(k): v for k, v in per.items()}
+        except (TypeError, ValueError):
+            raise CorpusError(f"the corpus {label!r} has a damaged card: its {kind} indexes are not per layer; rebuild it") from None
+        checked[kind] = {}
+        for layer in layers:
+            info = per.get(layer)
+            what = f"the {kind} index of layer {layer}"
+            if not isinstance(info, dict):
+                raise CorpusError(f"the corpus {label!r} has a damaged card: it lacks {what}; rebuild it")
+            if info.get("tier") not in (cf.EXACT, cf.COMPRESSED) or not isinstance(info.get("file"), str):
+                raise CorpusError(f"the corpus {label!r} has a damaged card: {what} has no tier or file; rebuild it")
+            info = dict(info, dim=_int(info.get("dim"), f"the width of {what}", label, 1),
+                        vectors=_int(info.get("vectors"), f"the vectors of {what}", label))
+            if kind == "heads" and info["dim"] % H:
+                raise CorpusError(f"the corpus {label!r} has a damaged card: {what} is {info['dim']} wide, not a "
+                                  f"multiple of its {H} heads; rebuild it")
+            checked[kind][layer] = info
+    return dict(meta, layers=layers, indexes=checked)
+
+
+def _read_meta(loc: Location, remote: bool) -> tuple[dict, Path]:
+    """The checked card of a located corpus, and the resolved card file."""
+    shown = _shown(loc.name or loc.label)
+    folder_visitor = remote and not loc.hub  # a visitor's folder: one message, whatever is there
+    unknown = (f"cannot open the corpus {shown}: it is not a corpus folder this server can open, nor a Hub "
+               "dataset id like user/name")
+    if os.path.lexists(loc.folder / cf.BUILD_DIR):
+        if folder_visitor:
+            raise CorpusError(unknown)
+        raise CorpusError(f"{loc.label if remote else loc.folder} holds an unfinished build; rerun the same "
+                          "`python -m corpus_builder build` command to finish it")
+    try:
+        card = confined(loc, cf.CARD_FILE)
+    except CorpusError:
+        if folder_visitor:
+            raise CorpusError(unknown) from None
+        if os.path.lexists(loc.folder / cf.CARD_FILE):
+            raise
+        where = loc.label if remote or loc.hub else loc.folder
+        raise CorpusError(f"{where} is not an exbert-hub corpus: it has no {cf.CARD_FILE} "
+                          f"(build one with `python -m corpus_builder build`)") from None
+    if card.stat().st_size > cf.MAX_CARD_BYTES:
+        raise CorpusError(f"the corpus {loc.label!r} has a {cf.CARD_FILE} over {_gb(cf.MAX_CARD_BYTES)}: not an "
+                          "exbert-hub card; refused")
+    try:
+        meta = cf.parse_card(card.read_text(encoding="utf-8", errors="replace"))
+    except Exception:  # noqa: BLE001 - YAML errors carry the text: one line instead
+        meta = None
+        if not folder_visitor:
+            raise CorpusError(f"the corpus {loc.label!r} has a damaged card: its YAML header cannot be read; "
+                              "rebuild it") from None
+    if meta is None:
+        if folder_visitor:
+            raise CorpusError(unknown)
+        where = loc.label if remote or loc.hub else loc.folder
+        raise CorpusError(f"{where} is not an exbert-hub corpus: its README.md has no {cf.CARD_KEY!r} section")
+    if meta.get("format") != cf.FORMAT or not isinstance(meta.get("format_version"), int) \
+            or meta["format_version"] > cf.FORMAT_VERSION:
+        raise CorpusError(f"the corpus {loc.label!r} has corpus format {_shown(meta.get('format'), 40)} version "
+                          f"{_shown(meta.get('format_version'), 20)}; this exbert-hub reads {cf.FORMAT!r} up to version "
+                          f"{cf.FORMAT_VERSION}: upgrade exbert-hub")
+    return check_meta(meta, loc.label), card
+
+
+# --------------------------------------------------------------------------------------------------
+# The model fingerprint
+# --------------------------------------------------------------------------------------------------
+def probe_fingerprint(engine, layers: Sequence[int]) -> dict[str, Any]:
+    """The card's ``probe_fingerprint``: ``engine.analyze(PROBE_TEXT)``'s output at each of ``layers``, a few
+    numbers per layer (``corpus_format.probe_values``). The builder stores it; searches recompute it."""
+    a = engine.analyze(cf.PROBE_TEXT)
+    return {"text": cf.PROBE_TEXT, "tokens": len(a.tokens), "tolerance": cf.PROBE_TOLERANCE,
+            "embedding": {int(l): cf.probe_values(a.hidden_states[int(l) + 1]) for l in layers}}
+
+
+_WARNED: set[str] = set()
+_WARNED_LOCK = threading.Lock()
+
+
+# --------------------------------------------------------------------------------------------------
+# The corpus
+# --------------------------------------------------------------------------------------------------
 class Corpus:
-    """A finished corpus: its card, token and sentence tables, and lazily opened indexes."""
+    """A finished corpus: its card, token and sentence tables, and lazily opened indexes.
 
-    def __init__(self, folder: Path, meta: dict[str, Any]):
-        self.folder = Path(folder)
-        self.meta = meta
+    ``folder``: where it is on this machine (for the operator; never put it in a visitor's message);
+    ``label``: its name for messages and displays (the Hub id, or the folder's own name)."""
+
+    def __init__(self, folder: Path | Location, meta: dict[str, Any] | None = None, *, label: str | None = None):
+        if isinstance(folder, Location):
+            loc = folder
+        else:
+            real = Path(folder).resolve()
+            loc = Location(Path(folder), (real,), label or real.name or str(folder), name=str(folder))
+        self.location = loc
+        self.folder = Path(loc.folder)
+        self.label = label or loc.label
+        self.meta = check_meta(meta if meta is not None else _read_meta(loc, remote=False)[0], self.label)
         self._indexes: dict[tuple[str, int], Any] = {}
         self._lock = threading.Lock()
+        self._verified: "weakref.WeakKeyDictionary[Any, CorpusModelMismatch | None]" = weakref.WeakKeyDictionary()
+        self._vector_files: dict[tuple[str, int], list[tuple[str, Path]]] = {}
+        self.disk_bytes = 0
+        self._check_index_files()
         self._load_tables()
 
     # --- what it is --------------------------------------------------------------------------------
@@ -143,6 +485,11 @@ class Corpus:
     def num_tokens(self) -> int:
         return self._tokens.num_rows
 
+    @property
+    def nbytes(self) -> int:
+        """Memory it may take with every index opened (the tables now, the indexes as float32 / their file)."""
+        return self._table_bytes + self._index_bytes
+
     def __len__(self) -> int:
         return self.num_sentences
 
@@ -153,16 +500,82 @@ class Corpus:
     def index_info(self, by: str, layer: int) -> dict[str, Any]:
         return dict(self.meta["indexes"][by][layer])
 
+    def _damaged(self, what: str) -> CorpusError:
+        return CorpusError(f"the corpus {self.label!r} is damaged: {what}; rebuild it or get it again")
+
+    # --- files -------------------------------------------------------------------------------------
+    def _check_index_files(self) -> None:
+        """Every index file the card names: inside the corpus, and (exact tier) float vectors of the width
+        and count the card says. Only the .npy headers are read."""
+        self._index_bytes = 0
+        for by in cf.KINDS:
+            for layer in self.layers:
+                info = self.meta["indexes"][by][layer]
+                what = f"its {by} index for layer {layer}"
+                if info["tier"] == cf.EXACT:
+                    files = _listed(self.location, info["file"].rstrip("/"), ".npy")
+                    rows = 0
+                    for rel, path in files:
+                        shape, dtype = self._npy_header(rel, path, what)
+                        if len(shape) != 2:
+                            raise self._damaged(f"{rel} holds an array of shape {tuple(shape)}, not vectors of width "
+                                                f"{info['dim']} ({what})")
+                        if shape[1] != info["dim"]:
+                            raise CorpusError(f"the corpus {self.label!r} is damaged: {rel} holds vectors of width "
+                                              f"{shape[1]}, its card says {info['dim']} ({what}); rebuild it")
+                        if dtype.kind != "f":
+                            raise self._damaged(f"{rel} holds {dtype} values, not float vectors")
+                        rows += shape[0]
+                        size = path.stat().st_size
+                        self.disk_bytes += size
+                        self._index_bytes += size * 4 // max(dtype.itemsize, 1)
+                    if rows != info["vectors"]:
+                        raise self._damaged(f"{what} holds {rows} vectors, its card says {info['vectors']}")
+                    self._vector_files[(by, layer)] = files
+                else:
+                    path = confined(self.location, info["file"])
+                    size = path.stat().st_size
+                    self.disk_bytes += size
+                    self._index_bytes += size
+
+    def _npy_header(self, rel: str, path: Path, what: str):
+        try:
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                shape, fortran, dtype = reader.get(version, np.lib.format.read_array_header_2_0)(f)
+        except Exception:  # noqa: BLE001 - not an npy file, truncated, pickled objects...
+            raise self._damaged(f"{rel} ({what}) is not a readable .npy file") from None
+        if dtype.hasobject or fortran:
+            raise self._damaged(f"{rel} ({what}) does not hold plain float vectors")
+        return shape, dtype
+
     # --- tables ------------------------------------------------------------------------------------
     def _load_tables(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        def read(folder: str, columns: list[tuple[str, str, str]]):
-            files = sorted((self.folder / folder).glob("*.parquet"))
+        def read(rel_dir: str, columns: list[tuple[str, str, str]]):
+            try:
+                files = _listed(self.location, rel_dir, ".parquet")
+            except CorpusError as err:
+                if "lacks" in str(err):
+                    raise self._damaged(f"it has no {rel_dir}/*.parquet (not a complete exbert-hub corpus)") from None
+                raise
             if not files:
-                raise CorpusError(f"{self.folder} has no {folder}/*.parquet: not a complete exbert-hub corpus")
-            return pa.concat_tables([pq.read_table(f, schema=cf.arrow_schema(columns)) for f in files])
+                raise self._damaged(f"it has no {rel_dir}/*.parquet (not a complete exbert-hub corpus)")
+            tables = []
+            schema = cf.arrow_schema(columns)
+            for rel, path in files:
+                try:
+                    tables.append(pq.read_table(path, schema=schema))
+                except Exception:  # noqa: BLE001 - arrow errors carry the path: one line instead
+                    raise self._damaged(f"{rel} cannot be read as a {rel_dir.split('/')[-1]} table") from None
+                self.disk_bytes += path.stat().st_size
+            try:
+                return pa.concat_tables(tables)
+            except Exception:  # noqa: BLE001
+                raise self._damaged(f"the shards of {rel_dir} do not fit together") from None
 
         sentences = read(cf.SENTENCES_DIR, cf.SENTENCE_COLUMNS)
         # one chunk per column: take() over one chunk per shard cost ~10 ms per search at 1M tokens
@@ -171,14 +584,34 @@ class Corpus:
         self._sent_first = sentences.column("first_token").to_numpy()
         self._sent_len = sentences.column("num_tokens").to_numpy()
         self._sent_doc = sentences.column("document").to_numpy()
-        if not np.array_equal(sentences.column("sentence_id").to_numpy(), np.arange(len(self._sent_text))):
-            raise CorpusError(f"{self.folder}: sentence ids are not 0..n-1 in shard order; the corpus is damaged")
-        vrow = self._tokens.column("vector_row").to_numpy()
-        indexed = np.flatnonzero(vrow >= 0)
-        self._row_token = np.empty(len(indexed), dtype=np.int64)
-        self._row_token[vrow[indexed]] = indexed  # vector row -> token id
+        n_sent, n_tok = len(self._sent_text), self._tokens.num_rows
+        if not np.array_equal(sentences.column("sentence_id").to_numpy(), np.arange(n_sent)):
+            raise self._damaged("its sentence ids are not 0..n-1 in shard order")
+        lengths = self._sent_len.astype(np.int64)
+        if (lengths < 1).any() or int(lengths.sum()) != n_tok or not np.array_equal(
+                self._sent_first, np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(self._sent_first.dtype)):
+            raise self._damaged("its sentences' first_token / num_tokens do not match its tokens table")
         self._token_sentence = self._tokens.column("sentence_id").to_numpy()
         self._token_position = self._tokens.column("position").to_numpy()
+        if not (np.array_equal(self._tokens.column("token_id").to_numpy(), np.arange(n_tok))
+                and np.array_equal(self._token_sentence, np.repeat(np.arange(n_sent), lengths))
+                and np.array_equal(self._token_position, np.arange(n_tok) - np.repeat(self._sent_first, lengths))):
+            raise self._damaged("its tokens' ids, sentences or positions are out of order")
+        vrow = self._tokens.column("vector_row").to_numpy()
+        indexed = np.flatnonzero(vrow >= 0)
+        n_vec = len(indexed)
+        rows = vrow[indexed]
+        if not (np.array_equal(rows, np.arange(n_vec)) or np.array_equal(np.sort(rows), np.arange(n_vec))):
+            raise self._damaged("its tokens' vector rows are not 0..n-1")
+        for by in cf.KINDS:
+            for layer in self.layers:
+                if self.meta["indexes"][by][layer]["vectors"] != n_vec:
+                    raise self._damaged(f"its {by} index for layer {layer} has "
+                                        f"{self.meta['indexes'][by][layer]['vectors']} vectors for {n_vec} indexed tokens")
+        self._row_token = np.empty(n_vec, dtype=np.int64)
+        self._row_token[rows] = indexed  # vector row -> token id
+        self._table_bytes = int(self._tokens.nbytes + sentences.nbytes + self._row_token.nbytes
+                                + sum(len(t) + 50 for t in self._sent_text))
 
     def sentence(self, sentence_id: int) -> str:
         return self._sent_text[sentence_id]
@@ -194,40 +627,120 @@ class Corpus:
         with self._lock:
             if key in self._indexes:
                 return self._indexes[key]
-            import faiss
-
             info = self.meta["indexes"][by][layer]
-            path = self.folder / info["file"]
-            if not path.exists():
-                raise CorpusError(f"{self.folder} lacks {info['file']}: the corpus is incomplete")
-            if info["tier"] == cf.EXACT:
-                index = faiss.IndexFlatIP(int(info["dim"]))
-                for f in sorted(path.glob("*.npy")):  # shard files in row order
-                    vectors = np.load(f, mmap_mode="r")
-                    for i in range(0, len(vectors), 65536):
-                        index.add(np.ascontiguousarray(vectors[i:i + 65536], dtype=np.float32))
-                if index.ntotal != int(info["vectors"]):
-                    raise CorpusError(f"{path} holds {index.ntotal} vectors, the card says {info['vectors']}: damaged corpus")
-            else:
-                index = faiss.read_index(str(path))
-                ivf = faiss.extract_index_ivf(index)
-                ivf.nprobe = int(info.get("nprobe", 16))
-                # one query at a time (the app): split its cells over the threads, not the queries
-                # (measured at 1M vectors, 96 cells: 15.8 -> 8.4 ms on 2 cores)
-                ivf.parallel_mode = 1
+            try:
+                index = self._open_index(by, layer, info)
+            except CorpusError:
+                raise
+            except Exception as err:  # noqa: BLE001 - faiss/IO errors carry paths and C++ stack text
+                log.warning("corpus %s: %s index of layer %d cannot be read: %s", self.label, by, layer,
+                            (str(err).strip().splitlines() or [""])[0][:200])
+                raise self._damaged(f"its {by} index for layer {layer} cannot be read") from None
             self._indexes[key] = index
             return index
 
-    # --- search ------------------------------------------------------------------------------------
+    def _open_index(self, by: str, layer: int, info: dict):
+        import faiss
+
+        dim = int(info["dim"])
+        if info["tier"] == cf.EXACT:
+            index = faiss.IndexFlatIP(dim)
+            for rel, path in self._vector_files[(by, layer)]:  # shard files in row order, checked at open
+                vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+                if vectors.ndim != 2 or vectors.shape[1] != dim:
+                    raise CorpusError(f"the corpus {self.label!r} is damaged: {rel} holds vectors of width "
+                                      f"{vectors.shape[-1]}, its card says {dim}; rebuild it")
+                for i in range(0, len(vectors), 65536):
+                    index.add(np.ascontiguousarray(vectors[i:i + 65536], dtype=np.float32))
+            if index.ntotal != int(info["vectors"]):
+                raise self._damaged(f"its {by} index for layer {layer} holds {index.ntotal} vectors, "
+                                    f"its card says {info['vectors']}")
+            return index
+        path = confined(self.location, info["file"])
+        index = faiss.read_index(str(path))
+        if index.d != dim or index.ntotal != int(info["vectors"]):
+            raise self._damaged(f"{info['file']} holds {index.ntotal} vectors of width {index.d}, its card says "
+                                f"{info['vectors']} of width {dim}")
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = int(info.get("nprobe", 16))
+        # one query at a time (the app): split its cells over the threads, not the queries
+        # (measured at 1M vectors, 96 cells: 15.8 -> 8.4 ms on 2 cores)
+        ivf.parallel_mode = 1
+        return index
+
+    # --- the model ---------------------------------------------------------------------------------
     def check_model(self, model_name: str) -> None:
         """Raise CorpusModelMismatch unless ``model_name`` is the model this corpus was built with."""
         if not _same_model(model_name, self.model):
+            built = _model_shown(self.model)
             raise CorpusModelMismatch(
-                f"this corpus ({self.folder}) was built with the model {self.model!r}, but the search uses "
-                f"{model_name!r}; token vectors of different models cannot be compared. Load {self.model!r}, or "
-                f"build a corpus for {model_name!r}: python -m corpus_builder build --model {model_name} --out DIR"
+                f"the corpus {self.label!r} was built with the model {built}, but the search uses "
+                f"{str(model_name)!r}; token vectors of different models cannot be compared. Load {built}, or "
+                f"build a corpus for {str(model_name)!r}: python -m corpus_builder build --model {model_name} --out DIR"
             )
 
+    def check_engine(self, engine) -> None:
+        """Raise CorpusModelMismatch unless ``engine`` runs the model this corpus was built with: its name,
+        and its embedding of the probe sentence at each indexed layer (the card's ``probe_fingerprint``,
+        within ``PROBE_TOLERANCE``): other weights under the same name are refused. Checked once per
+        loaded model. Corpora built before fingerprints: a CorpusWarning, once."""
+        self.check_model(engine.name)
+        model = engine.model
+        with self._lock:
+            if model in self._verified:
+                verdict = self._verified[model]
+                if verdict is not None:
+                    raise verdict
+                return
+        fp = self.meta.get("probe_fingerprint")
+        verdict = None
+        if not isinstance(fp, dict) or not isinstance(fp.get("embedding"), dict) or not fp["embedding"]:
+            self._warn_no_fingerprint()
+        else:
+            verdict = self._compare(engine, fp)
+        with self._lock:
+            self._verified[model] = verdict
+        if verdict is not None:
+            raise verdict
+
+    def _compare(self, engine, fp: dict) -> CorpusModelMismatch | None:
+        try:
+            stored = {int(k): v for k, v in fp["embedding"].items()}
+            tol = float(fp.get("tolerance", cf.PROBE_TOLERANCE))
+        except (TypeError, ValueError):
+            raise self._damaged("its card's probe_fingerprint is not a list of numbers per layer") from None
+        a = engine.analyze(str(fp.get("text") or cf.PROBE_TEXT))
+        built = _model_shown(self.model)
+        fix = (f"load the weights it was built with (revision {self.meta.get('model_revision')}) or rebuild the "
+               f"corpus with this model")
+        if int(fp.get("tokens", len(a.tokens))) != len(a.tokens):
+            return CorpusModelMismatch(
+                f"the corpus {self.label!r} was built with another tokenizer of the model {built}: the probe sentence "
+                f"had {fp.get('tokens')} tokens, it has {len(a.tokens)} now; {fix}")
+        for layer, values in sorted(stored.items()):
+            if not 0 <= layer < a.hidden_states.shape[0] - 1:
+                return CorpusModelMismatch(f"the corpus {self.label!r} was built with a model of more layers than "
+                                           f"{built} has now; {fix}")
+            diff = cf.probe_difference(values, cf.probe_values(a.hidden_states[layer + 1]))
+            if not diff <= tol:
+                return CorpusModelMismatch(
+                    f"the corpus {self.label!r} was built with other weights of the model {built}: its vectors of a "
+                    f"probe sentence differ from the corpus's fingerprint at layer {layer} (relative difference "
+                    f"{diff:.2g}, tolerance {tol:g}); {fix}")
+        return None
+
+    def _warn_no_fingerprint(self) -> None:
+        key = f"{self.location.roots[0]}"
+        with _WARNED_LOCK:
+            if key in _WARNED:
+                return
+            _WARNED.add(key)
+        message = (f"the corpus {self.label!r} has no model fingerprint (built by an older exbert-hub): searches "
+                   "check only the model's name, not its weights; rebuild it to add one")
+        log.warning(message)
+        warnings.warn(message, CorpusWarning, stacklevel=3)
+
+    # --- search ------------------------------------------------------------------------------------
     def _layer(self, layer: int) -> int:
         L = int(self.meta["num_layers"])
         if not isinstance(layer, (int, np.integer)) or not -L <= layer < L:
@@ -247,12 +760,13 @@ class Corpus:
         T = len(analysis.tokens)
         if not isinstance(token, (int, np.integer)) or not 0 <= token < T:
             raise InputError(f"token {token!r} is out of range: the analysis has {T} tokens (0 to {T - 1})")
+        dim = int(self.meta["indexes"][by][layer]["dim"])
         if by == "embedding":
             if heads is not None:
                 raise InputError("heads= is for by='heads'; an embedding search uses the whole hidden state")
             v = np.asarray(analysis.hidden_states[layer + 1, token], dtype=np.float32)
-            if v.shape[0] != int(self.meta["hidden_size"]):
-                raise CorpusModelMismatch(f"the analysis has hidden size {v.shape[0]}, the corpus {self.meta['hidden_size']}")
+            if v.shape[0] != dim:
+                raise CorpusModelMismatch(f"the analysis has hidden size {v.shape[0]}, the corpus {self.label!r} {dim}")
             return v / max(float(np.linalg.norm(v)), 1e-12), 1
         if analysis.contexts is None:
             raise InputError(f"{analysis.model_name}: per-head contexts were not captured, so a heads search is not possible")
@@ -263,29 +777,40 @@ class Corpus:
         bad = [h for h in selected if not 0 <= h < H]
         if bad:
             raise InputError(f"heads {bad} do not exist: each layer has {H} heads (0 to {H - 1})")
-        c = np.asarray(analysis.contexts[layer, token], dtype=np.float32).reshape(H, -1)
-        if c.shape[1] != int(self.meta["head_dim"]):
-            raise CorpusModelMismatch(f"the analysis has head size {c.shape[1]}, the corpus {self.meta['head_dim']}")
+        c = np.asarray(analysis.contexts[layer, token], dtype=np.float32).reshape(-1)
+        if c.shape[0] != dim:
+            raise CorpusModelMismatch(f"the analysis has {c.shape[0]} values per token in its heads, the corpus "
+                                      f"{self.label!r} {dim}")
+        c = c.reshape(H, -1)
         c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
         mask = np.zeros((H, 1), dtype=np.float32)
         mask[selected] = 1
         return (c * mask).reshape(-1), len(selected)
 
     def search(self, analysis, token: int, layer: int, by: str = "embedding", k: int = 50,
-               heads: Sequence[int] | None = None) -> list[Hit]:
+               heads: Sequence[int] | None = None, *, engine=None) -> list[Hit]:
         """The ``k`` corpus tokens most similar to ``analysis`` token ``token`` at ``layer``, best first.
 
         by="embedding": cosine of the layer's output hidden states. by="heads": mean cosine of the
         selected heads' attention outputs (``heads=None``: all heads). Special tokens are not indexed.
+        ``engine``: the engine that made ``analysis``; its weights are checked against the corpus's
+        fingerprint (once per loaded model, see ``check_engine``).
         """
         if not isinstance(k, (int, np.integer)) or not 1 <= k <= 1000:
             raise InputError(f"k must be between 1 and 1000, got {k!r}")
+        if engine is not None:
+            self.check_engine(engine)
         query, n_heads = self.query_vector(analysis, token, layer, by, heads)
         layer = self._layer(layer)
         index = self._index(by, layer)
         k_eff = min(int(k), index.ntotal)
-        scores, rows = self._search(index, by, layer, query, k_eff, n_heads)
-        keep = rows >= 0
+        try:
+            scores, rows = self._search(index, by, layer, query, k_eff, n_heads)
+        except Exception as err:  # noqa: BLE001 - faiss errors: C++ text
+            log.warning("corpus %s: search of the %s index of layer %d failed: %s", self.label, by, layer,
+                        (str(err).strip().splitlines() or [""])[0][:200])
+            raise self._damaged(f"its {by} index for layer {layer} cannot be searched") from None
+        keep = (rows >= 0) & (rows < len(self._row_token))
         scores, rows = scores[keep], rows[keep]
         tids = self._row_token[rows]
         sids = self._token_sentence[tids]
@@ -324,28 +849,132 @@ class Corpus:
         return s[0], r[0]
 
 
-_CACHE: dict[tuple[str, float], Corpus] = {}
-_CACHE_LOCK = threading.Lock()
+# --------------------------------------------------------------------------------------------------
+# The cache of opened corpora
+# --------------------------------------------------------------------------------------------------
+class CorpusCache:
+    """Opened corpora, least recently used evicted beyond ``max_corpora`` or ``max_bytes`` (``Corpus.nbytes``:
+    tables plus every index opened). The corpus just opened is always kept, even alone over ``max_bytes``.
+    Opening the same corpus from several threads opens it once; other corpora are not held up."""
+
+    def __init__(self, max_corpora: int = 4, max_bytes: int = 8_000_000_000):
+        self.max_corpora = int(max_corpora)
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[tuple, Corpus] = OrderedDict()
+        self._opening: dict[tuple, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, opener: Callable[[], Corpus]) -> Corpus:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            gate = self._opening.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+            try:
+                corpus = opener()
+            finally:
+                with self._lock:
+                    self._opening.pop(key, None)
+            with self._lock:
+                self._items[key] = corpus
+                self._items.move_to_end(key)
+                self._evict(keep=key)
+            return corpus
+
+    def _evict(self, keep: tuple) -> None:
+        while len(self._items) > 1 and (len(self._items) > self.max_corpora or self.nbytes > self.max_bytes):
+            oldest = next(k for k in self._items if k != keep)
+            dropped = self._items.pop(oldest)
+            log.info("corpus cache: closed %s (%d bytes)", dropped.label, dropped.nbytes)
+
+    def configure(self, *, max_corpora: int | None = None, max_bytes: int | None = None) -> None:
+        with self._lock:
+            if max_corpora is not None:
+                self.max_corpora = max(1, int(max_corpora))
+            if max_bytes is not None:
+                self.max_bytes = int(max_bytes)
+            if self._items:
+                self._evict(keep=next(reversed(self._items)))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self._items.values())
+
+    def labels(self) -> list[str]:
+        """Labels of the corpora held, least recently used first."""
+        with self._lock:
+            return [c.label for c in self._items.values()]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
 
 
-def load_corpus(name_or_folder: str, model: str | None = None, *, revision: str | None = None) -> Corpus:
-    """Open a corpus folder or Hub dataset repo (cached per folder). With ``model``, check it matches."""
-    folder = resolve_corpus(name_or_folder, revision)
-    meta = cf.read_card(folder)
-    if (folder / cf.BUILD_DIR).exists():
-        raise CorpusError(f"{folder} holds an unfinished build; rerun the same `python -m corpus_builder build` command to finish it")
-    if meta is None:
-        raise CorpusError(f"{folder} is not an exbert-hub corpus: its README.md has no {cf.CARD_KEY!r} section")
-    if meta.get("format") != cf.FORMAT or int(meta.get("format_version", 0)) > cf.FORMAT_VERSION:
-        raise CorpusError(f"{folder} has corpus format {meta.get('format')!r} version {meta.get('format_version')}; "
-                          f"this exbert-hub reads {cf.FORMAT!r} up to version {cf.FORMAT_VERSION}: upgrade exbert-hub")
-    card = folder / cf.CARD_FILE
-    key = (str(folder.resolve()), card.stat().st_mtime)
-    with _CACHE_LOCK:
-        corpus = _CACHE.get(key)
-        if corpus is None:
-            corpus = Corpus(folder, meta)
-            _CACHE[key] = corpus
+CORPUS_CACHE = CorpusCache()
+
+
+def _cache_key(loc: Location) -> tuple | None:
+    """(folder, card file, its mtime and size) of a finished-looking corpus; None when that needs a closer look."""
+    try:
+        if os.path.lexists(loc.folder / cf.BUILD_DIR):
+            return None
+        card = confined(loc, cf.CARD_FILE)
+        st = card.stat()
+    except (CorpusError, OSError):
+        return None
+    return (str(loc.roots[0]), str(card), st.st_mtime_ns, st.st_size)
+
+
+def load_corpus(name_or_folder: str, model: str | None = None, *, revision: str | None = None, policy=None,
+                remote: bool = False, engine=None, cache: CorpusCache | None = None) -> Corpus:
+    """Open a corpus folder or Hub dataset repo, kept in ``CORPUS_CACHE`` (bounded, LRU).
+
+    model: the model name the search will use (refuses a corpus of another model). engine: the live
+    engine; also checks its weights against the corpus's fingerprint. policy (an ``exbert_hub.policy.Policy``)
+    with ``remote``: the name comes from a visitor: ``policy.check_corpus`` first (a PolicyError when not
+    allowed); when folders are not allowed the name is only ever a Hub id; a Hub corpus over
+    ``policy.max_corpus_bytes`` is refused before downloading (the operator's own corpora are exempt).
+    Errors are one line; for remote visitors they name the corpus as given, never a server path.
+    """
+    allow_folder, max_bytes = True, None
+    if policy is not None:
+        allow_folder = bool(policy.check_corpus(name_or_folder, remote=remote))
+        if str(name_or_folder).strip() not in tuple(getattr(policy, "operator_corpora", ()) or ()):
+            max_bytes = getattr(policy, "max_corpus_bytes", None)
+    loc = locate_corpus(name_or_folder, revision, allow_folder=allow_folder, remote=remote, max_bytes=max_bytes)
+    cache = CORPUS_CACHE if cache is None else cache
+    key, meta = _cache_key(loc), None
+    if key is None or key not in cache:  # the card is read and checked only when the corpus is not open yet
+        meta, card = _read_meta(loc, remote)
+        st = card.stat()
+        key = (str(loc.roots[0]), str(card), st.st_mtime_ns, st.st_size)
+
+    def opener() -> Corpus:
+        checked = meta if meta is not None else _read_meta(loc, remote)[0]  # (evicted since the look above)
+        if loc.hub and max_bytes is not None:
+            # offline, the Hub's sizes were not checked: check the cached files before reading them
+            size = corpus_disk_bytes(loc)
+            if size > max_bytes:
+                from .policy import PolicyError
+
+                raise PolicyError(f"the corpus {_shown(loc.label)} is {_gb(size)}; this server opens corpora "
+                                  f"of at most {_gb(max_bytes)}")
+        return Corpus(loc, checked)
+
+    corpus = cache.get(key, opener)
+    if engine is not None:
+        corpus.check_engine(engine)
     if model is not None:
         corpus.check_model(model)
     return corpus

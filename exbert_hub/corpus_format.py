@@ -11,6 +11,10 @@ else spells them. A corpus is a folder that is also a valid Hugging Face *datase
     index/heads-layer03.faiss         compressed tier: a FAISS index file (IVF + 6-bit codes)
     vectors/heads-layer03/shard-00000.npy  optional (--keep-vectors, compressed tier): the float16 vectors
 
+These are ALL the files a reader opens (``CORPUS_PATTERNS``): a Hub corpus downloads only them, and every
+path a card names must lie inside the corpus folder (no absolute paths, no "..", no link leading out, no
+device files); the reader refuses anything else.
+
 ``datasets.load_dataset(folder)`` gives the tokens (default config); ``load_dataset(folder, "sentences")``
 the sentences. An unfinished build also holds ``.build/`` (never uploaded).
 
@@ -54,6 +58,13 @@ INDEX_DONE_DIR = "indexes"  # .build/indexes/heads-layer03.json: that index is f
 # optional (build --keep-vectors): vectors/embedding-layer03/shard-00012.npy, float16 [vectors, dim] of shard 12,
 # rows in vector_row order; not needed for search (the exact tier's index/ folders hold the same files)
 KEPT_VECTORS_DIR = "vectors"
+
+# What a reader downloads from the Hub and opens (fnmatch patterns as huggingface_hub's allow_patterns:
+# "*" also matches "/"): the card, the two tables' shards and the indexes of both tiers. Kept vectors
+# (--keep-vectors) and build leftovers are not needed for search and never downloaded.
+CORPUS_PATTERNS = [CARD_FILE, f"{SENTENCES_DIR}/*.parquet", f"{TOKENS_DIR}/*.parquet",
+                   f"{INDEX_DIR}/*.faiss", f"{INDEX_DIR}/*/*.npy"]
+MAX_CARD_BYTES = 4_000_000  # a card is a few KB; a larger README.md is not read
 
 KINDS = ("embedding", "heads")  # what a search compares: `by=` of Corpus.search
 EXACT = "exact"  # IndexFlatIP over the stored float16 vectors
@@ -160,7 +171,10 @@ CARD_FIELDS: dict[str, str] = {
     "model": "the model name given to the builder (Hub id or folder); searches must use the same model",
     "model_revision": "Hub commit of the model, or the package version of a packaged model, or null",
     "model_origin": "'hub', 'local' or 'packaged'",
-    "model_fingerprint": "sha256 (first 16 hex) of the model's input-embedding weights",
+    "model_fingerprint": "sha256 (first 16 hex) of the model's input-embedding weights (exact: changes with the dtype)",
+    "probe_fingerprint": "the model's embedding of PROBE_TEXT at each indexed layer (PROBE_VALUES numbers per layer, "
+                         "see probe_values): searches compare it with the live model's, within PROBE_TOLERANCE, and "
+                         "refuse other weights under the same name; older corpora have none (a warning)",
     "model_kind": "masked-lm, causal-lm, encoder or encoder-decoder",
     "num_layers": "transformer layers of the model",
     "num_heads": "attention heads per layer",
@@ -177,6 +191,35 @@ CARD_FIELDS: dict[str, str] = {
     "timings": "seconds spent reading+annotating, running the model, building indexes; tokens per second",
     "exbert_hub_version": "version of the library that built it",
 }
+
+
+# --- the model fingerprint ---------------------------------------------------------------------------
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog near the bank of the river."
+PROBE_VALUES = 32  # numbers kept per layer
+PROBE_TOLERANCE = 2e-3  # largest |live - stored| relative to the largest stored value (float32 noise: ~1e-5)
+
+
+def probe_values(hidden) -> list[float]:
+    """Fingerprint numbers of one layer: ``hidden`` float[T, D] is the layer's output for PROBE_TEXT (every
+    token, special ones included, as ``engine.analyze`` gives it). Each token's vector is L2-normalised, the
+    mean taken and normalised again; its first PROBE_VALUES components, rounded to 7 decimals, are kept."""
+    import numpy as np
+
+    h = np.asarray(hidden, dtype=np.float64)
+    h = h / np.maximum(np.linalg.norm(h, axis=-1, keepdims=True), 1e-12)
+    m = h.mean(axis=0)
+    m = m / max(float(np.linalg.norm(m)), 1e-12)
+    return [round(float(x), 7) for x in m[:PROBE_VALUES]]
+
+
+def probe_difference(stored, live) -> float:
+    """Largest |live - stored| relative to the largest |stored| (inf when the lengths differ)."""
+    import numpy as np
+
+    a, b = np.asarray(stored, dtype=np.float64), np.asarray(live, dtype=np.float64)
+    if a.shape != b.shape or a.size == 0:
+        return float("inf")
+    return float(np.abs(a - b).max() / max(float(np.abs(a).max()), 1e-12))
 
 
 def dataset_configs() -> list[dict[str, Any]]:
@@ -208,17 +251,24 @@ def write_card(folder: Path, meta: dict[str, Any], body: str, extra_yaml: dict[s
 
 
 def read_card(folder: Path) -> dict[str, Any] | None:
-    """The CARD_KEY mapping of the folder's README.md, or None when it has none."""
+    """The CARD_KEY mapping of the folder's README.md, or None when it has none (or it is not a regular file)."""
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        return None
+    return parse_card(path.read_text(encoding="utf-8"))
+
+
+def parse_card(text: str) -> dict[str, Any] | None:
+    """The CARD_KEY mapping of a README.md's text, or None when its YAML header has none.
+
+    Raises ``yaml.YAMLError`` for a header that is not YAML."""
     import yaml
 
-    path = Path(folder) / CARD_FILE
-    if not path.exists():
-        return None
-    m = _FRONT.match(path.read_text(encoding="utf-8"))
+    m = _FRONT.match(text)
     if not m:
         return None
     header = yaml.safe_load(m.group(1)) or {}
-    meta = header.get(CARD_KEY)
+    meta = header.get(CARD_KEY) if isinstance(header, dict) else None
     return meta if isinstance(meta, dict) else None
 
 
