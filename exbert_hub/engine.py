@@ -173,8 +173,8 @@ def _load_model(resolved: Resolved, kind: str | None, revision: str | None, trus
         try:
             tokenizer = AutoTokenizer.from_pretrained(resolved.source, **common)
         except Exception as err:  # noqa: BLE001
-            where = f" in {resolved.source}" if resolved.origin != "hub" else ""
-            raise ModelNotFoundError(f"{resolved.name!r} has no usable tokenizer{where}: {err}") from err
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise ModelNotFoundError(f"{resolved.name!r} has no usable tokenizer: {first}") from err
     captures = capture.instrument(model)
     if not captures:
         log.warning("%s: attention code not recognised; queries, keys and contexts will be unavailable", resolved.name)

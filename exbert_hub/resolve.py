@@ -249,18 +249,23 @@ def resolve(name: str, *, revision: str | None = None, trust_remote_code: bool =
     if not isinstance(name, str) or not name.strip():
         raise ModelNotFoundError("no model name given: pass a Hugging Face Hub id (e.g. 'bert-base-uncased') or a folder")
     name = name.strip()
+    shown = _shown_name(name)
     tried: list[str] = []
     if allow_local:
-        path = Path(name).expanduser()
-        if path.is_dir():
-            if (path / "config.json").exists():
-                return Resolved(name, str(path), "local")
-            tried.append(f"local folder {path}: it has no config.json")
+        try:
+            path = Path(name).expanduser()
+            is_dir = path.is_dir()
+            has_config = is_dir and (path / "config.json").exists()
+        except (OSError, ValueError, RuntimeError):  # a NUL byte, a lone surrogate, a name too long, no home
+            path, is_dir, has_config = None, False, False
+        if has_config:
+            return Resolved(name, str(path), "local")
+        if is_dir:
+            tried.append(f"local folder {_shown_name(str(path))}: it has no config.json")
         else:
-            tried.append(f"local folder {path}: does not exist")
+            tried.append(f"local folder {_shown_name(str(path or name))}: does not exist")
     elif not is_hub_id(name) and name not in PACKAGED:
-        shown = " ".join(name.split())[:60]
-        raise ModelNotFoundError(f"{shown!r} is not a Hugging Face Hub id: give one like bert-base-uncased or owner/name")
+        raise ModelNotFoundError(f"{shown} is not a Hugging Face Hub id: give one like bert-base-uncased or owner/name")
 
     hub_error = _try_hub(name, revision, trust_remote_code)
     if hub_error is None:
@@ -277,7 +282,13 @@ def resolve(name: str, *, revision: str | None = None, trust_remote_code: bool =
         tried.append(f"packaged models: only {', '.join(PACKAGED)}")
     advice = ("Check the spelling, give a folder with config.json, or go online (unset HF_HUB_OFFLINE)." if allow_local
               else "Check the spelling of the Hub id (owner/name), or pick one of the packaged models.")
-    raise ModelNotFoundError(f"could not find the model {name!r}. Tried:\n  - " + "\n  - ".join(tried) + "\n" + advice)
+    raise ModelNotFoundError(f"could not find the model {shown}. Tried:\n  - " + "\n  - ".join(tried) + "\n" + advice)
+
+
+def _shown_name(name: str, limit: int = 200) -> str:
+    """A name quoted for a message: one line, at most ``limit`` characters."""
+    one = " ".join(name.split())
+    return repr(one if len(one) <= limit else one[: limit - 1] + "…")
 
 
 def _hub_reason(err: BaseException, offline: bool, revision: str | None) -> str:

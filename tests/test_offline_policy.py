@@ -571,3 +571,14 @@ def test_load_argument_types(kwargs, match, tiny, monkeypatch):
     with pytest.raises(InputError, match=match) as err:
         exbert_hub.load(str(tiny("bert")), cache=ModelCache(), **kwargs)
     _one_line(err.value)
+
+
+@pytest.mark.parametrize("name", ["bad\x00name", "bad\ud800name", "x" * 5000, "/" + "y" * 5000])
+def test_odd_model_names_give_a_short_model_not_found(name):
+    with pytest.raises(ModelNotFoundError) as err:
+        exbert_hub.load(name, cache=ModelCache())
+    msg = str(err.value)
+    assert "could not find the model" in msg and len(msg) < 1500
+    with pytest.raises((PolicyError, ModelNotFoundError)) as err:
+        exbert_hub.load(name, cache=ModelCache(), policy=Policy(), remote=True)
+    assert len(str(err.value)) < 400
