@@ -9,9 +9,12 @@ the first analysis runs in ``demo.load`` (which also reads deep-link query param
 """
 
 import hashlib
+import html
 import json
 import logging
+import re
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -20,12 +23,19 @@ import numpy as np
 
 from . import engine as _engine
 from .analysis import CAUSAL_LM, ENCODER, ENCODER_DECODER, MASKED_LM, Analysis
-from .errors import ExbertError, InputError
+from .budget import Budget, analysis_bytes
+from .errors import ExbertError, InputError, user_message
+from .inputs import as_int, as_text
+from .policy import Policy, is_remote
 from .resolve import DEFAULT_MODEL
 from .views import common_head
 from .views.explorer import DEFAULT_THRESHOLD, ExplorerView, explorer_payload, layer_payload
 
 log = logging.getLogger(__name__)
+
+# Gradio's queue sets pandas options that pandas 3 deprecates, once per call: not ours to fix, and it
+# filled the server log. (Our own deprecations are fixed, not hidden.)
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"gradio\.queueing")
 
 DEFAULT_TEXT = "The cat sat on the mat because it was tired."
 TABS = ("explorer", "head", "model", "neuron", "search")
@@ -108,19 +118,23 @@ def _make_view(found, tab: str, store):
 # ---------------------------------------------------------------------------------------------------
 # Plain functions: model logic shared by the UI and the HTTP API
 # ---------------------------------------------------------------------------------------------------
-def user_message(err: BaseException) -> str:
-    """A one-line, user-facing message for any error (ExbertError messages are written for users)."""
-    if isinstance(err, ExbertError):
-        return str(err)
-    first = (str(err).strip().splitlines() or [""])[0]
-    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+def kind_phrase(kind: str) -> str:
+    """'an encoder model', 'a causal-lm model' (the article follows the kind's first letter)."""
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} model"
 
 
-def get_engine(model: str) -> "_engine.Engine":
+def get_engine(model, *, policy: Policy | None = None, remote: bool = False) -> "_engine.Engine":
+    """The engine of ``model``; with a policy, a visitor's name is checked before anything is loaded."""
+    if model is not None and not isinstance(model, str):
+        raise InputError(f"the model must be a name (a Hub id such as bert-base-uncased), got {type(model).__name__}")
     model = (model or "").strip()
     if not model:
         raise InputError("enter a model name: a Hugging Face Hub id such as bert-base-uncased, or a local folder")
-    return _engine.load(model)
+    if len(model) > 300:
+        raise InputError(f"the model name has {len(model)} characters; a Hub id has at most 96")
+    if policy is None:
+        return _engine.load(model)
+    return _engine.load(model, policy=policy, remote=remote)
 
 
 def _analysis_nbytes(a: Analysis) -> int:
@@ -154,13 +168,16 @@ class AnalysisStore:
     again from its request, which is kept much longer than the arrays.
     """
 
-    def __init__(self, max_items: int = 6, max_bytes: int = 3_000_000_000, max_requests: int = 10_000):
+    def __init__(self, max_items: int = 6, max_bytes: int = 3_000_000_000, max_requests: int = 10_000,
+                 budget: Budget | None = None):
         self.max_items, self.max_bytes, self.max_requests = max_items, max_bytes, max_requests
+        self.budget = budget  # work in progress is reserved here before it runs (None: not counted)
         self._items: OrderedDict[str, tuple[Analysis, int]] = OrderedDict()
         self._requests: OrderedDict[str, Request] = OrderedDict()
         self._lock = threading.Lock()
 
-    def run(self, req: Request) -> tuple[str, Analysis]:
+    def run(self, req: Request, eng: "_engine.Engine | None" = None) -> tuple[str, Analysis]:
+        """(key, analysis) of ``req``: kept, or computed with ``eng`` (default: the engine of req.model)."""
         key = req.key
         with self._lock:
             self._requests[key] = req
@@ -170,9 +187,16 @@ class AnalysisStore:
             if key in self._items:
                 self._items.move_to_end(key)
                 return key, self._items[key][0]
-        eng = get_engine(req.model)
+        eng = eng or get_engine(req.model)
         pair = req.pair if req.pair and eng.kind in (MASKED_LM, ENCODER) else None
-        analysis = eng.analyze(req.text, pair=pair, mask=list(req.mask) or None, top_k=5, truncate=req.truncate)
+        if self.budget is None:
+            analysis = eng.analyze(req.text, pair=pair, mask=list(req.mask) or None, top_k=5, truncate=req.truncate)
+        else:
+            # an upper bound of the tokens before tokenizing: every token covers at least one character
+            tokens = min(eng.token_limit, len(req.text) + len(pair or "") + 4)
+            with self.budget.reserve(analysis_bytes(eng, tokens)):
+                analysis = eng.analyze(req.text, pair=pair, mask=list(req.mask) or None, top_k=5,
+                                       truncate=req.truncate)
         with self._lock:
             self._items[key] = (analysis, _analysis_nbytes(analysis))
             self._evict(keep=key)
@@ -190,6 +214,12 @@ class AnalysisStore:
                 self._items.move_to_end(key)
                 return self._items[key][0]
         return self.run(self.request(key))[1]
+
+    def model_of(self, key: str | None) -> str | None:
+        """The model of the analysis ``key`` (None when unknown)."""
+        with self._lock:
+            req = self._requests.get(key) if key else None
+        return req.model if req else None
 
     def _evict(self, keep: str) -> None:
         while len(self._items) > 1:
@@ -237,8 +267,9 @@ def summarize(eng: "_engine.Engine", a: Analysis) -> dict:
     return out
 
 
-def model_info(model: str) -> dict:
-    eng = get_engine(model)
+def model_info(model) -> dict:
+    """/model_info's dict for a model name or an Engine."""
+    eng = model if isinstance(model, _engine.Engine) else get_engine(model)
     return {
         "model": eng.name,
         "kind": eng.kind,
@@ -275,18 +306,33 @@ def _none_if_blank(s: str | None) -> str | None:
 def _header(eng) -> str:
     can = " · double-click a token to mask it" if eng.can_mask else ""
     return (
-        f"### exbert-hub &nbsp;·&nbsp; `{eng.name}`\n"
-        f"**{eng.kind}** · {eng.num_layers} layers × {eng.num_heads} heads · up to {eng.token_limit:,} tokens{can}"
+        f'<h3 class="xh-title">exbert-hub · <code>{html.escape(eng.name)}</code></h3>'
+        f'<p class="xh-sub"><b>{html.escape(eng.kind)}</b> · {eng.num_layers} layers × {eng.num_heads} heads · '
+        f"up to {eng.token_limit:,} tokens{can}</p>"
     )
 
 
 def _message(text: str | None, level: str = "warning") -> str:
+    """The banner's HTML: the message as escaped text in one line (never Markdown, never markup)."""
     if not text:
         return ""
-    icon = {"warning": "⚠️", "info": "ℹ️"}.get(level, "")
-    # user-facing messages may contain model names or text: shown as Markdown code-free plain text
-    safe = text.replace("<", "&lt;").replace(">", "&gt;")
-    return f"{icon} {safe}"
+    icon = {"warning": "⚠", "info": "ℹ"}.get(level, "")
+    line = " ".join(str(text).split())
+    return (f'<div class="xh-banner xh-banner-{level}" role="status" title="{html.escape(line, quote=True)}">'
+            f'<span aria-hidden="true">{icon}</span> {html.escape(line)}</div>')
+
+
+def _analysis_notes(a: Analysis) -> list[str]:
+    """What the banner says about an analysis while it is shown (e.g. that its text was cut)."""
+    if a.truncated:
+        return [f"The text was cut to the first {len(a.tokens):,} tokens ({a.dropped_tokens:,} dropped)."]
+    return []
+
+
+def _strip_banner(banner: str) -> str:
+    """The plain text of a banner made by _message (for composing a second message from it)."""
+    text = re.sub(r"<[^>]+>", "", banner or "")
+    return " ".join(html.unescape(text).replace("⚠", "").replace("ℹ", "").split())
 
 
 def _int(value, default=None):
@@ -314,16 +360,28 @@ def _int_list(value: str | None) -> list[int] | None:
     return [x for x in out if x is not None]
 
 
-def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore | None = None) -> gr.Blocks:
+def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore | None = None,
+              policy: Policy | None = None) -> gr.Blocks:
     """The Gradio Blocks of exbert-hub for ``model`` (any name the engine resolves).
 
     corpus: the corpus the search tab opens by default (folder, Hub dataset id or Corpus; see
     exbert_hub.search_ui), or None (the user can name one in the tab).
+    policy: what visitors may load (models, corpora, sizes, one memory budget; see exbert_hub.policy);
+    default: ``Policy.from_env()`` (Space variables). The launch model and corpus are always allowed.
     Launch it with :func:`launch` (which adds the page-level head, CSS and theme), or call
     ``demo.launch(**launch_options())``.
     """
-    store = store or STORE
+    policy = (policy or Policy.from_env()).with_operator(
+        [model], [corpus] if isinstance(corpus, str) else [])
+    _engine.MODEL_CACHE.max_bytes = min(_engine.MODEL_CACHE.max_bytes, policy.model_cache_bytes)
+    store = store or AnalysisStore(max_bytes=policy.analysis_cache_bytes)
+    if store.budget is None:
+        store.budget = Budget(policy.in_flight_bytes)
     default_model = model
+
+    def engine_for(name: str, request=None):
+        """A visitor's model, checked against the policy (the operator's launch model always passes)."""
+        return get_engine(name, policy=policy, remote=is_remote(request))
     others = {tab: _import_view(mod, cls, fn) for tab, _, mod, cls, fn in _OTHER_VIEWS}
 
     def explorer_layer(data, request: gr.Request = None) -> dict:
@@ -378,25 +436,36 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
             return None
 
     def run(model_name: str, text: str, pair: str | None, mask=(), view: dict | None = None,
-            tab: str = "explorer") -> dict:
-        """Outputs for a successful analysis, or a warning (and nothing else changed) on failure."""
+            tab: str = "explorer", request=None, shown_key: str | None = None) -> dict:
+        """Outputs for a successful analysis, or the banner (and nothing else changed) on failure.
+
+        On failure the model box goes back to the model the views show (``shown_key``'s), so what the
+        page says and what it draws agree.
+        """
         tab = tab if tab in view_components else "explorer"
+        note: list[str] = []
         try:
-            req = Request(model=(model_name or "").strip(), text=text or "", pair=_none_if_blank(pair), mask=tuple(mask),
-                          truncate=True)
-            eng = get_engine(req.model)
-            key, a = store.run(req)
+            name = (model_name or "").strip() if isinstance(model_name, str) else model_name
+            eng = engine_for(name, request)
+            if mask and not eng.can_mask:
+                note.append(f"This link masks token{'s' if len(mask) > 1 else ''} {', '.join(map(str, mask))}, but "
+                            f"{eng.name} is {kind_phrase(eng.kind)} and cannot mask: showing the text unmasked.")
+                mask = ()
+            req = Request(model=name, text=text or "", pair=_none_if_blank(pair), mask=tuple(mask), truncate=True)
+            key, a = store.run(req, eng)
         except Exception as err:  # noqa: BLE001 - users see a message, never a trace
             msg = user_message(err)
-            log.warning("analysis failed: %s", msg, exc_info=not isinstance(err, ExbertError))
-            gr.Warning(msg)
-            return {message: _message(msg)}
-        note = []
-        if a.truncated:
-            note.append(f"The text was cut to the first {len(a.tokens):,} tokens ({a.dropped_tokens:,} dropped).")
+            log.warning("analysis failed: %s", err, exc_info=not isinstance(err, ExbertError))
+            out = {message: _message(msg)}
+            shown_model = store.model_of(shown_key)
+            if shown_model is not None:
+                out[model_box] = shown_model
+            return out
+        note += _analysis_notes(a)
         out = {
             header: _header(eng),
             message: _message(" ".join(note), "info") if note else "",
+            model_box: req.model,
             key_state: key,
             pair_box: gr.update(visible=eng.kind in (MASKED_LM, ENCODER)),
             view_state: {k: v for k, v in (view or {}).items() if k != "keep_view"},
@@ -417,20 +486,19 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
                 a = store.get(key)
                 eng = get_engine(store.request(key).model)
             except Exception as err:  # noqa: BLE001
-                msg = user_message(err)
-                gr.Warning(msg)
-                out[message] = _message(msg)
+                out[message] = _message(user_message(err))
                 return out
             value = tab_value(tab, key, a, eng, view)
             if value is not None:
                 out[view_components[tab]] = value
                 out[shown_state] = {**(shown or {}), tab: key}
+            out[message] = _message(" ".join(_analysis_notes(a)), "info")  # an earlier error is over
             return out
 
         return select
 
     with gr.Blocks(title="exbert-hub") as demo:
-        header = gr.Markdown("### exbert-hub", elem_id="xh-header")
+        header = gr.HTML('<h3 class="xh-title">exbert-hub</h3>', elem_id="xh-header", padding=False)
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=260):
                 model_box = gr.Textbox(value=model, label="Model", info="Hugging Face Hub id or local folder",
@@ -441,7 +509,7 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
                                       elem_id="xh-pair")
             with gr.Column(scale=1, min_width=120):
                 analyze_btn = gr.Button("Analyze", variant="primary", elem_id="xh-analyze")
-        message = gr.Markdown("", elem_id="xh-message")
+        message = gr.HTML("", elem_id="xh-message", padding=False)
         key_state = gr.State(None)  # the AnalysisStore key of the analysis shown
         view_state = gr.State({})  # layer/heads/token... from the link or the last mask (for views built later)
         shown_state = gr.State({})  # tab -> key of the analysis its view shows
@@ -473,7 +541,8 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
                     search = None
 
         view_components = {"explorer": explorer, **other_components}
-        outputs = [header, message, key_state, pair_box, view_state, shown_state, tab_state, *view_components.values()]
+        outputs = [header, message, key_state, pair_box, view_state, shown_state, tab_state, model_box,
+                   *view_components.values()]
 
         # --- deep links: read the URL once the page is up ----------------------------------------
         def on_load(request: gr.Request):
@@ -490,11 +559,12 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
                 "hide_special": q.get("hide") in ("1", "true", "yes"),
             }
             tab = q.get("tab") if q.get("tab") in TABS else "explorer"
-            out = run(name, text, pair, mask, view, tab)
+            out = run(name, text, pair, mask, view, tab, request)
             if key_state not in out and name != default_model:  # a bad model in the link: fall back
                 first = out.get(message, "")
-                out = run(default_model, text, pair, (), view, tab)
-                out[message] = first
+                out = run(default_model, text, pair, (), view, tab, request)
+                if key_state in out:
+                    out[message] = _message(f"{_strip_banner(first)} Showing {default_model} instead.")
                 name = default_model
             out[model_box] = name
             out[text_box] = text
@@ -503,42 +573,42 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
                 out[tabs] = gr.Tabs(selected=tab)
             return out
 
-        demo.load(on_load, inputs=None, outputs=[*outputs, model_box, text_box, tabs], api_visibility="private").then(
+        demo.load(on_load, inputs=None, outputs=[*outputs, text_box, tabs], api_visibility="private").then(
             None, None, None, js="() => { if (window.exbertHub) window.exbertHub.ready = true; }")
 
-        def on_analyze(model_name, text, pair, tab):
-            return run(model_name, text, pair, (), {"keep_view": True}, tab)
+        def on_analyze(model_name, text, pair, tab, key, request: gr.Request):
+            return run(model_name, text, pair, (), {"keep_view": True}, tab, request, shown_key=key)
 
-        analyze_evt = dict(fn=on_analyze, inputs=[model_box, text_box, pair_box, tab_state], outputs=outputs,
+        analyze_evt = dict(fn=on_analyze, inputs=[model_box, text_box, pair_box, tab_state, key_state], outputs=outputs,
                            api_visibility="private")
         analyze_btn.click(**analyze_evt)
         text_box.submit(**analyze_evt)
         model_box.submit(**analyze_evt)
 
         # --- double-click a token in the explorer: mask it (masked LMs) and run again -------------
-        def on_mask(key, evt: gr.EventData):
+        def on_mask(key, evt: gr.EventData, request: gr.Request):
             data = evt._data or {}
             try:
                 req = store.request(str(data.get("key") or key))
                 eng = get_engine(req.model)
                 if not eng.can_mask:
                     raise InputError(
-                        f"masking needs a masked language model; {eng.name} is a {eng.kind} model"
+                        f"masking needs a masked language model; {eng.name} is {kind_phrase(eng.kind)}"
                         + (" (it predicts the next token instead: select a token to see them)" if eng.kind == CAUSAL_LM else "")
                     )
-                pos = int(data["position"])
+                pos = _int(data.get("position"))
+                if pos is None:
+                    raise InputError("the token to mask was not given as a position")
                 mask = set(req.mask)
                 mask.symmetric_difference_update({pos})  # double-click a masked token to unmask it
             except Exception as err:  # noqa: BLE001
-                msg = user_message(err)
-                gr.Warning(msg)
-                return {message: _message(msg)}
+                return {message: _message(user_message(err))}
             view = {k: data.get(k) for k in ("layer", "heads", "token", "weights")}
             view["threshold"] = _float(data.get("threshold"), DEFAULT_THRESHOLD)
             view["hide_special"] = bool(data.get("hide_special"))
             view["layer"] = _int(view["layer"], 0)
             view["token"] = pos
-            return run(req.model, req.text, req.pair, sorted(mask), view, "explorer")
+            return run(req.model, req.text, req.pair, sorted(mask), view, "explorer", request, shown_key=key)
 
         explorer.mask(on_mask, inputs=[key_state], outputs=outputs, api_visibility="private")
 
@@ -550,7 +620,7 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
             item.select(None, None, None, js=f"() => {{ const x = window.exbertHub; if (x && x.ready) x.setUrlParams({{tab: '{tab}'}}); }}")
 
         # --- HTTP API (gradio_client); documented in README.md --------------------------------------
-        _register_api(default_model, store)
+        _register_api(default_model, store, engine_for)
         if search is not None:
             search.register_search_api(default_model, corpus,
                                        analyze=lambda m, t: store.run(Request(m, t))[1])
@@ -558,66 +628,81 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
     return demo
 
 
-def _register_api(default_model: str, store: AnalysisStore) -> None:
+def _register_api(default_model: str, store: AnalysisStore, engine_for) -> None:
+    """The HTTP endpoints; every argument a visitor sends is checked (exbert_hub.inputs) before use."""
+
     def _fail(err: Exception):
         msg = user_message(err)
-        log.warning("API call failed: %s", msg, exc_info=not isinstance(err, ExbertError))
-        raise gr.Error(msg) from None
+        log.warning("API call failed: %s", err, exc_info=not isinstance(err, ExbertError))
+        raise gr.Error(msg, print_exception=False) from None
 
-    def _analysis(model: str | None, text: str, pair: str | None = None, mask=()) -> tuple:
-        name = (model or "").strip() or default_model
-        eng = get_engine(name)
-        _, a = store.run(Request(name, text, _none_if_blank(pair), tuple(mask)))
+    def _analysis(model, text, pair=None, mask=(), request=None) -> tuple:
+        name = as_text(model, "model", optional=True) or default_model
+        text = as_text(text, "text")
+        pair = as_text(pair, "pair", optional=True)
+        eng = engine_for(name.strip(), request)
+        _, a = store.run(Request(name.strip(), text, pair, tuple(mask)), eng)
         return eng, a
 
-    def analyze(text: str, pair: str | None = None, model: str | None = None) -> dict:
+    def _stack(stack) -> str | None:
+        return as_text(stack, "stack", optional=True, max_chars=20)
+
+    def _layer_head(a: Analysis, layer, head, stack, one_head: bool = False) -> tuple[int, int]:
+        layer, head = as_int(layer, "layer"), as_int(head, "head")
+        _check_layer_head(a, layer, head, stack)
+        if one_head and head < 0:
+            raise InputError("this endpoint needs one head (0 or more), not -1")
+        return layer, head
+
+    def analyze(text: str, pair: str | None = None, model: str | None = None, request: gr.Request = None) -> dict:
         """Analyze a text (and optional sentence B for encoders): tokens, layers, heads, kind, top-5 predictions."""
         try:
-            return summarize(*_analysis(model, text, pair))
+            return summarize(*_analysis(model, text, pair, request=request))
         except Exception as err:  # noqa: BLE001
             _fail(err)
 
     def attention(text: str, layer: int, head: int, model: str | None = None, pair: str | None = None,
-                  stack: str | None = None) -> list[list[float]]:
+                  stack: str | None = None, request: gr.Request = None) -> list[list[float]]:
         """Attention of one head (head=-1: mean of the layer's heads) as a T x T list, rows = from, columns = to."""
         try:
-            _, a = _analysis(model, text, pair)
-            return attention_matrix(a, int(layer), int(head), _none_if_blank(stack)).tolist()
+            _, a = _analysis(model, text, pair, request=request)
+            layer, head = _layer_head(a, layer, head, _stack(stack))
+            return attention_matrix(a, layer, head, _stack(stack)).tolist()
         except Exception as err:  # noqa: BLE001
             _fail(err)
 
-    def mask(text: str, position: int, model: str | None = None, pair: str | None = None) -> dict:
+    def mask(text: str, position: int, model: str | None = None, pair: str | None = None,
+             request: gr.Request = None) -> dict:
         """Replace token `position` by the mask token, run again: the /analyze result plus `mask_predictions`."""
         try:
-            eng, a = _analysis(model, text, pair, (int(position),))
+            position = as_int(position, "position", lo=0)
+            eng, a = _analysis(model, text, pair, (position,), request=request)
             out = summarize(eng, a)
-            out["mask_predictions"] = (out["predictions"] or [[]])[int(position)] if out["predictions"] else []
+            out["mask_predictions"] = (out["predictions"] or [[]])[position] if out["predictions"] else []
             return out
         except Exception as err:  # noqa: BLE001
             _fail(err)
 
     def query_key(text: str, layer: int, head: int, model: str | None = None, pair: str | None = None,
-                  stack: str | None = None) -> dict:
+                  stack: str | None = None, request: gr.Request = None) -> dict:
         """Query and key vectors of one head (float lists [T][head_dim]), their scale and the tokens."""
         try:
-            _, a = _analysis(model, text, pair)
-            _check_layer_head(a, int(layer), int(head), _none_if_blank(stack))
-            if int(head) < 0:
-                raise InputError("query_key needs one head (0 or more)")
-            s = a.stack(_none_if_blank(stack))
-            q, k = s.query_key(int(layer), int(head))
+            _, a = _analysis(model, text, pair, request=request)
+            layer, head = _layer_head(a, layer, head, _stack(stack), one_head=True)
+            s = a.stack(_stack(stack))
+            q, k = s.query_key(layer, head)
             return {"tokens": list(a.tokens), "queries": q.tolist(), "keys": k.tolist(),
-                    "scale": float(s.scales[int(layer)]), "layer": int(layer), "head": int(head)}
+                    "scale": float(s.scales[layer]), "layer": layer, "head": head}
         except Exception as err:  # noqa: BLE001
             _fail(err)
 
     def neuron(text: str, layer: int, head: int, token: int, model: str | None = None, pair: str | None = None,
-               stack: str | None = None) -> dict:
+               stack: str | None = None, request: gr.Request = None) -> dict:
         """Every term of one query token's attention in one head: query, keys, products, dot, scaled, softmax."""
         try:
-            _, a = _analysis(model, text, pair)
-            _check_layer_head(a, int(layer), int(head), _none_if_blank(stack))
-            terms = a.score_terms(int(layer), int(head), int(token), _none_if_blank(stack))
+            _, a = _analysis(model, text, pair, request=request)
+            layer, head = _layer_head(a, layer, head, _stack(stack), one_head=True)
+            terms = a.score_terms(layer, head, as_int(token, "token"), _stack(stack))
             out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in terms.items()}
             out["scale"] = float(out["scale"])
             out["tokens"] = list(a.tokens)
@@ -625,10 +710,11 @@ def _register_api(default_model: str, store: AnalysisStore) -> None:
         except Exception as err:  # noqa: BLE001
             _fail(err)
 
-    def info(model: str | None = None) -> dict:
+    def info(model: str | None = None, request: gr.Request = None) -> dict:
         """The model's kind, layers, heads, token limit and whether it can mask."""
         try:
-            return model_info((model or "").strip() or default_model)
+            name = as_text(model, "model", optional=True) or default_model
+            return model_info(engine_for(name.strip(), request))
         except Exception as err:  # noqa: BLE001
             _fail(err)
 
@@ -641,8 +727,16 @@ def _register_api(default_model: str, store: AnalysisStore) -> None:
 
 
 PAGE_CSS = """
-#xh-header h3 { margin-bottom: 0.1em; }
-#xh-message:empty { display: none; }
+#xh-header .xh-title { margin: 0 0 0.1em 0; font-size: 1.25em; }
+#xh-header .xh-sub { margin: 0; color: #374151; }
+/* The banner has a slot of its own, one line high, whether or not it shows a message: appearing or
+   going away, it never moves the rows under the pointer. The whole message is in its title. */
+#xh-message { height: 34px; min-height: 34px; overflow: hidden; }
+#xh-message > * { margin: 0 !important; padding: 0 !important; }
+#xh-message .xh-banner { box-sizing: border-box; height: 32px; padding: 0 0.7em !important; border-radius: 6px;
+  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; line-height: 30px; }
+#xh-message .xh-banner-warning { background: #fef3c7; color: #78350f; border: 1px solid #f59e0b; }
+#xh-message .xh-banner-info { background: #e0f2fe; color: #0c4a6e; border: 1px solid #38bdf8; }
 """
 
 
@@ -651,9 +745,25 @@ def launch_options() -> dict:
     return {"head": common_head(), "css": PAGE_CSS, "theme": gr.themes.Default(primary_hue="blue")}
 
 
-def launch(model: str = DEFAULT_MODEL, *, corpus=None, **launch_kwargs):
-    """Build the app for ``model`` and launch it; ``launch_kwargs`` go to ``gr.Blocks.launch``."""
-    demo = build_app(model, corpus=corpus)
+# Gradio runs one call of an event at a time unless told otherwise: with that, one visitor's slow model
+# load held up every other visitor's /analyze. Calls of one model still take turns on its lock in the
+# engine (a forward pass already uses every core); other models, cached analyses and the JSON work overlap.
+CONCURRENCY = 4
+MAX_QUEUE = 32  # waiting calls beyond this get "queue full" at once instead of piling up in memory
+
+
+def queue(demo: gr.Blocks, *, concurrency: int = CONCURRENCY, max_size: int = MAX_QUEUE) -> gr.Blocks:
+    """The app's queue settings (the CLI, launch() and the Space use the same)."""
+    return demo.queue(default_concurrency_limit=concurrency, max_size=max_size)
+
+
+def launch(model: str = DEFAULT_MODEL, *, corpus=None, policy: Policy | None = None,
+           concurrency: int = CONCURRENCY, max_queue: int = MAX_QUEUE, **launch_kwargs):
+    """Build the app for ``model`` and launch it; ``launch_kwargs`` go to ``gr.Blocks.launch``.
+
+    policy: what visitors may load (default: Policy.from_env(), i.e. Space variables or defaults).
+    """
+    demo = queue(build_app(model, corpus=corpus, policy=policy), concurrency=concurrency, max_size=max_queue)
     options = launch_options()
     extra_head = launch_kwargs.pop("head", None)
     if extra_head:

@@ -2,7 +2,9 @@
 
 Settings (Space variables): EXBERT_HUB_MODEL (default bert-base-uncased, a masked LM so that
 double-click masking works), EXBERT_HUB_CORPUS (optional corpus for the search tab: a Hub dataset id or
-folder built by corpus_builder).
+folder built by corpus_builder), and what visitors may load: EXBERT_HUB_ALLOWED_MODELS,
+EXBERT_HUB_ALLOWED_CORPORA, EXBERT_HUB_MAX_PARAMS, EXBERT_HUB_MEMORY_BUDGET... (see exbert_hub/policy.py).
+On a Space every visitor counts as remote: server folders are never opened for them.
 
 The package comes from requirements.txt, or from a copy of the ``exbert_hub`` folder next to this file.
 """
@@ -19,13 +21,13 @@ for folder in (HERE, HERE.parent):  # a copy in the Space repo, or this file run
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from exbert_hub.app import build_app, launch_options  # noqa: E402
+from exbert_hub.app import build_app, launch_options, queue  # noqa: E402
+from exbert_hub.policy import Policy  # noqa: E402
 
 MODEL = os.environ.get("EXBERT_HUB_MODEL", "bert-base-uncased")
 CORPUS = os.environ.get("EXBERT_HUB_CORPUS") or None
 
-demo = build_app(MODEL, corpus=CORPUS)
+demo = queue(build_app(MODEL, corpus=CORPUS, policy=Policy.from_env()))
 
 if __name__ == "__main__":
-    # two analyses at once at most on a CPU Space; the rest wait in the queue
-    demo.queue(default_concurrency_limit=2, max_size=32).launch(**launch_options())
+    demo.launch(**launch_options())

@@ -1,0 +1,70 @@
+"""Memory for work in progress: analyses reserve their estimated size before they run.
+
+The caches (models, kept analyses) have their own bounds, derived from the same Policy.memory_budget;
+this counts what they cannot see: arrays being computed right now. A request that does not fit waits
+for others to finish (up to ``wait_s``), then gets a one-line "busy" message; one that could never fit
+is refused at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+
+from .analysis import ENCODER_DECODER
+from .errors import InputError
+
+
+class BusyError(InputError):
+    """The server's memory for work in progress is taken: try again in a moment."""
+
+
+def analysis_bytes(engine, tokens: int) -> int:
+    """Peak bytes of one analysis of ``tokens`` tokens: the model's own outputs plus the Analysis copy.
+
+    Attention (stacks x layers x heads x T x T), hidden states, contexts, queries and keys, float32;
+    doubled because the model's tensors and the numpy arrays exist together while the Analysis is made.
+    """
+    layers, heads = max(engine.num_layers, 1), max(engine.num_heads, 1)
+    hidden = int(getattr(engine.config, "hidden_size", 0) or getattr(engine.config, "d_model", 0) or 1024)
+    stacks = 3 if engine.kind == ENCODER_DECODER else 1
+    t = max(int(tokens), 1)
+    attention = stacks * layers * heads * t * t * 4
+    vectors = stacks * layers * t * hidden * 4 * 4  # hidden states, contexts, queries, keys
+    return 2 * (attention + vectors)
+
+
+class Budget:
+    """A counter of reserved bytes with a ceiling; thread-safe."""
+
+    def __init__(self, limit: int, wait_s: float = 30.0):
+        self.limit = int(limit)
+        self.wait_s = wait_s
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def reserve(self, nbytes: int, what: str = "this analysis"):
+        nbytes = int(nbytes)
+        if nbytes > self.limit:
+            raise InputError(
+                f"{what} needs about {nbytes / 1e9:.1f} GB while it runs; this server allows "
+                f"{self.limit / 1e9:.1f} GB for work in progress. Use a shorter text."
+            )
+        deadline = time.monotonic() + self.wait_s
+        with self._cond:
+            while self.used + nbytes > self.limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BusyError("the server is busy with other analyses; try again in a moment")
+                self._cond.wait(left)
+            self.used += nbytes
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()

@@ -1,0 +1,258 @@
+"""A public app: visitors' input is checked, messages are one line of text, memory is budgeted,
+and one visitor's model load does not hold up the others."""
+
+from __future__ import annotations
+
+import copy
+import socket
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from exbert_hub.budget import Budget, BusyError, analysis_bytes
+from exbert_hub.errors import InputError, ModelNotFoundError
+from exbert_hub.policy import Policy, PolicyError, is_hub_id, parse_bytes
+
+TEXT = "The cat sat on the mat because it was tired."
+
+
+# --------------------------------------------------------------------------------------------------
+# messages
+# --------------------------------------------------------------------------------------------------
+def test_user_message_is_one_line_without_server_paths():
+    from exbert_hub.app import user_message
+
+    err = ModelNotFoundError("could not find the model 'x'. Tried:\n  - local folder /root/secret/x: does not exist"
+                             "\n  - Hugging Face Hub: offline")
+    msg = user_message(err)
+    assert "\n" not in msg and "  " not in msg
+    assert "/root" not in msg and "secret" not in msg and "(a server path)" in msg
+    assert user_message(OSError("cannot open /home/u/.cache/huggingface/hub/models--x/config.json")).count("/") == 0
+    assert len(user_message(InputError("x" * 5000))) <= 400
+
+
+def test_banner_is_text_never_markup():
+    from exbert_hub.app import _message
+
+    evil = '<a href="https://evil.example">x</a><img src="https://evil.example/p.png"><form><input type=password>'
+    md = "[link](https://evil.example) ![](https://evil.example/i.png)"
+    out = _message(evil + " " + md)
+    # the only tags are the banner's own
+    import re
+
+    tags = set(re.findall(r"<\s*([a-zA-Z]+)", out))
+    assert tags <= {"div", "span"}, tags
+    assert "&lt;img" in out and "&lt;form&gt;" in out and "[link](https://evil.example)" in out
+
+
+def test_kind_phrase_articles():
+    from exbert_hub.app import kind_phrase
+
+    assert kind_phrase("encoder") == "an encoder model"
+    assert kind_phrase("encoder-decoder") == "an encoder-decoder model"
+    assert kind_phrase("causal-lm") == "a causal-lm model"
+
+
+def test_page_config_deep_copies(tiny):
+    """Gradio deep-copies the page config on every page load; a component attribute holding an event
+    trigger (with an asyncio Future) made each load log 'Exception ignored ... _closed' traces."""
+    from exbert_hub.app import AnalysisStore, build_app
+
+    demo = build_app(str(tiny("bert")), store=AnalysisStore())
+    config = demo.get_config_file()
+    for component in config["components"]:
+        copy.deepcopy(component)  # raises TypeError: cannot pickle '_asyncio.Future' before the fix
+
+
+# --------------------------------------------------------------------------------------------------
+# the policy
+# --------------------------------------------------------------------------------------------------
+def test_hub_id_shape():
+    assert is_hub_id("bert-base-uncased") and is_hub_id("google/flan-t5-small") and is_hub_id("a.b/c_d-e")
+    for bad in ("/etc", "~/x", "../x", "a/../b", "a/b/c", "", ".hidden", "x" * 200, "<a href=x>", "C:\\x"):
+        assert not is_hub_id(bad), bad
+
+
+def test_policy_models_and_paths():
+    p = Policy(models=("bert-*", "google/*")).with_operator(["/srv/models/mine"])
+    assert p.check_model("bert-base-uncased", remote=True) is False  # a Hub id: never a folder for remote visitors
+    p.check_model("google/flan-t5-small", remote=True)
+    assert p.check_model("/srv/models/mine", remote=True) is True  # the operator's own
+    with pytest.raises(PolicyError, match="does not load the model 'gpt2'"):
+        p.check_model("gpt2", remote=True)
+    # a folder: refused for a remote visitor with the same words whether it exists or not
+    msgs = set()
+    for path in ("/proc/self/root/usr", "/nonexistent/dir", "~"):
+        with pytest.raises(PolicyError) as info:
+            p.check_model(path, remote=True)
+        msgs.add(str(info.value).replace(repr(path), "NAME"))
+    assert len(msgs) == 1 and "folder" in msgs.pop()
+    assert p.check_model("/tmp/x", remote=False) is True  # loopback visitors may name folders
+    assert Policy(local_paths=True).check_model("/tmp/x", remote=True) is True
+
+
+def test_policy_from_env_and_budget_split():
+    env = {"EXBERT_HUB_ALLOWED_MODELS": "bert-*, gpt2", "EXBERT_HUB_MEMORY_BUDGET": "10GB",
+           "EXBERT_HUB_LOCAL_PATHS": "0", "EXBERT_HUB_MAX_PARAMS": "2e8"}
+    p = Policy.from_env(env)
+    assert p.models == ("bert-*", "gpt2") and p.memory_budget == 10**10 and p.max_params == 2 * 10**8
+    assert p.model_cache_bytes + p.analysis_cache_bytes + p.in_flight_bytes == p.memory_budget
+    assert parse_bytes("800 MB") == 8 * 10**8 and parse_bytes("2GiB") == 2 * 2**30
+    with pytest.raises(ValueError):
+        parse_bytes("lots")
+
+
+# --------------------------------------------------------------------------------------------------
+# the memory budget
+# --------------------------------------------------------------------------------------------------
+def test_budget_waits_then_reports_busy():
+    b = Budget(100, wait_s=0.3)
+    with b.reserve(80):
+        t0 = time.monotonic()
+        with pytest.raises(BusyError, match="busy"):
+            with b.reserve(30):
+                pass
+        assert time.monotonic() - t0 >= 0.25
+        with b.reserve(20):  # what fits runs at once
+            assert b.used == 100
+    assert b.used == 0 and b.peak == 100
+    with pytest.raises(InputError, match="shorter text"):
+        with b.reserve(101):
+            pass
+
+
+def test_budget_admits_a_waiting_request_when_another_ends():
+    b = Budget(100, wait_s=5)
+    order = []
+
+    def second():
+        with b.reserve(60):
+            order.append("second")
+
+    with b.reserve(60):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.2)
+        order.append("first done")
+    t.join(5)
+    assert order == ["first done", "second"]
+
+
+def test_analysis_bytes_bounds_a_real_analysis(tiny_engine):
+    from exbert_hub.app import _analysis_nbytes
+
+    eng = tiny_engine("bert")
+    a = eng.analyze(TEXT)
+    est = analysis_bytes(eng, len(a.tokens))
+    assert _analysis_nbytes(a) <= est <= 10 * _analysis_nbytes(a)
+
+
+def test_store_counts_work_in_progress(tiny_engine, tiny):
+    """Two analyses at once reserve their sizes from the store's budget, released afterwards."""
+    from exbert_hub.app import AnalysisStore, Request
+
+    eng = tiny_engine("bert")
+    store = AnalysisStore(budget=Budget(10**9))
+    seen = []
+    real = eng.analyze
+
+    def spy(*args, **kwargs):
+        seen.append(store.budget.used)
+        return real(*args, **kwargs)
+
+    eng.analyze = spy
+    try:
+        store.run(Request(str(tiny("bert")), TEXT), eng)
+    finally:
+        del eng.analyze
+    assert seen and seen[0] >= analysis_bytes(eng, 12) and store.budget.used == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# the HTTP API: wrong types, policy, concurrency
+# --------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tiny, tiny_engine):
+    from gradio_client import Client
+
+    from exbert_hub.app import AnalysisStore, build_app, queue
+
+    model = str(tiny("bert"))
+    policy = Policy(models=("allowed-*",), memory_budget=4 * 10**9)
+    demo = queue(build_app(model, store=AnalysisStore(), policy=policy))
+    for attempt in range(3):
+        try:
+            demo.launch(prevent_thread_lock=True, quiet=True, server_port=_free_port())
+            break
+        except (OSError, ValueError):
+            demo.close()
+            if attempt == 2:
+                raise
+    try:
+        yield SimpleNamespace(client=Client(demo.local_url, verbose=False), model=model, demo=demo)
+    finally:
+        demo.close()
+
+
+def _error_of(client, *args, api_name):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as info:
+        client.predict(*args, api_name=api_name)
+    msg = str(info.value)
+    assert "\n" not in msg.strip() and "Traceback" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("args, api_name, expected", [
+    ((TEXT, "abc", 0), "/attention", "layer must be a whole number, got 'abc'"),
+    ((TEXT, 1.7, 0), "/attention", "layer must be a whole number, got 1.7"),
+    ((TEXT, 0, "x"), "/attention", "head must be a whole number"),
+    ((TEXT, None, 5), "/analyze", "model must be text, got int"),  # (text, pair, model)
+    ((TEXT, 9, 0), "/attention", "layer 9 is out of range"),
+    ((TEXT, -3), "/mask", "position must be at least 0"),
+])
+def test_wrong_types_get_one_line(served, args, api_name, expected):
+    msg = _error_of(served.client, *args, api_name=api_name)
+    assert expected in msg, msg
+
+
+def test_lone_surrogate_over_rest_gets_one_line(served):
+    """gradio_client cannot even send a lone surrogate (httpx refuses); JSON's \\ud800 escape can."""
+    import json
+
+    import httpx
+
+    base = served.demo.local_url.rstrip("/")
+    body = json.dumps({"data": ["abc\ud800def", None, None]}, ensure_ascii=True)
+    r = httpx.post(f"{base}/gradio_api/call/analyze", content=body, headers={"content-type": "application/json"})
+    event = r.json()["event_id"]
+    stream = httpx.get(f"{base}/gradio_api/call/analyze/{event}", timeout=60).text
+    assert "event: error" in stream, stream
+    assert "lone surrogate) at position 3" in stream, stream
+
+
+def test_layer_given_as_integral_float_or_digits_is_taken(served):
+    a = served.client.predict(TEXT, 1.0, 0, api_name="/attention")
+    b = served.client.predict(TEXT, "1", 0, api_name="/attention")
+    assert a == b and len(a) == len(a[0])
+
+
+def test_remote_visitor_cannot_name_folders_or_other_models(served, monkeypatch):
+    import exbert_hub.app as app
+
+    monkeypatch.setattr(app, "is_remote", lambda request: True)
+    msg = _error_of(served.client, "/proc/self/root/etc", api_name="/model_info")
+    assert "not a Hugging Face Hub id" in msg and "/proc" not in msg.replace("'/proc/self/root/etc'", "")
+    msg = _error_of(served.client, "gpt2", api_name="/model_info")
+    assert "does not load the model 'gpt2'" in msg
+    # the operator's own model (a local folder) is still served to remote visitors
+    assert served.client.predict(api_name="/model_info")["layers"] == 2
