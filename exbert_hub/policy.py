@@ -147,7 +147,8 @@ class Policy:
             return False
         if not is_hub_id(name):
             if remote and not self.local_paths:
-                raise PolicyError(f"{_shown(name)} is not a Hugging Face Hub id (like bert-base-uncased or "
+                # the name is not quoted back: it may be a server path, and the answer must not depend on it
+                raise PolicyError("that model name is not a Hugging Face Hub id (like bert-base-uncased or "
                                   "owner/name); this server does not load folders for visitors")
             return True
         if not any(fnmatch.fnmatchcase(name, p) for p in self.models):
@@ -164,7 +165,7 @@ class Policy:
             return True
         if not is_hub_id(name):
             if remote and not self.local_paths:
-                raise PolicyError(f"{_shown(name)} is not a Hub dataset id (like user/name); this server does not "
+                raise PolicyError("that corpus name is not a Hub dataset id (like user/name); this server does not "
                                   "open folders for visitors")
             return True
         if not any(fnmatch.fnmatchcase(name, p) for p in self.corpora):

@@ -256,3 +256,40 @@ def test_remote_visitor_cannot_name_folders_or_other_models(served, monkeypatch)
     assert "does not load the model 'gpt2'" in msg
     # the operator's own model (a local folder) is still served to remote visitors
     assert served.client.predict(api_name="/model_info")["layers"] == 2
+
+
+def test_a_slow_load_of_another_model_does_not_hold_up_analyses(served, tiny, monkeypatch):
+    """One visitor's model load (seconds, under LOAD_LOCK) while another visitor analyzes the app's model."""
+    from gradio_client import Client
+
+    import exbert_hub.engine as engine
+
+    started = threading.Event()
+
+    def slow_load(*args, **kwargs):
+        started.set()
+        time.sleep(4)
+        raise ModelNotFoundError("this test's slow model never arrives")
+
+    served.client.predict(TEXT, api_name="/analyze")  # the app's model is loaded and cached
+    monkeypatch.setattr(engine, "_load_model", slow_load)
+    other = str(tiny("gpt2"))  # a folder that is not loaded yet: load() goes to _load_model
+    slow = threading.Thread(target=_swallow, args=(served, other))
+    slow.start()
+    assert started.wait(10)
+    t0 = time.monotonic()
+    res = Client(served.demo.local_url, verbose=False).predict(TEXT + " Again.", api_name="/analyze")
+    took = time.monotonic() - t0
+    slow.join(10)
+    assert res["layers"] == 2
+    assert took < 2.0, f"an analysis of the loaded model waited {took:.1f} s behind another model's load"
+
+
+def _swallow(served, model):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    try:
+        Client(served.demo.local_url, verbose=False).predict(TEXT, None, model, api_name="/analyze")
+    except AppError:
+        pass
