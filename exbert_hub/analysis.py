@@ -15,6 +15,11 @@ ENCODER = "encoder"  # an encoder without a language-model head: no predictions
 ENCODER_DECODER = "encoder-decoder"
 
 
+def kind_phrase(kind: str) -> str:
+    """'an encoder model', 'a causal-lm model' (the article follows the kind's first letter)."""
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} model"
+
+
 @dataclass
 class TokenSequence:
     """The tokens one stack reads.

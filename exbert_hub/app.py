@@ -22,7 +22,7 @@ import gradio as gr
 import numpy as np
 
 from . import engine as _engine
-from .analysis import CAUSAL_LM, ENCODER, ENCODER_DECODER, MASKED_LM, Analysis
+from .analysis import CAUSAL_LM, ENCODER, ENCODER_DECODER, MASKED_LM, Analysis, kind_phrase
 from .budget import Budget, analysis_bytes
 from .errors import ExbertError, InputError, user_message
 from .inputs import as_int, as_text
@@ -118,11 +118,6 @@ def _make_view(found, tab: str, store):
 # ---------------------------------------------------------------------------------------------------
 # Plain functions: model logic shared by the UI and the HTTP API
 # ---------------------------------------------------------------------------------------------------
-def kind_phrase(kind: str) -> str:
-    """'an encoder model', 'a causal-lm model' (the article follows the kind's first letter)."""
-    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} model"
-
-
 def get_engine(model, *, policy: Policy | None = None, remote: bool = False) -> "_engine.Engine":
     """The engine of ``model``; with a policy, a visitor's name is checked before anything is loaded."""
     if model is not None and not isinstance(model, str):

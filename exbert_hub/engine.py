@@ -26,6 +26,7 @@ import torch
 
 from . import capture
 from .analysis import (
+    kind_phrase,
     CAUSAL_LM,
     ENCODER,
     ENCODER_DECODER,
@@ -741,13 +742,13 @@ class Engine:
         if pair is not None:
             pair = self._check_text(pair, "pair")
             if self.kind not in (MASKED_LM, ENCODER):
-                raise InputError(f"sentence pairs are for encoders; {self.name} is a {self.kind} model")
+                raise InputError(f"sentence pairs are for encoders; {self.name} is {kind_phrase(self.kind)}")
         if mask and not self.can_mask:
             raise InputError(
-                f"masking needs a masked language model with a mask token; {self.name} is a {self.kind} model"
+                f"masking needs a masked language model with a mask token; {self.name} is {kind_phrase(self.kind)}"
             )
         if target is not None and self.kind != ENCODER_DECODER:
-            raise InputError(f"a decoder target is for encoder-decoders; {self.name} is a {self.kind} model")
+            raise InputError(f"a decoder target is for encoder-decoders; {self.name} is {kind_phrase(self.kind)}")
         if not 1 <= top_k <= 100:
             raise InputError(f"top_k must be between 1 and 100, got {top_k}")
 

@@ -282,7 +282,8 @@ def resolve(name: str, *, revision: str | None = None, trust_remote_code: bool =
         tried.append(f"packaged models: only {', '.join(PACKAGED)}")
     advice = ("Check the spelling, give a folder with config.json, or go online (unset HF_HUB_OFFLINE)." if allow_local
               else "Check the spelling of the Hub id (owner/name), or pick one of the packaged models.")
-    raise ModelNotFoundError(f"could not find the model {shown}. Tried:\n  - " + "\n  - ".join(tried) + "\n" + advice)
+    # one line: where it looked, then what to do (the app shows it as one banner line)
+    raise ModelNotFoundError(f"could not find the model {shown} (tried: {'; '.join(tried)}). {advice}")
 
 
 def _shown_name(name: str, limit: int = 200) -> str:
