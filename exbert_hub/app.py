@@ -617,8 +617,10 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
         # --- HTTP API (gradio_client); documented in README.md --------------------------------------
         _register_api(default_model, store, engine_for)
         if search is not None:
-            search.register_search_api(default_model, corpus,
-                                       analyze=lambda m, t: store.run(Request(m, t))[1])
+            search.register_search_api(
+                default_model, corpus, access=search.CorpusAccess(policy=policy, operator_ref=corpus),
+                analyze=lambda m, t, request=None: store.run(Request(m, t), engine_for(m, request))[1],
+                get_engine=engine_for)
 
     return demo
 

@@ -219,6 +219,8 @@ def _error_of(client, *args, api_name):
     ((TEXT, None, 5), "/analyze", "model must be text, got int"),  # (text, pair, model)
     ((TEXT, 9, 0), "/attention", "layer 9 is out of range"),
     ((TEXT, -3), "/mask", "position must be at least 0"),
+    ((TEXT, 1, 0, "embedding", "0,1"), "/search", "heads must be a list of whole numbers such as [0, 1]"),
+    ((TEXT, 1, 0, "embedding", None, 500), "/search", "k must be from 1 to 200"),
 ])
 def test_wrong_types_get_one_line(served, args, api_name, expected):
     msg = _error_of(served.client, *args, api_name=api_name)
@@ -248,14 +250,24 @@ def test_layer_given_as_integral_float_or_digits_is_taken(served):
 
 def test_remote_visitor_cannot_name_folders_or_other_models(served, monkeypatch):
     import exbert_hub.app as app
+    import exbert_hub.policy as policy
 
     monkeypatch.setattr(app, "is_remote", lambda request: True)
+    monkeypatch.setattr(policy, "is_remote", lambda request: True)
     msg = _error_of(served.client, "/proc/self/root/etc", api_name="/model_info")
     assert "not a Hugging Face Hub id" in msg and "/proc" not in msg.replace("'/proc/self/root/etc'", "")
     msg = _error_of(served.client, "gpt2", api_name="/model_info")
     assert "does not load the model 'gpt2'" in msg
     # the operator's own model (a local folder) is still served to remote visitors
     assert served.client.predict(api_name="/model_info")["layers"] == 2
+    # corpora: no server folders, no Hub dataset the operator did not allow
+    msg = _error_of(served.client, TEXT, 1, 0, "embedding", None, 5, None, "~/.cache", api_name="/search")
+    assert "corpus name is not a Hub dataset id" in msg and "/root" not in msg and ".cache" not in msg
+    msg = _error_of(served.client, TEXT, 1, 0, "embedding", None, 5, None, "someone/corpus", api_name="/search")
+    assert "does not open the corpus 'someone/corpus'" in msg
+    # a visitor's model name on /search goes through the policy too
+    msg = _error_of(served.client, TEXT, 1, 0, "embedding", None, 5, "gpt2", None, api_name="/search")
+    assert "does not load the model 'gpt2'" in msg
 
 
 def test_a_slow_load_of_another_model_does_not_hold_up_analyses(served, tiny, monkeypatch):

@@ -260,6 +260,7 @@ def test_tab_and_api_through_gradio_client(bert_corpus, engine, corpus):
         res = client.predict(text=text, token=tok, layer=1, by="embedding", heads=None, k=5, model=model,
                              corpus=str(bert_corpus), api_name="/search")
         assert len(res["hits"]) == 5 and (res["hits"][0]["sentence_id"], res["hits"][0]["match"]) == (7, tok)
+        assert res["corpus"]["ref"] == bert_corpus.name and str(bert_corpus.parent) not in json.dumps(res)  # no server path
         assert res == json.loads(json.dumps(fn(text, tok, 1, "embedding", None, 5, model, str(bert_corpus))))
         # defaults: the app's model and corpus; heads as a list
         res = client.predict(text=text, token=tok, layer=0, by="heads", heads=[1, 3], api_name="/search")
