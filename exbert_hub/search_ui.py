@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import ExbertError, InputError
+from .errors import ExbertError, InputError, user_message
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +92,6 @@ class SearchUIError(ExbertError, ValueError):
 # --------------------------------------------------------------------------------------------------
 # Plain functions
 # --------------------------------------------------------------------------------------------------
-def user_message(err: BaseException) -> str:
-    """A one-line message for users: ExbertError messages as written, others as 'Type: first line'."""
-    if isinstance(err, ExbertError):
-        return str(err)
-    first = (str(err).strip().splitlines() or [""])[0]
-    return f"{type(err).__name__}: {first}" if first else type(err).__name__
-
-
 def corpus_name(corpus_ref: Any) -> str:
     """The text for the corpus box: a Corpus object's folder, a path, or the string itself."""
     if corpus_ref is None:
@@ -108,38 +100,87 @@ def corpus_name(corpus_ref: Any) -> str:
     return str(folder if folder is not None else corpus_ref).strip()
 
 
-def open_corpus(corpus_ref: Any, model: str | None = None):
-    """A Corpus from a Corpus object, a folder or a Hub dataset id; with ``model``, check it matches.
+@dataclass
+class CorpusAccess:
+    """Which corpora a tab or the API opens for whom: the operator's corpus, and visitors' names under
+    the policy (exbert_hub.policy; None: the operator, no checks).
+
+    The corpus box shows the operator's corpus by its label (a Hub id or a folder's own name, never a
+    server path); that label, or a blank box, opens the operator's corpus.
+    """
+
+    policy: Any = None
+    operator_ref: Any = None
+
+    @property
+    def label(self) -> str:
+        ref = self.operator_ref
+        if ref is None:
+            return ""
+        if getattr(ref, "label", None):
+            return str(ref.label)
+        text = str(ref).strip()
+        from .policy import is_hub_id
+
+        return text if is_hub_id(text) else (Path(text).name or text)
+
+    def is_operator(self, text: Any) -> bool:
+        text = corpus_name(text)
+        return not text or text in (self.label, corpus_name(self.operator_ref))
+
+    def open(self, text: Any, model: str | None = None, *, request=None, engine=None):
+        from .corpus import Corpus, load_corpus
+        from .policy import is_remote
+
+        if isinstance(text, Corpus):
+            corpus = text
+        elif self.is_operator(text):
+            if isinstance(self.operator_ref, Corpus):
+                corpus = self.operator_ref
+            else:
+                ref = corpus_name(self.operator_ref)
+                if not ref:
+                    raise SearchUIError(
+                        "no corpus loaded: enter a Hub dataset id (user/name) of a corpus. Build one with "
+                        f"`python -m corpus_builder build --model {model or 'MODEL'} --out my_corpus`")
+                corpus = _load(load_corpus, ref, engine=engine)
+        else:
+            policy = self.policy
+            remote = is_remote(request) if policy is not None else False
+            corpus = _load(load_corpus, corpus_name(text), policy=policy, remote=remote, engine=engine)
+        if model is not None:
+            corpus.check_model(model)
+        if engine is not None and hasattr(corpus, "check_engine"):
+            corpus.check_engine(engine)
+        return corpus
+
+
+def _load(load_corpus, ref: str, **kwargs):
+    try:
+        return load_corpus(ref, **kwargs)
+    except ExbertError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged folder: say so in one line
+        raise SearchUIError(f"could not open the corpus {ref!r}: {user_message(err)}") from err
+
+
+def open_corpus(corpus_ref: Any, model: str | None = None, *, access: CorpusAccess | None = None,
+                request=None, engine=None):
+    """A Corpus from a Corpus object, a folder or a Hub dataset id; with ``model``, check it matches
+    (and with ``engine``, its weights). ``access``: the app's CorpusAccess (default: the operator's own
+    call: ``corpus_ref`` opened as given).
 
     Raises ExbertError subclasses with messages written for users (never a trace).
     """
-    from .corpus import Corpus, load_corpus
-
-    if isinstance(corpus_ref, Corpus):
-        corpus = corpus_ref
-    else:
-        ref = corpus_name(corpus_ref)
-        if not ref:
-            raise SearchUIError(
-                "no corpus loaded: enter a corpus folder or a Hub dataset id (user/name). Build one with "
-                f"`python -m corpus_builder build --model {model or 'MODEL'} --out my_corpus`"
-            )
-        try:
-            corpus = load_corpus(ref)
-        except ExbertError:
-            raise
-        except Exception as err:  # noqa: BLE001 - a damaged folder: say so in one line
-            raise SearchUIError(f"could not open the corpus {ref!r}: {user_message(err)}") from err
-    if model is not None:
-        corpus.check_model(model)
-    return corpus
+    access = access or CorpusAccess(operator_ref=corpus_ref)
+    return access.open(corpus_ref, model, request=request, engine=engine)
 
 
 def corpus_summary(corpus) -> dict:
     """JSON-safe description of a corpus (shown in the tab, returned by the API)."""
     layers = corpus.layers
     return {
-        "ref": str(corpus.folder),
+        "ref": str(getattr(corpus, "label", None) or Path(str(corpus.folder)).name),  # never a server path
         "model": corpus.model,
         "sentences": int(corpus.num_sentences),
         "tokens": int(corpus.num_tokens),
@@ -327,7 +368,8 @@ def _colors(hits: list[dict]) -> dict[str, dict[str, str]]:
 
 
 def search_results(corpus, analysis, token: int, layer: int, by: str = "embedding",
-                   heads: Sequence[int] | None = None, k: int = DEFAULT_K, *, engine=None) -> dict:
+                   heads: Sequence[int] | None = None, k: int = DEFAULT_K, *, engine=None,
+                   access: CorpusAccess | None = None, request=None) -> dict:
     """Search ``corpus`` for the tokens most like ``analysis`` token ``token`` at ``layer``; a JSON-safe dict.
 
     corpus: a Corpus, a folder or a Hub dataset id. by: "embedding" (the layer's output hidden state) or
@@ -351,7 +393,12 @@ def search_results(corpus, analysis, token: int, layer: int, by: str = "embeddin
         raise InputError(f"k must be between 1 and {MAX_K}, got {k}")
     if analysis is None:
         raise SearchUIError("analyze a text first: the search looks for tokens like one of its tokens")
-    corpus = open_corpus(corpus, analysis.model_name)
+    if engine is None:
+        from . import engine as _engine
+
+        engine = _engine.load(analysis.model_name)
+    # with the live engine the corpus also checks the model's weights (its probe fingerprint)
+    corpus = open_corpus(corpus, analysis.model_name, access=access, request=request, engine=engine)
     T = len(analysis.tokens)
     if not isinstance(token, (int, np.integer)) or isinstance(token, bool) or not 0 <= int(token) < T:
         raise InputError(f"token {token!r} is out of range: the text has {T} tokens (0 to {T - 1})")
@@ -535,10 +582,11 @@ def _md_escape(s: str) -> str:
     return str(s).replace("\\", "\\\\").replace("<", "&lt;").replace(">", "&gt;").replace("`", "'").replace("*", "\\*").replace("_", "\\_")
 
 
-def corpus_status(corpus_ref: Any, model: str | None = None) -> str:
+def corpus_status(corpus_ref: Any, model: str | None = None, *, access: CorpusAccess | None = None,
+                  request=None) -> str:
     """Markdown line about the corpus in the box: what it holds, or why it cannot be searched."""
     try:
-        corpus = open_corpus(corpus_ref, model)
+        corpus = open_corpus(corpus_ref, model, access=access, request=request)
     except Exception as err:  # noqa: BLE001 - shown to users
         return "\u26a0\ufe0f " + _md_escape(user_message(err))
     s = corpus_summary(corpus)
@@ -580,6 +628,7 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
     """
     import gradio as gr
 
+    from .views import sequence_continuations
     from .views.search_view import SearchView
 
     def engine_of(name: str):
@@ -597,6 +646,17 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
         except Exception as err:  # noqa: BLE001
             log.info("search tab: analysis %s unavailable: %s", key, err)
             return None
+
+    def choices_of(a):
+        """token_choices with word pieces that continue a word marked "##" (as the views draw them)."""
+        cont = sequence_continuations(a.input)
+        out = []
+        for (lab, i), c in zip(token_choices(a), cont):
+            if c:
+                num, _, text = lab.partition(": ")
+                lab = f"{num}: ##{text}"
+            out.append((lab, i))
+        return out
 
     with gr.Tab(label, id=tab_id, elem_id=f"xh-tab-{tab_id}") as tab:
         with gr.Row(equal_height=False):
@@ -632,6 +692,8 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
         plot = gr.Plot(label="Histograms of the hits", visible=False, elem_id="xs-plot")
         results = gr.State(None)
         field = gr.State("pos")
+        # "run" when the explorer's "Search this token in the corpus" selected this tab (set in the browser)
+        run_request = gr.Textbox(value="", visible=False, elem_id="xs-run-request")
 
     # --- a new analysis: its tokens, layers and heads ------------------------------------------------
     def on_analysis(key, current_token, current_layer, current_heads, corpus_text, request=None):
@@ -651,7 +713,7 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
         kept_heads = [h for h in (current_heads or []) if 0 <= int(h) < H]
         layer_value = min(max(int(current_layer or 0), 0), L - 1)
         return (
-            gr.update(choices=token_choices(a), value=default_token(a, current_token)),
+            gr.update(choices=choices_of(a), value=default_token(a, current_token)),
             gr.update(minimum=0, maximum=max(L - 1, 1), value=layer_value, interactive=L > 1),
             gr.update(choices=[(str(h), h) for h in range(H)], value=kept_heads),
             corpus_status(corpus_text, a.model_name),
@@ -675,7 +737,34 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
     on_link_search.__annotations__["request"] = gr.Request
     key_state.change(**refresh).then(on_link_search, [first_search, *search_inputs], [first_search, *search_outputs],
                                      api_visibility="private")
-    tab.select(**refresh)
+
+    # --- the tab is opened: it takes the selection the other views left in the address ---------------
+    # (token, layer and heads: the explorer writes them there); after the explorer's "Search this token
+    # in the corpus" (window.exbertHub.requestSearch), it also runs the search.
+    def on_select(run_flag, key, current_token, current_layer, current_heads, corpus_text, by_value, k_value,
+                  l_value, r_value, field_value, request=None):
+        link = link_query(request)
+        token_v = link.get("token", current_token)
+        layer_v = link.get("layer", current_layer)
+        heads_v = current_heads
+        if "layer" in link:  # a view's selection is in the address: its heads (absent = all = none ticked)
+            heads_v = link.get("heads", [])
+        tok_u, layer_u, heads_u, status_u, by_u = on_analysis(key, token_v, layer_v, heads_v, corpus_text)
+        out = {token: tok_u, layer: layer_u, heads: heads_u, status: status_u, by: by_u}
+        a = analysis_of(key)
+        if run_flag == "run" and a is not None:
+            kept = [int(h) for h in (heads_v or []) if 0 <= int(h) < a.num_heads]
+            layer_n = min(max(int(layer_v or 0), 0), a.num_layers - 1)
+            out.update(on_search(key, default_token(a, token_v), layer_n, link.get("by") or by_value, kept, k_value,
+                                 corpus_text, l_value, r_value, field_value))
+        return out
+
+    on_select.__annotations__["request"] = gr.Request
+    tab.select(None, None, [run_request],
+               js="() => { const x = window.exbertHub; return x && x.takeSearchRequest ? x.takeSearchRequest() : ''; }",
+               api_visibility="private").then(
+        on_select, [run_request, key_state, token, layer, heads, corpus_box, by, k, left, right, field],
+        [token, layer, heads, status, by, *search_outputs], api_visibility="private")
 
     def on_corpus(key, corpus_text):
         a = analysis_of(key)
@@ -706,6 +795,8 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
             res = search_results(corpus_text, a, int(token_value), int(layer_value), by_value,
                                  heads=[int(h) for h in heads_value or []] or None, k=int(k_value),
                                  engine=engine_of(a.model_name))
+            # a word piece that continues a word: the view marks it "##" like the other views
+            res["query"]["continues"] = bool(sequence_continuations(a.input)[int(token_value)])
         except Exception as err:  # noqa: BLE001 - users see a message, never a trace
             msg = user_message(err)
             log.warning("search failed: %s", msg, exc_info=not isinstance(err, ExbertError))
@@ -747,33 +838,49 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
 # HTTP API
 # --------------------------------------------------------------------------------------------------
 def register_search_api(default_model: str, default_corpus: Any = None, *,
-                        analyze: Callable[[str, str], Any] | None = None, api_name: str = "search") -> Callable:
+                        analyze: Callable[..., Any] | None = None, api_name: str = "search",
+                        access: CorpusAccess | None = None, get_engine: Callable | None = None) -> Callable:
     """Register the ``search`` endpoint (gr.api; call inside the app's ``gr.Blocks``). Returns the function.
 
-    analyze(model, text) -> Analysis (default: ``exbert_hub.engine.load(model).analyze(text)``).
+    analyze(model, text[, request=]) -> Analysis (default: ``exbert_hub.engine.load(model).analyze(text)``);
+    get_engine(name, request) -> Engine (the app's policy-checked engines; default: engine.load).
+    access: which corpora visitors may name (default: the operator's ``default_corpus``, no checks).
     """
     import gradio as gr
 
     from . import engine as _engine
+    from .inputs import as_int, as_int_list, as_text
+
+    access = access or CorpusAccess(operator_ref=default_corpus)
+    takes_request = analyze is not None and "request" in inspect.signature(analyze).parameters
 
     def search(text: str, token: int, layer: int, by: str = "embedding", heads: list[int] | None = None,
-               k: int = DEFAULT_K, model: str | None = None, corpus: str | None = None) -> dict:
+               k: int = DEFAULT_K, model: str | None = None, corpus: str | None = None,
+               request: gr.Request = None) -> dict:
         """Corpus tokens most like token `token` of `text` at `layer`, by "embedding" or "heads" (k <= 200).
 
         Returns the results dict of exbert_hub.search_ui.search_results: query, corpus, attention note,
         colours and hits (sentence tokens, matched index, score, POS/DEP/entity, attention of the match).
         """
         try:
-            name = (model or "").strip() or default_model
-            ref = corpus if corpus and str(corpus).strip() else default_corpus
-            a = analyze(name, text) if analyze is not None else _engine.load(name).analyze(text)
-            return search_results(ref, a, int(token), int(layer), by or "embedding",
-                                  heads=None if heads in (None, []) else [int(h) for h in heads], k=int(k),
-                                  engine=_engine.load(a.model_name))
+            name = (as_text(model, "model", optional=True) or default_model).strip()
+            text = as_text(text, "text")
+            token, layer, k = as_int(token, "token"), as_int(layer, "layer"), as_int(k, "k", lo=1, hi=MAX_K)
+            heads = as_int_list(heads, "heads")
+            by = as_text(by, "by", optional=True, max_chars=20) or "embedding"
+            ref = as_text(corpus, "corpus", optional=True, max_chars=300) or access.operator_ref
+            if analyze is not None:
+                a = analyze(name, text, request=request) if takes_request else analyze(name, text)
+            else:
+                a = _engine.load(name).analyze(text)
+            eng = get_engine(a.model_name, request) if get_engine is not None else _engine.load(a.model_name)
+            return search_results(ref, a, token, layer, by, heads=heads or None, k=k, engine=eng,
+                                  access=access, request=request)
         except Exception as err:  # noqa: BLE001
             msg = user_message(err)
-            log.warning("search API call failed: %s", msg, exc_info=not isinstance(err, ExbertError))
-            raise gr.Error(msg) from None
+            log.warning("search API call failed: %s", err, exc_info=not isinstance(err, ExbertError))
+            raise gr.Error(msg, print_exception=False) from None
 
+    search.__annotations__["request"] = gr.Request  # a real class (this module has postponed annotations)
     gr.api(search, api_name=api_name)
     return search
