@@ -17,6 +17,9 @@
   const SVG_MAX_TOKENS = 300;     // above this many visible tokens lines go to a canvas
   const SVG_MAX_LINES = 6000;     // ... or above this many lines
   const MAX_LINES = 60000;        // strongest lines kept when more pass the threshold
+  // By default each token draws at most its LINE_BUDGET / tokens strongest lines (at least 2), so a
+  // long text shows a few thousand lines, not a solid wall; "Show all lines" lifts it (see lineNote).
+  const LINE_BUDGET = 3000;
   const LINE_COLOR = "#2563eb";
 
   // ---------------------------------------------------------------------------------------------
@@ -44,6 +47,7 @@
     fetchError: null,
     message: "",
     pendingMask: false,
+    allLines: false,      // the user asked for every line that passes the threshold (no per-token cap)
   };
   let ui = null;
   let rafId = 0;
@@ -77,6 +81,10 @@
       S.threshold = init.threshold == null ? 0.7 : init.threshold;
       S.hideSpecial = !!init.hide_special;
       S.frozen = init.token == null || init.token >= S.T ? null : { side: "left", pos: init.token };
+      S.allLines = false;
+      // once the page's first analysis is in, the address holds the selection the other views made
+      // (the payload's view may be the link's, older): it wins
+      if (XH.ready && XH.urlSelection) applySelection(XH.urlSelection(S.L, S.H, S.T));
     } else {
       S.layer = XH.clamp(S.layer, 0, S.L - 1);
       if (S.frozen && S.frozen.pos >= S.T) S.frozen = null;
@@ -96,6 +104,27 @@
   }
 
   function range(n) { const a = []; for (let i = 0; i < n; i++) a.push(i); return a; }
+
+  // Take a selection {layer, heads, token} written by another view into the address (null heads: all).
+  // Returns whether anything changed.
+  function applySelection(sel) {
+    let changed = false;
+    if (sel.layer != null && sel.layer !== S.layer) {
+      S.layer = sel.layer; S.stats = null; S.fetchError = null; changed = true;
+    }
+    const heads = sel.heads == null ? range(S.H) : sel.heads;
+    const cur = Array.from(S.heads).sort((a, b) => a - b);
+    if (heads.join(",") !== cur.join(",")) { S.heads = new Set(heads); changed = true; }
+    const tok = sel.token != null && !(S.hideSpecial && S.p.special[sel.token]) ? sel.token : null;
+    if (tok !== (S.frozen ? S.frozen.pos : null)) { S.frozen = tok == null ? null : { side: "left", pos: tok }; changed = true; }
+    if (changed) { S.combo = null; S.edges = null; }
+    return changed;
+  }
+  // the explorer is shown again (its tab selected): follow what the other views selected meanwhile
+  function adoptUrl() {
+    if (!S.p || !ui || !XH.ready || !XH.urlSelection) return;
+    if (applySelection(XH.urlSelection(S.L, S.H, S.T))) { ensureLayer(S.layer); redraw(); }
+  }
 
   function ensureLayer(layer) {
     if (S.layers[layer] || !S.p) return true;
@@ -208,6 +237,7 @@
     const c = combined(), T = S.T, M = c.M, th = S.threshold;
     const active = S.frozen || S.hover;
     const src = [], dst = [], wts = [];
+    let passing = 0, perToken = Infinity;   // lines that pass the threshold; the per-token cap applied
     if (c.wsum > 0) {
       if (active && active.side === "right") {
         const j = active.pos, col = [];
@@ -222,16 +252,18 @@
         }
       } else {
         const rows = active ? [active.pos] : S.vis;
+        const cap = active || S.allLines ? Infinity : perTokenCap();
         for (const i of rows) {
           const idx = c.order[i];
           if (!idx) continue;
-          let acc = 0;
+          let acc = 0, k = 0;
           for (const j of idx) {
             if (acc >= th - 1e-6 && acc > 0) break;   // rows are normalised: total = 1
-            const v = M[i * T + j]; acc += v;
-            src.push(i); dst.push(j); wts.push(v);
+            const v = M[i * T + j]; acc += v; passing++;
+            if (k++ < cap) { src.push(i); dst.push(j); wts.push(v); }
           }
         }
+        perToken = cap;
       }
     }
     let n = src.length, capped = 0;
@@ -242,7 +274,8 @@
       order = order.slice(0, MAX_LINES);
     }
     order.sort((a, b) => wts[a] - wts[b]);   // strong lines drawn last (on top)
-    const E = { src: new Int32Array(order.length), dst: new Int32Array(order.length), w: new Float32Array(order.length), capped };
+    const E = { src: new Int32Array(order.length), dst: new Int32Array(order.length), w: new Float32Array(order.length), capped,
+      passing: Math.max(passing, src.length), perToken };
     order.forEach((k, m) => { E.src[m] = src[k]; E.dst[m] = dst[k]; E.w[m] = wts[k]; });
     E.n = order.length;
     let sig = 0;
@@ -250,6 +283,9 @@
     E.signature = String(sig);
     return E;
   }
+
+  // at most this many lines per token by default: LINE_BUDGET over the visible tokens, at least 2
+  function perTokenCap() { return Math.max(2, Math.floor(LINE_BUDGET / Math.max(1, S.vis.length))); }
 
   // ---------------------------------------------------------------------------------------------
   // DOM
@@ -289,7 +325,8 @@
     const hideLabel = el("label", "xb-field xb-check");
     ui.hide = el("input", "xb-hide-special");
     ui.hide.type = "checkbox";
-    hideLabel.append(ui.hide, el("span", null, "Hide special tokens"));
+    hideLabel.append(ui.hide, el("span", "xb-check-text", "Hide special tokens"));
+    ui.hideLabel = hideLabel;
     hideLabel.title = "Remove [CLS]/[SEP]-style tokens and renormalise the remaining weights of each row";
 
     bar.append(layerBox, thLabel, hideLabel);
@@ -306,6 +343,7 @@
       const c = button(String(h), "xb-chip", "head " + h + ": click to toggle, double-click to show only it");
       c.dataset.head = String(h);
       c.style.setProperty("--head", XH.headColor(h));
+      c.style.setProperty("--head-fg", XH.headTextColor(h));
       ui.chips.append(c); ui.chipEls.push(c);
     }
     headsBar.append(ui.chips);
@@ -319,6 +357,7 @@
       const lab = el("label", "xb-weight");
       const sw = el("span", "xb-swatch", String(h));
       sw.style.setProperty("--head", XH.headColor(h));
+      sw.style.setProperty("--head-fg", XH.headTextColor(h));
       const inp = el("input", "xb-weight-input");
       Object.assign(inp, { type: "number", min: "0", step: "0.1" });
       inp.dataset.head = String(h);
@@ -335,6 +374,7 @@
     // main ----------------------------------------------------------------------------------------
     const main = el("div", "xb-main");
     const panel = el("div", "xb-panel");
+    ui.panel = panel;
     ui.head = el("div", "xb-colheads");
     ui.scroll = el("div", "xb-scroll");
     ui.body = el("div", "xb-body");
@@ -347,7 +387,11 @@
     ui.stripRCanvas = el("canvas", "xb-strip-canvas"); ui.stripR.append(ui.stripRCanvas);
     ui.body.append(ui.stripL, ui.colL, ui.lines, ui.colR, ui.stripR);
     ui.scroll.append(ui.body);
-    panel.append(ui.head, ui.scroll);
+    ui.lineNote = el("div", "xb-line-note");
+    ui.lineNoteText = el("span", "xb-line-note-text");
+    ui.allLinesBtn = button("Show all lines", "xb-all-lines", "draw every line that passes the threshold");
+    ui.lineNote.append(ui.lineNoteText, ui.allLinesBtn);
+    panel.append(ui.head, ui.scroll, ui.lineNote);
 
     const side = el("aside", "xb-side");
     ui.sideTitle = el("div", "xb-side-title", "");
@@ -362,7 +406,10 @@
     const ul = el("ul");
     for (const t of tips) ul.append(el("li", null, t));
     help.append(ul);
-    side.append(ui.sideTitle, ui.sideSub, ui.preds, ui.note, help);
+    ui.searchBtn = button("Search this token in the corpus", "xb-search-corpus",
+      "open the Corpus search tab with this token, layer and heads, and search");
+    ui.searchBtn.hidden = !(XH.hasTab && XH.hasTab("search"));
+    side.append(ui.sideTitle, ui.sideSub, ui.preds, ui.note, ui.searchBtn, help);
 
     main.append(panel, side);
     root.append(bar, headsBar, ui.status, ui.message, main);
@@ -374,23 +421,19 @@
   function buildColumns() {
     visibleTokens();
     const p = S.p, rowH = S.rowH, n = S.vis.length;
+    const cont = p.continues || [];
     const labels = S.vis.map((i) => XH.tokenLabel(p.tokens[i]));
-    const longest = labels.reduce((m, s) => Math.max(m, s.length), 1);
+    const longest = S.vis.reduce((m, i, r) => Math.max(m, labels[r].length + (cont[i] ? 2 : 0)), 1);
     const fontPx = rowH >= 22 ? 13 : rowH >= 18 ? 12 : 11;
-    const tokW = Math.round(XH.clamp(longest * fontPx * 0.62 + 18, 56, 170));
-    const cellW = Math.round(XH.clamp(Math.floor(132 / S.H), 4, 14));
-    const stripW = cellW * S.H + 2;
-    S.cellW = cellW; S.stripW = stripW;
+    S.tokW = Math.round(XH.clamp(longest * fontPx * 0.62 + 18, 56, 170));
     S.renderer = n > SVG_MAX_TOKENS ? "canvas" : "svg";
-    const cols = stripW + "px " + tokW + "px minmax(220px, 1fr) " + tokW + "px " + stripW + "px";
     root.style.setProperty("--xb-row", rowH + "px");
     root.style.setProperty("--xb-font", fontPx + "px");
-    ui.body.style.gridTemplateColumns = cols;
-    ui.head.style.gridTemplateColumns = cols;
+    layoutColumns(true);
     ui.body.style.height = n * rowH + "px";
     ui.scroll.style.height = Math.min(n * rowH + 2, 640) + "px";
 
-    const wide = stripW >= 90;
+    const wide = S.stripW >= 90;
     const outH = el("div", "xb-ch", wide ? "heads out" : "out"), inH = el("div", "xb-ch", wide ? "heads in" : "in");
     outH.title = "one square per head: its strongest attention out of the token (click a column to toggle the head)";
     inH.title = "one square per head: attention into the token (click a column to toggle the head)";
@@ -407,6 +450,7 @@
         d.dataset.pos = String(i);
         d.dataset.side = side;
         let title = "#" + i + "  " + p.raw_tokens[i];
+        if (cont[i]) { d.classList.add("xb-cont"); title += "  (continues the word before it)"; }
         if (p.special[i]) d.classList.add("xb-special");
         if (p.segments[i] === 1) d.classList.add("xb-segb");
         if (p.masked.indexOf(i) >= 0) { d.classList.add("xb-masked"); title += "  (masked; was " + p.original_tokens[i] + ")"; }
@@ -434,6 +478,27 @@
     S.stats = null; S.combo = null; S.edges = null;
   }
 
+  // Grid columns: head squares | tokens | lines | tokens | head squares. The squares shrink on narrow
+  // pages (down to 3 px per head) so that both token columns stay in view; below that the panel scrolls.
+  function layoutColumns(force) {
+    const avail = (ui.panel.clientWidth || 0) - 2;
+    let tokW = S.tokW, minLines = 220;
+    let cellW = Math.round(XH.clamp(Math.floor(132 / S.H), 4, 14));
+    if (avail > 0 && 2 * (cellW * S.H + 2) + 2 * tokW + minLines > avail) {
+      minLines = 80;   // narrow: shorter lines, smaller head squares, then narrower token columns (ellipsis)
+      cellW = Math.min(cellW, Math.max(3, Math.floor((avail - 2 * tokW - minLines - 4) / (2 * S.H))));
+      tokW = Math.max(56, Math.min(tokW, Math.floor((avail - 2 * (cellW * S.H + 2) - minLines) / 2)));
+    }
+    if (!force && cellW === S.cellW && tokW === S.colW && avail === S.layoutW) return false;
+    const stripW = cellW * S.H + 2;
+    S.cellW = cellW; S.stripW = stripW; S.layoutW = avail; S.colW = tokW;
+    const lines = "minmax(" + minLines + "px, 1fr)";
+    const cols = stripW + "px " + tokW + "px " + lines + " " + tokW + "px " + stripW + "px";
+    ui.body.style.gridTemplateColumns = cols;
+    ui.head.style.gridTemplateColumns = cols;
+    return true;
+  }
+
   function wire() {
     ui.layer.addEventListener("change", () => setLayer(+ui.layer.value));
     ui.layerPrev.addEventListener("click", () => setLayer(S.layer - 1));
@@ -445,6 +510,12 @@
       if (S.hideSpecial && S.frozen && S.p.special[S.frozen.pos]) S.frozen = null;
       S.hover = null;
       buildColumns(); redraw(); syncUrl();
+    });
+    ui.allLinesBtn.addEventListener("click", () => { S.allLines = !S.allLines; S.edges = null; redraw(); });
+    ui.searchBtn.addEventListener("click", () => {
+      if (!S.frozen) return;
+      syncUrl();
+      XH.requestSearch({ layer: S.layer, heads: Array.from(S.heads), numHeads: S.H, token: S.frozen.pos });
     });
     ui.all.addEventListener("click", () => { S.heads = new Set(range(S.H)); headsChanged(); });
     ui.none.addEventListener("click", () => { S.heads = new Set(); headsChanged(); });
@@ -537,6 +608,7 @@
     S.message = "";
     S.pendingMask = true;
     redraw();
+    syncUrl();
     trigger("mask", {
       key: p.key, position: pos, layer: S.layer, heads: Array.from(S.heads).sort((a, b) => a - b),
       token: pos, threshold: S.threshold, hide_special: S.hideSpecial, weights: S.weights.slice(),
@@ -560,6 +632,7 @@
 
   function redraw() {
     if (!S.p || !ui) return;
+    if (layoutColumns(false)) { S.edges = null; }
     syncControls();
     const active = S.frozen || S.hover;
     if (!S.layers[S.layer]) {
@@ -579,6 +652,7 @@
     const weighted = S.weights.some((w, h) => S.heads.has(h) && w !== 1);
     let st = "Layer " + S.layer + " \u00b7 " + (nh === S.H ? "all " + S.H + " heads" : nh + " of " + S.H + " heads") +
       (nh > 1 ? (weighted ? " (weighted mean)" : " (mean)") : "") + " \u00b7 " + E.n.toLocaleString() + " lines";
+    showLineNote(E, active);
     if (E.capped) st += " (the " + E.n.toLocaleString() + " strongest; " + E.capped.toLocaleString() + " more pass the threshold)";
     if (nh === 0) st += " \u00b7 select a head to draw attention";
     if (active) st += " \u00b7 " + (S.frozen ? "frozen on" : "hovering") + " #" + active.pos + " (" + (active.side === "left" ? "from" : "to") + ")";
@@ -594,6 +668,27 @@
     ds.active = active ? active.side + ":" + active.pos : "";
     ds.threshold = String(S.threshold);
     ds.key = S.p.key || "";
+  }
+
+  // Under the panel: how many lines are drawn when each token's are capped, and a way to see all.
+  function showLineNote(E, active) {
+    const limited = !active && E.perToken !== Infinity && E.passing > E.n + E.capped;
+    const all = !active && S.allLines && E.passing > perTokenCap() * S.vis.length;
+    ui.lineNote.hidden = !(limited || all);
+    root.dataset.lineCap = limited ? String(E.perToken) : "";
+    root.dataset.passing = String(E.passing);
+    if (limited) {
+      XH.setText(ui.lineNoteText, "Each token shows its " + E.perToken + " strongest lines: " + E.n.toLocaleString() +
+        " of the " + E.passing.toLocaleString() + " lines that pass the " + Math.round(S.threshold * 100) +
+        "% threshold, so that long texts stay readable. Hover or click a token for all of its lines. ");
+      XH.setText(ui.allLinesBtn, "Show all lines");
+    } else if (all) {
+      XH.setText(ui.lineNoteText, E.capped
+        ? "Showing the strongest " + E.n.toLocaleString() + " of the " + E.passing.toLocaleString() +
+          " lines that pass the threshold (the most this view draws). "
+        : "Showing all " + E.n.toLocaleString() + " lines that pass the threshold. ");
+      XH.setText(ui.allLinesBtn, "Fewer lines");
+    }
   }
 
   function switchRenderer(kind) {
@@ -752,7 +847,7 @@
       if (!p.predictions) XH.setText(ui.note, p.prediction_note || "This model makes no token predictions.");
       return;
     }
-    const pos = active.pos, tok = XH.tokenLabel(p.tokens[pos]);
+    const pos = active.pos, tok = XH.pieceLabel(p.tokens[pos], (p.continues || [])[pos]);
     if (p.model_kind === "causal-lm") {
       XH.setText(ui.sideTitle, "Next token after \u201c" + tok + "\u201d");
     } else {
@@ -785,6 +880,13 @@
     ui.threshold.value = String(S.threshold);
     XH.setText(ui.thValue, Math.round(S.threshold * 100) + "%");
     ui.hide.checked = S.hideSpecial;
+    ui.hideLabel.classList.toggle("xb-on", S.hideSpecial);
+    ui.searchBtn.hidden = !(XH.hasTab && XH.hasTab("search"));
+    ui.searchBtn.disabled = !S.frozen;
+    XH.setText(ui.searchBtn, S.frozen ? "Search \u201c" + XH.pieceLabel(S.p.tokens[S.frozen.pos], (S.p.continues || [])[S.frozen.pos]) +
+      "\u201d in the corpus" : "Search this token in the corpus");
+    ui.searchBtn.title = S.frozen ? "Open the Corpus search tab with this token, layer " + S.layer +
+      " and the selected heads, and search" : "Click a token to freeze it, then search the corpus for tokens like it";
     ui.chipEls.forEach((c, h) => {
       c.classList.toggle("xb-on", S.heads.has(h));
       c.setAttribute("aria-pressed", S.heads.has(h) ? "true" : "false");
@@ -820,10 +922,12 @@
     clearTimeout(resizeTimer);
     resizeTimer = setTimeout(() => { if (S.p && ui) redraw(); }, 120);
   });
-  // hidden tabs have no size: redraw when the explorer becomes visible
+  // hidden tabs have no size: redraw when the explorer becomes visible, with the selection the other
+  // views left in the address
   if (window.IntersectionObserver) {
     new IntersectionObserver((entries) => { if (entries.some((e) => e.isIntersecting) && S.p && ui) schedule(); }).observe(root);
   }
+  if (XH.onShown) XH.onShown(root, adoptUrl);
 
   watch("value", () => load(props.value));
   load(props.value);

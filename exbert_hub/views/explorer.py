@@ -15,7 +15,7 @@ import gradio as gr
 import numpy as np
 
 from ..analysis import CAUSAL_LM, MASKED_LM, Analysis
-from . import asset, common_head
+from . import asset, common_head, sequence_continuations
 from .transport import encode_attention
 
 # Below this many attention bytes (layers * heads * tokens^2) every layer is sent at once; above it
@@ -80,6 +80,7 @@ def explorer_payload(
         "raw_tokens": [str(x) for x in analysis.tokens],
         "original_tokens": [str(x) for x in original],
         "special": [bool(x) for x in analysis.special],
+        "continues": sequence_continuations(analysis.input),  # word pieces that continue the previous word
         "segments": [int(x) for x in analysis.segments],
         "masked": [int(x) for x in analysis.masked],
         "num_layers": num_layers,

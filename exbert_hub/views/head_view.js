@@ -3,18 +3,10 @@
  * The part between the line-panel markers is shared with the model view (model_view.py prepends it).
  */
 /* <line-panel> */
-// 32 head colours: OKLCH hues at 11.25 degree steps in bit-reversed order (consecutive heads far apart),
-// alternating lightness 0.60 / 0.76 so neighbouring hues also differ in lightness. Readable on light
-// and dark backgrounds. Heads beyond 32 reuse the colours (the number in each square tells them apart).
-const XH_PALETTE = ["#e23439", "#0f919c", "#7e8904", "#8d5bed", "#b17000", "#0f83de", "#049863", "#cb3ca7",
-  "#c95b0e", "#088db5", "#42970a", "#b14bd0", "#997d0b", "#5a6dfb", "#0d9485", "#dc3175",
-  "#ff8d6e", "#02c5e8", "#92c514", "#ca95fe", "#e2a50c", "#86b1fd", "#19cea5", "#fd81bd",
-  "#fe9224", "#51bcfd", "#1bd35e", "#f678f2", "#c3b502", "#a7a6fe", "#00cac9", "#ff8795"];
-function xhHeadColor(h) { return XH_PALETTE[((h % XH_PALETTE.length) + XH_PALETTE.length) % XH_PALETTE.length]; }
-function xhRgb(hex) {
-  const n = parseInt(hex.slice(1), 16);
-  return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
-}
+// Head colours: the one palette of every view, window.exbertHub.headColor (common.js).
+function xhHeadColor(h) { return window.exbertHub.headColor(h); }
+function xhHeadText(h) { return window.exbertHub.headTextColor(h); }
+function xhRgb(hex) { return window.exbertHub.hexRgb(hex); }
 function xhEl(tag, cls, text) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
@@ -67,10 +59,12 @@ function xhTextWidth(labels, font) {
 
 /* Two token columns joined by straight lines on one sticky canvas (only the visible part is drawn),
  * so 1,000+ tokens scroll smoothly with one label per row (no overlaps).
- *   panel.setTokens(leftTokens, rightTokens, leftSpecial, rightSpecial)
+ *   panel.setTokens(leftTokens, rightTokens, leftSpecial, rightSpecial, leftContinues, rightContinues)
+ *     (continues[i]: token i continues the previous word; drawn with a faint leading "##")
  *   panel.setSeries([{color, data, lut, offset, nq, nk, visible}])   weight(i, j) = lut ? lut[data[o]] : data[o]
  *   panel.setFilter(rowOk|null, colOk|null)                          Uint8Array masks
- *   panel.redraw() -> number of lines drawn; panel.onchange = () => {} (hover / pin changes)
+ *   panel.redraw() -> number of lines drawn; panel.onchange = () => {} (hover / pin changes);
+ *   panel.onpin = (pinned) => {} (the user pinned / unpinned a token); panel.pin({side, index} | null)
  * Line opacity is the weight (weights under 0.5/255 are not drawn). Hover a token: only its lines;
  * click: pin it (click again or Escape to unpin). */
 function xhLinePanel(parent, opts) {
@@ -104,22 +98,23 @@ function xhLinePanel(parent, opts) {
     left: [], right: [], series: [], rowOk: null, colOk: null, rowH: 20, leftW: 80, rightW: 80,
     hover: null, pinned: null, lines: 0, width: 0, height: 0,
   };
-  const panel = { element: wrap, scroller, canvas, state: st, onchange: null };
+  const panel = { element: wrap, scroller, canvas, state: st, onchange: null, onpin: null };
   let raf = 0;
 
   function rowTop(i) { return i * st.rowH; }
 
-  panel.setTokens = function (leftTokens, rightTokens, leftSpecial, rightSpecial) {
+  panel.setTokens = function (leftTokens, rightTokens, leftSpecial, rightSpecial, leftCont, rightCont) {
     const n = Math.max(leftTokens.length, rightTokens.length);
     st.rowH = opts.rowHeight || (n <= 40 ? 22 : n <= 200 ? 20 : 18);
     st.left = leftTokens.map(xhLabel);
     st.right = rightTokens.map(xhLabel);
     st.hover = null; st.pinned = null;
     const font = "13px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace";
-    st.leftW = Math.ceil(Math.min(Math.max(xhTextWidth(st.left, font) + 18, 48), opts.maxLabelWidth || 220));
-    st.rightW = Math.ceil(Math.min(Math.max(xhTextWidth(st.right, font) + 18, 48), opts.maxLabelWidth || 220));
+    const marked = (labels, cont) => labels.map((s, i) => (cont && cont[i] ? "##" : "") + s);  // widths only
+    st.leftW = Math.ceil(Math.min(Math.max(xhTextWidth(marked(st.left, leftCont), font) + 18, 48), opts.maxLabelWidth || 220));
+    st.rightW = Math.ceil(Math.min(Math.max(xhTextWidth(marked(st.right, rightCont), font) + 18, 48), opts.maxLabelWidth || 220));
     content.style.height = n * st.rowH + "px";
-    for (const [col, labels, special, w, side] of [[left, st.left, leftSpecial, st.leftW, "left"], [right, st.right, rightSpecial, st.rightW, "right"]]) {
+    for (const [col, labels, special, w, side, cont] of [[left, st.left, leftSpecial, st.leftW, "left", leftCont], [right, st.right, rightSpecial, st.rightW, "right", rightCont]]) {
       col.replaceChildren();
       col.style.width = w + "px";
       col.style.height = n * st.rowH + "px";
@@ -132,6 +127,7 @@ function xhLinePanel(parent, opts) {
         d.dataset.index = String(i);
         d.dataset.side = side;
         d.title = labels[i] + "  (#" + i + ")";
+        if (cont && cont[i]) { d.classList.add("xh-cont"); d.title += "  continues the word before it"; }
         frag.append(d);
       }
       col.append(frag);
@@ -154,7 +150,8 @@ function xhLinePanel(parent, opts) {
     // lines area: at most maxLineWidth wide (long nearly-flat lines are hard to follow); the panel shrinks to fit
     const chrome = scroller.offsetWidth - scroller.clientWidth; // border + scrollbar (border-box)
     const avail = Math.max(0, (parent.clientWidth || wrap.offsetWidth) - chrome);
-    const width = Math.max(0, Math.min(opts.maxLineWidth || 440, avail - st.leftW - st.rightW));
+    // the lines use the width they are given (up to maxLineWidth, default 1000 px)
+    const width = Math.max(0, Math.min(opts.maxLineWidth || 1000, avail - st.leftW - st.rightW));
     const total = st.leftW + width + st.rightW;
     content.style.width = total + "px";
     scroller.style.width = total + chrome + "px";
@@ -224,8 +221,10 @@ function xhLinePanel(parent, opts) {
       }
       if (color && best >= 0.02) {
         const [r, g, b] = xhRgb(color);
+        // at most --xh-lit-max opaque, so the token text keeps a 4.5:1 contrast (lower in dark themes)
+        const maxA = parseFloat(getComputedStyle(wrap).getPropertyValue("--xh-lit-max")) || 0.6;
         const d = other.children[t];
-        if (d) { d.style.backgroundColor = "rgba(" + r + "," + g + "," + b + "," + Math.min(0.85, 0.15 + best).toFixed(3) + ")"; d.classList.add("xh-lit"); }
+        if (d) { d.style.backgroundColor = "rgba(" + r + "," + g + "," + b + "," + Math.min(maxA, 0.12 + 0.8 * best).toFixed(3) + ")"; d.classList.add("xh-lit"); }
       }
     }
   }
@@ -391,12 +390,21 @@ function xhLinePanel(parent, opts) {
     if (!t) return;
     st.pinned = st.pinned && st.pinned.side === t.side && st.pinned.index === t.index ? null : t;
     changed();
+    if (panel.onpin) panel.onpin(st.pinned);
   });
   scroller.tabIndex = 0;
-  scroller.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && st.pinned) { st.pinned = null; changed(); } });
+  scroller.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && st.pinned) { st.pinned = null; changed(); if (panel.onpin) panel.onpin(null); }
+  });
   scroller.addEventListener("scroll", schedule, { passive: true });
   if (window.ResizeObserver) new ResizeObserver(schedule).observe(parent);
   panel.clearFocus = function () { st.hover = null; st.pinned = null; highlight(); };
+  // pin a token (side "left" or "right"), or unpin with null, without a click (a restored selection)
+  panel.pin = function (t) {
+    const n = t ? (t.side === "left" ? st.left.length : st.right.length) : 0;
+    st.pinned = t && t.index >= 0 && t.index < n ? { side: t.side, index: t.index } : null;
+    highlight(); panel.redraw();
+  };
   return panel;
 }
 /* </line-panel> */
@@ -426,8 +434,10 @@ function xhLinePanel(parent, opts) {
       key: value.key, sequences: value.sequences, stacks,
       stack: value.stack, layer: value.layer || 0,
       heads: new Set(value.heads || []), pairFilter: value.pair_filter || "all",
-      pairStart: value.pair_start, lineBudget: value.line_budget,
+      pairStart: value.pair_start, lineBudget: value.line_budget, pin: null,
     };
+    // in the app the address holds the selection the other views made (the payload may be older)
+    fromUrl(!!window.exbertHub.ready);
     for (const [stack, layers] of Object.entries(value.attention || {})) {
       for (const [layer, p] of Object.entries(layers)) cache.set(cacheKey(stack, layer), xhDecode(p));
     }
@@ -437,16 +447,44 @@ function xhLinePanel(parent, opts) {
 
   function stackInfo() { return S.stacks.find((s) => s.name === S.stack) || S.stacks[0]; }
 
+  // --- the selection in the page address (shared with the other views) ------------------------
+  // the address's layer, heads and token (pinned on the left); returns whether the view changed.
+  // full: the app manages the address (absent heads = all heads, absent token = nothing pinned);
+  // otherwise (a page of its own, or a link still loading) only what the address names is taken.
+  function fromUrl(full) {
+    const XH = window.exbertHub, info = stackInfo();
+    if (!XH.urlSelection || info.query_seq !== "input") return false;
+    const sel = XH.urlSelection(info.layers, info.heads, S.sequences[info.query_seq].tokens.length);
+    let changed = false;
+    if (sel.layer != null && sel.layer !== S.layer) { S.layer = sel.layer; changed = true; }
+    if (sel.heads != null || full) {
+      const heads = sel.heads == null ? Array.from({ length: info.heads }, (_, h) => h) : sel.heads;
+      if (heads.join(",") !== Array.from(S.heads).sort((a, b) => a - b).join(",")) { S.heads = new Set(heads); changed = true; }
+    }
+    if ((sel.token != null || full) && sel.token !== S.pin) { S.pin = sel.token; changed = true; }
+    return changed;
+  }
+  // the user changed the layer, the heads or the pinned token: write them into the address
+  // (the input's own attention only: a decoder's or cross attention's indices mean other tokens)
+  function toUrl() {
+    const XH = window.exbertHub, info = stackInfo();
+    if (!XH.writeSelection || info.query_seq !== "input") return;
+    XH.writeSelection({ layer: S.layer, heads: Array.from(S.heads), numHeads: info.heads, token: S.pin });
+  }
+  function applyPin() { if (panel) panel.pin(S.pin == null ? null : { side: "left", index: S.pin }); }
+
   function build() {
     root.replaceChildren();
     const bar = xhEl("div", "xh-toolbar");
     const info = stackInfo();
     // layer
-    const layerLab = xhEl("label", null, "Layer");
+    const layerLab = xhEl("label", null);
+    layerLab.append(xhEl("span", "xh-field-name", "Layer"));
     const layerSel = xhEl("select", "xh-layer");
     for (let l = 0; l < info.layers; l++) layerSel.append(new Option(String(l), String(l)));
     layerSel.value = String(S.layer);
-    layerSel.addEventListener("change", () => { S.layer = Number(layerSel.value); show(); });
+    layerSel.addEventListener("change", () => { S.layer = Number(layerSel.value); show(); toUrl(); });
+    S.layerSel = layerSel;
     layerLab.append(layerSel);
     bar.append(layerLab);
     // stack
@@ -479,28 +517,31 @@ function xhLinePanel(parent, opts) {
     }
     // heads
     const headsBox = xhEl("span", "xh-heads");
-    headsBox.append(xhEl("span", "xh-hint", "Heads"));
+    headsBox.append(xhEl("span", "xh-field-name", "Heads"));
     for (let h = 0; h < info.heads; h++) {
       const b = xhEl("button", "xh-head", String(h));
       b.type = "button";
       b.dataset.head = String(h);
       b.style.setProperty("--xh-head", xhHeadColor(h));
+      b.style.setProperty("--xh-head-fg", xhHeadText(h));
       b.title = "Head " + h + ": click to show/hide, double-click to show only this head";
       b.addEventListener("click", () => {
         if (S.heads.has(h)) S.heads.delete(h); else S.heads.add(h);
         updateHeads();
+        toUrl();
       });
       b.addEventListener("dblclick", (ev) => {
         ev.preventDefault();
         S.heads = new Set([h]);
         updateHeads();
+        toUrl();
       });
       headsBox.append(b);
     }
     const all = xhEl("button", "xh-btn xh-all", "All");
     all.type = "button";
     all.title = "Show every head";
-    all.addEventListener("click", () => { S.heads = new Set(Array.from({ length: info.heads }, (_, h) => h)); updateHeads(); });
+    all.addEventListener("click", () => { S.heads = new Set(Array.from({ length: info.heads }, (_, h) => h)); updateHeads(); toUrl(); });
     headsBox.append(all);
     bar.append(headsBox);
     root.append(bar);
@@ -511,8 +552,10 @@ function xhLinePanel(parent, opts) {
       leftTitle: (qname === "decoder" ? "decoder " : "") + "tokens attending \u2192",
       rightTitle: "\u2192 attended " + (kname === "decoder" ? "decoder " : (qname !== kname ? "encoder " : "")) + "tokens",
     });
-    panel.setTokens(seqs[qname].tokens, seqs[kname].tokens, seqs[qname].special, seqs[kname].special);
+    panel.setTokens(seqs[qname].tokens, seqs[kname].tokens, seqs[qname].special, seqs[kname].special,
+      seqs[qname].continues, seqs[kname].continues);
     panel.onchange = () => report();
+    panel.onpin = (p) => { S.pin = p ? p.index : null; toUrl(); };
     panel.onredraw = () => report();
     root.append(xhEl("div", "xh-hint", "Hover a token to see only its lines, click it to pin. Head squares: click to toggle, double-click to solo."));
     const status = xhEl("div", "xh-status");
@@ -554,6 +597,7 @@ function xhLinePanel(parent, opts) {
     root.dataset.layer = String(S.layer);
     root.dataset.heads = Array.from(S.heads).sort((a, b) => a - b).join(",");
     root.dataset.lines = String(panel ? panel.state.lines : 0);
+    root.dataset.pinned = panel && panel.state.pinned ? panel.state.pinned.side + ":" + panel.state.pinned.index : "";
   }
 
   async function show() {
@@ -579,6 +623,7 @@ function xhLinePanel(parent, opts) {
       series.push({ head: h, color: xhHeadColor(h), data: att.data, lut: att.lut, offset: h * nq * nk, nq, nk, visible: S.heads.has(h) });
     }
     panel.setSeries(series);
+    if (S.pin != null && !panel.state.pinned) applyPin();
     panel.redraw();
     report();
     root.dataset.drawn = String((Number(root.dataset.drawn) || 0) + 1);
@@ -588,6 +633,20 @@ function xhLinePanel(parent, opts) {
     requestAnimationFrame(() => requestAnimationFrame(() => {
       if (root.dataset.drawn === mark) root.dataset.paintedAt = String(performance.now());
     }));
+  }
+
+  // shown again (its tab selected): follow what the other views selected meanwhile
+  if (window.exbertHub && window.exbertHub.onShown) {
+    window.exbertHub.onShown(root, () => {
+      if (!S || !panel || !window.exbertHub.ready || stackInfo().query_seq !== "input") return;
+      const layer = S.layer;
+      if (!fromUrl(true)) return;
+      if (S.layerSel) S.layerSel.value = String(S.layer);
+      updateHeadButtons();
+      for (const s of panel.state.series) s.visible = S.heads.has(s.head);
+      applyPin();
+      if (S.layer !== layer) show(); else { panel.redraw(); report(); }
+    });
   }
 
   watch("value", () => render(props.value));

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..analysis import Analysis
 from ..errors import ExbertError
-from . import asset, common_head
+from . import asset, common_head, sequence_continuations
 from .transport import decode_attention, encode_attention
 
 PAIR_FILTERS = ("all", "a->a", "b->b", "a->b", "b->a")
@@ -174,7 +174,9 @@ def stack_sequences(stack: str) -> tuple[str, str]:
 
 
 def sequences_payload(analysis: Analysis) -> dict:
-    """Token lists of an analysis: ``{"input": {tokens, special, segments}, "decoder": {...}?}``."""
+    """Token lists of an analysis: ``{"input": {tokens, special, segments, continues}, "decoder": {...}?}``.
+
+    ``continues[i]``: token i continues the word of token i - 1 (drawn with a faint leading "##")."""
     out = {}
     for name, seq in (("input", analysis.input), ("decoder", analysis.decoder_input)):
         if seq is None:
@@ -183,6 +185,7 @@ def sequences_payload(analysis: Analysis) -> dict:
             "tokens": [str(t) for t in seq.display],
             "special": [bool(x) for x in np.asarray(seq.special)],
             "segments": [int(x) for x in np.asarray(seq.segments)],
+            "continues": sequence_continuations(seq),  # word pieces that continue the previous word
         }
     return out
 

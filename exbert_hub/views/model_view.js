@@ -9,6 +9,7 @@
   };
   let S = null;
   let fetchId = 0;
+  let rendered = 0;  // values drawn so far (a deep link opens its head on the first one only)
 
   function pageIsDark() { return !!(element.closest && element.closest(".dark")); }
 
@@ -29,7 +30,23 @@
     };
     applyTheme(theme);
     build();
+    readSelection();
     drawGrid();
+    // a link to this tab naming one layer and one head (?tab=model&layer=2&heads=4) reopens that head
+    const XH = window.exbertHub, first = rendered++ === 0, q = XH.initialParams;
+    if (first && q && q.get("tab") === "model" && S.selection.layer != null && S.selection.heads && S.selection.heads.length === 1) {
+      const r = S.layers.indexOf(S.selection.layer), c = S.heads.indexOf(S.selection.heads[0]);
+      if (r >= 0 && c >= 0) openHead(r, c, true);
+    }
+  }
+
+  // The selection the views share through the address (layer, heads): its cells are framed in the grid.
+  function readSelection() {
+    const XH = window.exbertHub, info = stackInfo();
+    S.selection = { layer: null, heads: null };
+    if (!XH.urlSelection || info.query_seq !== "input") return;
+    const sel = XH.urlSelection(info.layers, info.heads, null);
+    S.selection = { layer: sel.layer, heads: sel.heads };
   }
 
   function applyTheme(theme) {
@@ -202,6 +219,22 @@
         ctx.strokeRect(x - 0.5, y - 0.5, g.cell + 1, g.cell + 1);
       }
     }
+    // the selected layer x heads (from the address): framed in the text colour
+    const sel = S.selection || {};
+    let framed = 0;
+    if (sel.layer != null) {
+      const r = S.layers.indexOf(sel.layer);
+      ctx.strokeStyle = T.fg;
+      ctx.lineWidth = 2;
+      for (let c = 0; r >= 0 && c < g.cols; c++) {
+        if (sel.heads && sel.heads.indexOf(S.heads[c]) < 0) continue;
+        const x = g.labelW + c * (g.cell + g.gap), y = g.headerH + r * (g.cell + g.gap);
+        ctx.strokeRect(x - 1, y - 1, g.cell + 2, g.cell + 2);
+        framed++;
+      }
+    }
+    root.dataset.selected = sel.layer == null ? "" : sel.layer + ":" + (sel.heads == null ? "all" : sel.heads.join(","));
+    root.dataset.framed = String(framed);
     if (S.hover) {
       const x = g.labelW + S.hover.c * (g.cell + g.gap), y = g.headerH + S.hover.r * (g.cell + g.gap);
       ctx.strokeStyle = T.hi;
@@ -245,8 +278,14 @@
     root.dataset.open = "";
   }
 
-  async function openHead(r, c) {
+  async function openHead(r, c, restored) {
     const layer = S.layers[r], head = S.heads[c], info = stackInfo();
+    // the opened head becomes the selection (layer, heads) in the address, as in the other views
+    if (!restored && info.query_seq === "input" && window.exbertHub.writeSelection) {
+      window.exbertHub.writeSelection({ layer, heads: [head], numHeads: info.heads });
+      S.selection = { layer, heads: [head] };
+      drawGrid();
+    }
     const box = xhEl("div", "xh-modal-box");
     const headRow = xhEl("div", "xh-modal-head");
     const sw = xhEl("span", "xh-swatch");
@@ -269,7 +308,8 @@
       leftTitle: (info.query_seq === "decoder" ? "decoder " : "") + "tokens attending \u2192",
       rightTitle: "\u2192 attended " + (info.key_seq === "decoder" ? "decoder " : (info.query_seq !== info.key_seq ? "encoder " : "")) + "tokens",
     });
-    panel.setTokens(seqs[info.query_seq].tokens, seqs[info.key_seq].tokens, seqs[info.query_seq].special, seqs[info.key_seq].special);
+    panel.setTokens(seqs[info.query_seq].tokens, seqs[info.key_seq].tokens, seqs[info.query_seq].special, seqs[info.key_seq].special,
+      seqs[info.query_seq].continues, seqs[info.key_seq].continues);
     box.append(xhEl("div", "xh-hint", "Hover a token to see only its lines; click it to pin. Esc or click outside to close."));
     S.modalPanel = panel;
     root.dataset.open = layer + "," + head;
@@ -296,6 +336,10 @@
     box.dataset.loaded = "1";
   }
 
+  // shown again (its tab selected): frame what the other views selected meanwhile
+  if (window.exbertHub && window.exbertHub.onShown) {
+    window.exbertHub.onShown(root, () => { if (S && S.canvas) { readSelection(); drawGrid(); } });
+  }
   root.ownerDocument.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && S && S.modal && !S.modal.hidden) closeModal(); });
   watch("value", () => render(props.value));
   render(props.value);

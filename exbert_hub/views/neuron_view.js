@@ -52,6 +52,8 @@
       key: value.key, sequences: value.sequences, stacks: value.stacks || [], stack: value.stack,
       layer: value.layer || 0, head: value.head || 0, token: value.token || 0,
     };
+    // in the app the address holds the selection the other views made (the payload may be older)
+    if (window.exbertHub.ready) Object.assign(S, urlChange());
     if (value.terms && !value.terms.error) cache.set(termKey(value.stack, value.terms.layer, value.terms.head, value.terms.token), decodeTerms(value.terms));
     build();
     if (value.terms && value.terms.error) { S.status.textContent = value.terms.error; return; }
@@ -59,6 +61,33 @@
   }
 
   function stackInfo() { return S.stacks.find((s) => s.name === S.stack) || S.stacks[0]; }
+
+  // --- the selection in the page address (shared with the other views) ------------------------
+  // what differs between the address's layer / first head / token and this view (input tokens only)
+  function urlChange() {
+    const XH = window.exbertHub, info = stackInfo();
+    const out = {};
+    if (!XH.urlSelection || info.query_seq !== "input") return out;
+    const sel = XH.urlSelection(info.layers, info.heads, S.sequences.input.tokens.length);
+    if (sel.layer != null && sel.layer !== S.layer) out.layer = sel.layer;
+    if (sel.heads && sel.heads.length && sel.heads.indexOf(S.head) < 0) out.head = sel.heads[0];
+    if (sel.token != null && sel.token !== S.token) out.token = sel.token;
+    return out;
+  }
+  function toUrl() {
+    const XH = window.exbertHub, info = stackInfo();
+    if (!XH.writeSelection || info.query_seq !== "input") return;
+    XH.writeSelection({ layer: S.layer, heads: [S.head], numHeads: info.heads, token: S.token });
+  }
+  // the query token a stack opens on: the last non-special one for causal attention (it sees every
+  // key), else the first non-special one
+  function defaultToken(info) {
+    const q = S.sequences[info.query_seq];
+    const idx = [];
+    q.special.forEach((sp, i) => { if (!sp) idx.push(i); });
+    if (!idx.length) return 0;
+    return info.causal ? idx[idx.length - 1] : idx[0];
+  }
 
   function build() {
     root.replaceChildren();
@@ -76,25 +105,29 @@
         S.layer = Math.min(S.layer, inf.layers - 1);
         S.head = Math.min(S.head, inf.heads - 1);
         const q = S.sequences[inf.query_seq];
-        S.token = Math.min(S.token, q.tokens.length - 1);
+        S.token = inf.causal ? defaultToken(inf) : Math.min(S.token, q.tokens.length - 1);
         build();
         select({});
       });
       lab.append(sel);
       bar.append(lab);
     }
-    const layerLab = el("label", null, "Layer");
+    const layerLab = el("label", null);
+    layerLab.append(el("span", "xh-field-name", "Layer"));
     const layerSel = el("select", "xh-layer");
     for (let l = 0; l < info.layers; l++) layerSel.append(new Option(String(l), String(l)));
     layerSel.value = String(S.layer);
-    layerSel.addEventListener("change", () => select({ layer: Number(layerSel.value) }));
+    layerSel.addEventListener("change", () => select({ layer: Number(layerSel.value) }, true));
     layerLab.append(layerSel);
-    const headLab = el("label", null, "Head");
+    const headLab = el("label", null);
+    headLab.append(el("span", "xh-field-name", "Head"));
+    const swatch = el("span", "xh-head-swatch");
+    swatch.title = "this head's colour in every view";
     const headSel = el("select", "xh-head-sel");
     for (let h = 0; h < info.heads; h++) headSel.append(new Option(String(h), String(h)));
     headSel.value = String(S.head);
-    headSel.addEventListener("change", () => select({ head: Number(headSel.value) }));
-    headLab.append(headSel);
+    headSel.addEventListener("change", () => select({ head: Number(headSel.value) }, true));
+    headLab.append(swatch, headSel);
     bar.append(layerLab, headLab);
     const legend = el("span", "xh-legend");
     legend.append(el("span", null, "negative"), el("i"), el("span", null, "positive"));
@@ -107,20 +140,21 @@
     qlist.append(el("div", "xh-qtitle", info.query_seq === "decoder" ? "decoder query token" : "query token"));
     const q = S.sequences[info.query_seq];
     q.tokens.forEach((t, i) => {
-      const d = el("div", "xh-qtok" + (q.special[i] ? " xh-special" : ""), label(t));
+      const cont = q.continues && q.continues[i];
+      const d = el("div", "xh-qtok" + (q.special[i] ? " xh-special" : "") + (cont ? " xh-cont" : ""), label(t));
       d.dataset.index = String(i);
-      d.title = label(t) + "  (#" + i + ")";
+      d.title = label(t) + "  (#" + i + ")" + (cont ? "  continues the word before it" : "");
       qlist.append(d);
     });
     qlist.addEventListener("click", (ev) => {
       const d = ev.target.closest(".xh-qtok");
-      if (d) select({ token: Number(d.dataset.index) });
+      if (d) select({ token: Number(d.dataset.index) }, true);
     });
     qlist.tabIndex = 0;
     qlist.addEventListener("keydown", (ev) => {
       if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
         ev.preventDefault();
-        select({ token: Math.max(0, Math.min(q.tokens.length - 1, S.token + (ev.key === "ArrowDown" ? 1 : -1))) });
+        select({ token: Math.max(0, Math.min(q.tokens.length - 1, S.token + (ev.key === "ArrowDown" ? 1 : -1))) }, true);
       }
     });
     const table = el("div", "xh-table");
@@ -129,13 +163,16 @@
     const readout = el("div", "xh-readout");
     const status = el("div", "xh-status");
     root.append(readout, status);
-    Object.assign(S, { layerSel, headSel, qlist, table, infoLine, readout, status });
+    Object.assign(S, { layerSel, headSel, swatch, qlist, table, infoLine, readout, status, body });
   }
 
-  async function select(change) {
+  // user: the change comes from the user (written into the address)
+  async function select(change, user) {
     Object.assign(S, change);
+    if (user) toUrl();
     S.layerSel.value = String(S.layer);
     S.headSel.value = String(S.head);
+    S.swatch.style.background = window.exbertHub.headColor(S.head);
     S.qlist.querySelectorAll(".xh-qtok.xh-sel").forEach((d) => d.classList.remove("xh-sel"));
     const sel = S.qlist.children[S.token + 1];
     if (sel) { sel.classList.add("xh-sel"); if (change.token == null) sel.scrollIntoView({ block: "nearest" }); }
@@ -162,7 +199,7 @@
     const info = stackInfo();
     const qseq = S.sequences[info.query_seq];
     const parts = [];
-    const tokText = label(qseq.tokens[t.token]);
+    const tokText = (qseq.continues && qseq.continues[t.token] ? "##" : "") + label(qseq.tokens[t.token]);
     const b = (s) => el("b", null, s);
     const line = S.infoLine;
     line.replaceChildren();
@@ -198,15 +235,24 @@
     for (let j = 0; j < n; j++) for (let x = 0; x < d; x++) prod[j * d + x] = K[j * d + x] * q[x];
     S.prod = prod;
     const rowH = n > 200 ? 18 : 20;
-    const cw = Math.max(2, Math.min(10, Math.floor(220 / d)));
-    const stripW = cw * d + 8;
     const font = "13px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace";
     const labels = kseq.tokens.map(label);
+    const kcont = kseq.continues || [];
     const ctx0 = document.createElement("canvas").getContext("2d");
     ctx0.font = font;
     let tokW = 76;
-    for (const s of labels) tokW = Math.max(tokW, ctx0.measureText(s).width + 16);
+    labels.forEach((s, j) => { tokW = Math.max(tokW, ctx0.measureText((kcont[j] ? "##" : "") + s).width + 16); });
     tokW = Math.min(Math.ceil(tokW), 170);
+    // use the width there is: wider vector cells (up to 16 px per dimension), then a wider softmax bar
+    const numW = 78 + 78 + (t.bias ? 74 : 0) + (t.mask ? 70 : 0) + (t.bias || t.mask ? 78 : 0);
+    const avail = availWidth();
+    let cw = Math.max(2, Math.min(10, Math.floor(220 / d)));
+    const extra = avail - (tokW + numW + 140 + 2 * (cw * d + 8)) - 4;
+    if (extra > 0) cw = Math.min(16, cw + Math.floor((0.7 * extra) / (2 * d)));
+    else cw = Math.max(2, cw + Math.floor(extra / (2 * d)));   // narrow: thinner cells (the table scrolls)
+    const stripW = cw * d + 8;
+    const softW = Math.max(140, Math.min(420, avail - (tokW + numW + 2 * stripW) - 4));
+    S.drawnWidth = avail;
     const cols = [
       { id: "tok", title: "key", w: tokW },
       { id: "k", title: "k", w: stripW, strip: true },
@@ -217,7 +263,7 @@
     if (t.bias) cols.push({ id: "bias", title: "+ bias", w: 74, num: true });
     if (t.mask) cols.push({ id: "mask", title: "+ mask", w: 70, num: true });
     if (t.bias || t.mask) cols.push({ id: "logits", title: "= logit", w: 78, num: true });
-    cols.push({ id: "softmax", title: "softmax", w: 140 });
+    cols.push({ id: "softmax", title: "softmax", w: softW });
     let x = 0;
     for (const c of cols) { c.x = x; x += c.w; }
     const total = x;
@@ -266,8 +312,8 @@
       for (const c of cols) {
         let cell;
         if (c.id === "tok") {
-          cell = el("div", "xh-c xh-tokc" + (kseq.special[j] ? " xh-special" : ""), labels[j]);
-          cell.title = labels[j] + "  (#" + j + ")";
+          cell = el("div", "xh-c xh-tokc" + (kseq.special[j] ? " xh-special" : "") + (kcont[j] ? " xh-cont" : ""), labels[j]);
+          cell.title = labels[j] + "  (#" + j + ")" + (kcont[j] ? "  continues the word before it" : "");
         } else if (c.strip) {
           cell = el("div", "xh-c");
         } else if (c.id === "softmax") {
@@ -348,6 +394,13 @@
     root.dataset.drawn = String((Number(root.dataset.drawn) || 0) + 1);
   }
 
+  // width for the table: the view's width less the query list (a default while the tab is hidden)
+  function availWidth() {
+    const w = S.body ? S.body.clientWidth : 0;
+    if (!w) return 900;
+    return Math.max(300, w - (S.qlist ? S.qlist.offsetWidth : 120) - 12 - 2);
+  }
+
   function maxAbs(a) {
     let m = 0;
     for (let i = 0; i < a.length; i++) { const v = Math.abs(a[i]); if (v > m && Number.isFinite(v)) m = v; }
@@ -369,6 +422,23 @@
       }
     }
     ctx.globalAlpha = 1;
+  }
+
+  // shown again (its tab selected): follow what the other views selected meanwhile; fill the width
+  if (window.exbertHub && window.exbertHub.onShown) {
+    window.exbertHub.onShown(root, () => {
+      if (!S || !S.terms) return;
+      const change = window.exbertHub.ready ? urlChange() : {};
+      if (Object.keys(change).length) select(change);
+      else if (Math.abs(availWidth() - (S.drawnWidth || 0)) > 8) draw();
+    });
+  }
+  if (window.ResizeObserver) {
+    let timer = 0;
+    new ResizeObserver(() => {
+      clearTimeout(timer);
+      timer = setTimeout(() => { if (S && S.terms && Math.abs(availWidth() - (S.drawnWidth || 0)) > 8) draw(); }, 150);
+    }).observe(root);
   }
 
   watch("value", () => render(props.value));

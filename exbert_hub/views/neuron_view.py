@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from ..analysis import Analysis
+from ..analysis import CAUSAL_LM, Analysis
 from ..errors import ExbertError
 from . import asset, common_head
 from .head_view import (
@@ -32,12 +32,18 @@ from .head_view import (
 )
 
 
+def is_causal(analysis: Analysis, stack: str) -> bool:
+    """Whether ``stack`` is causal self-attention (a causal LM's, or an encoder-decoder's decoder)."""
+    return stack == "decoder" or (stack == "self" and analysis.kind == CAUSAL_LM)
+
+
 def _stack_meta(analysis: Analysis) -> list[dict]:
     out = []
     for name, st in analysis.stacks.items():
         q_seq, k_seq = stack_sequences(name)
         meta = {"name": name, "layers": st.num_layers, "heads": st.num_heads, "query_seq": q_seq, "key_seq": k_seq,
-                "has_query_key": st.has_query_key, "kv_heads": None, "head_dim": None}
+                "has_query_key": st.has_query_key, "kv_heads": None, "head_dim": None,
+                "causal": is_causal(analysis, name)}
         if st.has_query_key:
             meta["kv_heads"] = [int(k.shape[0]) for k in st.keys]
             meta["head_dim"] = int(st.queries[0].shape[-1])
@@ -72,10 +78,13 @@ def neuron_terms_payload(analysis: Analysis, stack: str, layer: int, head: int, 
 
 
 def default_token(analysis: Analysis, stack: str) -> int:
-    """The first non-special query token (0 if all are special)."""
+    """The query token a view opens on: the first non-special one; for causal attention the LAST
+    non-special one, which sees every key (the first sees only itself). 0 if all are special."""
     seq = analysis.decoder_input if stack_sequences(stack)[0] == "decoder" else analysis.input
     idx = np.flatnonzero(~np.asarray(seq.special, dtype=bool))
-    return int(idx[0]) if idx.size else 0
+    if not idx.size:
+        return 0
+    return int(idx[-1] if is_causal(analysis, stack) else idx[0])
 
 
 def neuron_view_payload(
@@ -90,12 +99,13 @@ def neuron_view_payload(
     """The value of a :class:`NeuronView` for ``analysis`` with the terms of the first selection.
 
     Arguments (mirrored by the payload's keys): layer, head, token (query position; default the first
-    non-special token), stack ("self"/"encoder", "decoder", "cross"; default the encoder or only
-    stack), key (the :class:`AnalysisStore` key the browser needs to fetch other selections).
+    non-special token, the last one for causal attention: see :func:`default_token`), stack
+    ("self"/"encoder", "decoder", "cross"; default the encoder or only stack), key (the
+    :class:`AnalysisStore` key the browser needs to fetch other selections).
 
     Returns ``{"view": "neuron", "key", "model", "sequences", "stacks": [{name, layers, heads,
-    query_seq, key_seq, has_query_key, kv_heads: [per layer] | None, head_dim}], "stack", "layer",
-    "head", "token", "terms": neuron_terms_payload(...) | {"error": ...}}``.
+    query_seq, key_seq, has_query_key, kv_heads: [per layer] | None, head_dim, causal}], "stack",
+    "layer", "head", "token", "terms": neuron_terms_payload(...) | {"error": ...}}``.
     """
     stack = resolve_stack(analysis, stack)
     st = analysis.stack(stack)

@@ -99,11 +99,13 @@
     const q = p.query || {}, c = p.corpus || {};
     const top = el("div", "xs-top");
     const summary = el("div", "xs-summary");
+    const qtok = el("span", "xs-qtok" + (q.continues ? " xs-cont" : ""), tokenLabel(q.token_text));
+    if (q.continues) qtok.title = "a word piece: continues the word before it";
     const n = p.hits.length;
     summary.append(
       el("span", "xs-count", n + (n === 1 ? " hit" : " hits")),
       el("span", null, " for "),
-      el("span", "xs-qtok", tokenLabel(q.token_text)),
+      qtok,
       el("span", "xs-meta", " \u00b7 layer " + q.layer + " \u00b7 by " + q.by +
         (q.by === "heads" ? " (" + (q.heads && q.heads.length ? "heads " + q.heads.join(", ") : "all heads") + ")" : "") +
         " \u00b7 " + (c.sentences != null ? Number(c.sentences).toLocaleString() + " sentences" : "corpus")),
@@ -253,7 +255,9 @@
     if (!tip || i < 0 || i >= h.tokens.length) return;
     const rows = [];
     const title = el("div", "xs-tip-title");
-    title.append(el("span", "xs-tip-tok", tokenLabel(h.tokens[i])));
+    // a word piece after the first of its word (same spaCy word, no space before it) is marked ##
+    const cont = i > 0 && !h.special[i] && !h.special[i - 1] && !h.space_before[i] && h.word[i] >= 0 && h.word[i] === h.word[i - 1];
+    title.append(el("span", "xs-tip-tok" + (cont ? " xs-cont" : ""), tokenLabel(h.tokens[i])));
     if (!h.special[i] && h.word_text[i] && h.word_text[i] !== h.tokens[i]) {
       title.append(el("span", "xs-tip-word", " in \u201c" + h.word_text[i] + "\u201d"));
     }
