@@ -368,7 +368,11 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
     """
     policy = (policy or Policy.from_env()).with_operator(
         [model], [corpus] if isinstance(corpus, str) else [])
+    # one budget: every cache of the process takes its share (exbert_hub.policy)
     _engine.MODEL_CACHE.max_bytes = min(_engine.MODEL_CACHE.max_bytes, policy.model_cache_bytes)
+    from .corpus import CORPUS_CACHE
+
+    CORPUS_CACHE.configure(max_bytes=min(CORPUS_CACHE.max_bytes, policy.corpus_cache_bytes))
     store = store or AnalysisStore(max_bytes=policy.analysis_cache_bytes)
     if store.budget is None:
         store.budget = Budget(policy.in_flight_bytes)

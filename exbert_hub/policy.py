@@ -117,18 +117,23 @@ class Policy:
     # --- budget split: the caches derive from one number ----------------------------------------------
     @property
     def model_cache_bytes(self) -> int:
-        """Parameters of loaded models kept at once: half the budget."""
-        return self.memory_budget // 2
+        """Parameters of loaded models kept at once: 40% of the budget."""
+        return self.memory_budget * 2 // 5
 
     @property
-    def analysis_cache_bytes(self) -> int:
-        """Kept analyses: a fifth of the budget (they are re-run from their request when evicted)."""
+    def corpus_cache_bytes(self) -> int:
+        """Opened corpora (their tables and indexes in memory): 20%."""
         return self.memory_budget // 5
 
     @property
+    def analysis_cache_bytes(self) -> int:
+        """Kept analyses: 15% (they are re-run from their request when evicted)."""
+        return self.memory_budget * 3 // 20
+
+    @property
     def in_flight_bytes(self) -> int:
-        """Analyses being computed at once: what is left (0.3 of the budget)."""
-        return self.memory_budget - self.model_cache_bytes - self.analysis_cache_bytes
+        """Analyses being computed at once: what is left (25%)."""
+        return self.memory_budget - self.model_cache_bytes - self.corpus_cache_bytes - self.analysis_cache_bytes
 
     # --- checks ----------------------------------------------------------------------------------------
     def check_model(self, name: str, *, remote: bool) -> bool:

@@ -98,7 +98,7 @@ def test_policy_from_env_and_budget_split():
            "EXBERT_HUB_LOCAL_PATHS": "0", "EXBERT_HUB_MAX_PARAMS": "2e8"}
     p = Policy.from_env(env)
     assert p.models == ("bert-*", "gpt2") and p.memory_budget == 10**10 and p.max_params == 2 * 10**8
-    assert p.model_cache_bytes + p.analysis_cache_bytes + p.in_flight_bytes == p.memory_budget
+    assert p.model_cache_bytes + p.corpus_cache_bytes + p.analysis_cache_bytes + p.in_flight_bytes == p.memory_budget
     assert parse_bytes("800 MB") == 8 * 10**8 and parse_bytes("2GiB") == 2 * 2**30
     with pytest.raises(ValueError):
         parse_bytes("lots")
@@ -107,6 +107,22 @@ def test_policy_from_env_and_budget_split():
 # --------------------------------------------------------------------------------------------------
 # the memory budget
 # --------------------------------------------------------------------------------------------------
+def test_build_app_gives_every_cache_its_share(tiny):
+    import exbert_hub.engine as engine
+    from exbert_hub.app import build_app
+    from exbert_hub.corpus import CORPUS_CACHE
+
+    before = engine.MODEL_CACHE.max_bytes, CORPUS_CACHE.max_bytes
+    try:
+        p = Policy(memory_budget=2 * 10**9)
+        build_app(str(tiny("bert")), policy=p)
+        assert engine.MODEL_CACHE.max_bytes == p.model_cache_bytes == 8 * 10**8
+        assert CORPUS_CACHE.max_bytes == p.corpus_cache_bytes
+    finally:
+        engine.MODEL_CACHE.max_bytes = before[0]
+        CORPUS_CACHE.configure(max_bytes=before[1])
+
+
 def test_budget_waits_then_reports_busy():
     b = Budget(100, wait_s=0.3)
     with b.reserve(80):
