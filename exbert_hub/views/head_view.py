@@ -335,3 +335,12 @@ class HeadView(gr.HTML):
     def payload(self, analysis: Analysis, **kwargs: Any) -> dict:
         """Store ``analysis`` and return :func:`head_view_payload` for it with the store key."""
         return head_view_payload(analysis, key=self.store.put(analysis), **kwargs)
+
+    def __getattr__(self, name: str):
+        # gr.HTML answers any name quoted in its JS with an event trigger; the JS quotes the stack name
+        # "self", and Gradio's config reads getattr(component, "self") for the constructor's `self`,
+        # which put an event trigger (holding an asyncio Future) into the page config: every page load
+        # then failed to deep-copy it and logged "Exception ignored ... _closed" traces.
+        if name == "self":
+            raise AttributeError(name)
+        return super().__getattr__(name)
