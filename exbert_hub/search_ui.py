@@ -678,7 +678,7 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
                                      elem_id="xs-left", min_width=120)
                     right = gr.Slider(0, MAX_WINDOW, value=DEFAULT_WINDOW, step=1, label="Context right",
                                       elem_id="xs-right", min_width=120)
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=False):  # (equal heights stretched the buttons to ~90 px on narrow pages)
             heads = gr.CheckboxGroup(choices=[], value=[], label="Heads", elem_id="xs-heads", scale=8,
                                      info="compared in a search by heads; their mean attention is shown "
                                           "(none ticked: all heads)")

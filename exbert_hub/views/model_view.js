@@ -123,9 +123,10 @@
 
   function geometry() {
     const cols = S.heads.length, rows = S.layers.length;
-    const labelW = 30, headerH = 20, gap = 6;
     const avail = Math.max(200, (S.grid.clientWidth || root.clientWidth || 900) - 4);
-    const cell = Math.max(28, Math.min(96, Math.floor((avail - labelW) / cols) - gap));
+    // narrow pages: smaller gaps and thumbnails (down to 18 px) so that a row of heads fits
+    const labelW = 30, headerH = 20, gap = avail < 600 ? 3 : 6;
+    const cell = Math.max(18, Math.min(96, Math.floor((avail - labelW) / cols) - gap));
     return { cols, rows, labelW, headerH, gap, cell, width: labelW + cols * (cell + gap), height: headerH + rows * (cell + gap) };
   }
 

@@ -149,6 +149,7 @@
     root.dataset.right = String(S.right);
     root.dataset.field = S.field;
     root.style.setProperty("--xs-cols", String(S.left + S.right + 1));
+    fitWidth();
     const frag = document.createDocumentFragment();
     // header: offsets above the matrix columns
     const head = el("div", "xs-row xs-head");
@@ -200,6 +201,17 @@
     row.append(cells, sent);
     return row;
   }
+
+  // the sentence column needs ~220 px beside rank, score and matrix; else it goes under them
+  function fitWidth() {
+    const root = getRoot();
+    const w = root.clientWidth;
+    if (!w) return;
+    const cell = 17, cols = S.left + S.right + 1;
+    const fixed = 14 * 2.4 + 14 * 3.4 + cols * cell + 8 + 3 * 10 + 8;
+    root.classList.toggle("xs-narrow", w - fixed < 220);
+  }
+  if (window.ResizeObserver) new ResizeObserver(() => { if (S.p) fitWidth(); }).observe(element);
 
   // colour the matrix cells for the current field, and rebuild the legend
   function paintCells() {

@@ -275,6 +275,12 @@ def test_search_button_on_a_narrow_page_and_without_a_token(page, app):
     page.wait_for_selector(".xs-root[data-ready='1']", timeout=90_000)
     assert page.locator(".xs-summary").text_content().startswith("50 hits for cat")
     assert _shown_matches(page) == _expected_matches(app, 2, 0)
+    # the results stay readable at this width: each sentence gets a line of its own, not a letter per line
+    rows = page.eval_on_selector_all(".xs-row[data-row]", """els => els.slice(0, 10).map(r => {
+        const s = r.querySelector('.xs-sent').getBoundingClientRect();
+        return [s.width, r.getBoundingClientRect().height, r.getBoundingClientRect().right]; })""")
+    assert all(w > 250 and h < 90 and right <= 420 for w, h, right in rows), rows
+    shot(page, "search-420")
     assert not page.errors
 
 
