@@ -624,7 +624,6 @@ def test_mask_link_on_a_model_that_cannot_mask_shows_the_text_unmasked(page, app
     shot(page, "mask-link-encoder")
 
 
-@pytest.mark.xfail(strict=True, reason="needs app.py on_load: retry a refused mask unmasked (see the views report)")
 def test_mask_link_on_a_special_token_shows_the_text_unmasked(page, explorer_app):
     """A masked LM (the app's own tiny BERT) asked by a link to mask [CLS] or a position past the end."""
     for mask in ("0", "99"):
