@@ -531,10 +531,12 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
                         gr.Markdown(f"The {label.lower()} is not available in this build.")
             # === corpus search (exbert_hub/search_ui.py owns the tab, its events and its API) ===
             search = _search_ui()
+            corpus_access = search.CorpusAccess(policy=policy, operator_ref=corpus) if search is not None else None
             if search is not None:
                 try:
                     tab_items["search"] = search.add_search_tab(
-                        key_state=key_state, get_analysis=store.get, corpus_ref=corpus, get_engine=get_engine).tab
+                        key_state=key_state, get_analysis=store.get, corpus_ref=corpus, get_engine=get_engine,
+                        access=corpus_access).tab
                 except Exception as err:  # noqa: BLE001 - the rest of the app works without it
                     log.warning("the corpus search tab could not be built: %s", err, exc_info=True)
                     search = None
@@ -627,7 +629,7 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
         _register_api(default_model, store, engine_for)
         if search is not None:
             search.register_search_api(
-                default_model, corpus, access=search.CorpusAccess(policy=policy, operator_ref=corpus),
+                default_model, corpus, access=corpus_access,
                 analyze=lambda m, t, request=None: store.run(Request(m, t), engine_for(m, request))[1],
                 get_engine=engine_for)
 

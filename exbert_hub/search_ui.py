@@ -106,7 +106,7 @@ class CorpusAccess:
     the policy (exbert_hub.policy; None: the operator, no checks).
 
     The corpus box shows the operator's corpus by its label (a Hub id or a folder's own name, never a
-    server path); that label, or a blank box, opens the operator's corpus.
+    server path); that label opens the operator's corpus.
     """
 
     policy: Any = None
@@ -125,8 +125,9 @@ class CorpusAccess:
         return text if is_hub_id(text) else (Path(text).name or text)
 
     def is_operator(self, text: Any) -> bool:
+        """A blank box means no corpus (the API passes the operator's corpus for a missing argument)."""
         text = corpus_name(text)
-        return not text or text in (self.label, corpus_name(self.operator_ref))
+        return bool(text) and text in (self.label, corpus_name(self.operator_ref))
 
     def open(self, text: Any, model: str | None = None, *, request=None, engine=None):
         from .corpus import Corpus, load_corpus
@@ -134,6 +135,10 @@ class CorpusAccess:
 
         if isinstance(text, Corpus):
             corpus = text
+        elif not corpus_name(text):
+            raise SearchUIError(
+                "no corpus loaded: enter a Hub dataset id (user/name) of a corpus. Build one with "
+                f"`python -m corpus_builder build --model {model or 'MODEL'} --out my_corpus`")
         elif self.is_operator(text):
             if isinstance(self.operator_ref, Corpus):
                 corpus = self.operator_ref
@@ -579,7 +584,11 @@ def default_token(analysis, current: int | None = None) -> int:
 
 
 def _md_escape(s: str) -> str:
-    return str(s).replace("\\", "\\\\").replace("<", "&lt;").replace(">", "&gt;").replace("`", "'").replace("*", "\\*").replace("_", "\\_")
+    """Text for a Markdown component, shown as typed: no tags, no emphasis, no links or images."""
+    out = str(s).replace("\\", "\\\\").replace("<", "&lt;").replace(">", "&gt;").replace("`", "'")
+    for ch in "*_[]()!#|~":
+        out = out.replace(ch, "\\" + ch)
+    return " ".join(out.split())
 
 
 def corpus_status(corpus_ref: Any, model: str | None = None, *, access: CorpusAccess | None = None,
@@ -618,18 +627,23 @@ class SearchTab:
 
 
 def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref: Any = None,
-                   label: str = "Corpus search", tab_id: str = "search", get_engine: Callable | None = None) -> SearchTab:
+                   label: str = "Corpus search", tab_id: str = "search", get_engine: Callable | None = None,
+                   access: CorpusAccess | None = None) -> SearchTab:
     """Build the corpus-search tab INSIDE the caller's ``gr.Tabs`` context and wire its events.
 
     key_state: the app's ``gr.State`` holding the key of the current analysis; get_analysis(key) ->
     Analysis (the app's ``store.get``). corpus_ref: the corpus the app was launched with (folder, Hub
     dataset id or Corpus), the default of the corpus box. get_engine(name) -> Engine (default
-    ``exbert_hub.engine.load``) recomputes the hits' attention.
+    ``exbert_hub.engine.load``) recomputes the hits' attention. access: which corpora visitors may type
+    into the box (the app's CorpusAccess with its policy; default: ``corpus_ref``, no checks). The box
+    shows the app's corpus by its label, never a server path.
     """
     import gradio as gr
 
     from .views import sequence_continuations
     from .views.search_view import SearchView
+
+    access = access or CorpusAccess(operator_ref=corpus_ref)
 
     def engine_of(name: str):
         if get_engine is not None:
@@ -670,7 +684,7 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
                 layer = gr.Slider(0, 1, value=0, step=1, label="Layer", elem_id="xs-layer")
                 k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="Results (k)", elem_id="xs-k")
             with gr.Column(scale=4, min_width=300):
-                corpus_box = gr.Textbox(value=corpus_name(corpus_ref), label="Corpus", max_lines=1,
+                corpus_box = gr.Textbox(value=access.label, label="Corpus", max_lines=1,
                                         placeholder="corpus folder, or user/name on the Hub", elem_id="xs-corpus",
                                         info="built with python -m corpus_builder build")
                 with gr.Row():
@@ -700,7 +714,8 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
         a = analysis_of(key)
         if a is None:
             return (gr.update(choices=[], value=None), gr.update(), gr.update(choices=[], value=[]),
-                    corpus_status(corpus_text) if corpus_text else "Analyze a text first, then search the corpus.",
+                    corpus_status(corpus_text, access=access, request=request) if corpus_text
+                    else "Analyze a text first, then search the corpus.",
                     gr.update())
         H, L = a.num_heads, a.num_layers
         by_update = gr.update()
@@ -716,7 +731,7 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
             gr.update(choices=choices_of(a), value=default_token(a, current_token)),
             gr.update(minimum=0, maximum=max(L - 1, 1), value=layer_value, interactive=L > 1),
             gr.update(choices=[(str(h), h) for h in range(H)], value=kept_heads),
-            corpus_status(corpus_text, a.model_name),
+            corpus_status(corpus_text, a.model_name, access=access, request=request),
             by_update,
         )
 
@@ -732,7 +747,7 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
         if not first or link_query(request).get("tab") != tab_id or not corpus_text:
             return {first_search: False}
         return {first_search: False, **on_search(key, token_value, layer_value, by_value, heads_value, k_value,
-                                                 corpus_text, l_value, r_value, field_value)}
+                                                 corpus_text, l_value, r_value, field_value, request)}
 
     on_link_search.__annotations__["request"] = gr.Request
     key_state.change(**refresh).then(on_link_search, [first_search, *search_inputs], [first_search, *search_outputs],
@@ -749,14 +764,14 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
         heads_v = current_heads
         if "layer" in link:  # a view's selection is in the address: its heads (absent = all = none ticked)
             heads_v = link.get("heads", [])
-        tok_u, layer_u, heads_u, status_u, by_u = on_analysis(key, token_v, layer_v, heads_v, corpus_text)
+        tok_u, layer_u, heads_u, status_u, by_u = on_analysis(key, token_v, layer_v, heads_v, corpus_text, request)
         out = {token: tok_u, layer: layer_u, heads: heads_u, status: status_u, by: by_u}
         a = analysis_of(key)
         if run_flag == "run" and a is not None:
             kept = [int(h) for h in (heads_v or []) if 0 <= int(h) < a.num_heads]
             layer_n = min(max(int(layer_v or 0), 0), a.num_layers - 1)
             out.update(on_search(key, default_token(a, token_v), layer_n, link.get("by") or by_value, kept, k_value,
-                                 corpus_text, l_value, r_value, field_value))
+                                 corpus_text, l_value, r_value, field_value, request))
         return out
 
     on_select.__annotations__["request"] = gr.Request
@@ -766,9 +781,11 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
         on_select, [run_request, key_state, token, layer, heads, corpus_box, by, k, left, right, field],
         [token, layer, heads, status, by, *search_outputs], api_visibility="private")
 
-    def on_corpus(key, corpus_text):
+    def on_corpus(key, corpus_text, request=None):
         a = analysis_of(key)
-        return corpus_status(corpus_text, None if a is None else a.model_name)
+        return corpus_status(corpus_text, None if a is None else a.model_name, access=access, request=request)
+
+    on_corpus.__annotations__["request"] = gr.Request
 
     corpus_box.submit(on_corpus, [key_state, corpus_box], [status], api_visibility="private").then(
         lambda: "", None, [message], api_visibility="private")
@@ -785,7 +802,7 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
 
     # --- search --------------------------------------------------------------------------------------
     def on_search(key, token_value, layer_value, by_value, heads_value, k_value, corpus_text, l_value, r_value,
-                  field_value):
+                  field_value, request=None):
         try:
             a = analysis_of(key)
             if a is None:
@@ -794,7 +811,7 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
                 raise InputError("choose a token of the text to search for")
             res = search_results(corpus_text, a, int(token_value), int(layer_value), by_value,
                                  heads=[int(h) for h in heads_value or []] or None, k=int(k_value),
-                                 engine=engine_of(a.model_name))
+                                 engine=engine_of(a.model_name), access=access, request=request)
             # a word piece that continues a word: the view marks it "##" like the other views
             res["query"]["continues"] = bool(sequence_continuations(a.input)[int(token_value)])
         except Exception as err:  # noqa: BLE001 - users see a message, never a trace
@@ -809,6 +826,7 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
             results: res,
         }
 
+    on_search.__annotations__["request"] = gr.Request
     button.click(on_search, [key_state, token, layer, by, heads, k, corpus_box, left, right, field],
                  [message, view, plot, results], api_visibility="private")
 

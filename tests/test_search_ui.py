@@ -251,7 +251,7 @@ def test_tab_and_api_through_gradio_client(bert_corpus, engine, corpus):
                 gr.Markdown("first")
             tab = add_search_tab(key_state=key, get_analysis=store.get, corpus_ref=str(bert_corpus))
         fn = register_search_api(model, str(bert_corpus), analyze=lambda m, t: store.run(Request(m, t))[1])
-    assert tab.corpus.value == str(bert_corpus) and tab.k.value == 50 and tab.view.elem_id == "xs-view"
+    assert tab.corpus.value == bert_corpus.name and tab.k.value == 50 and tab.view.elem_id == "xs-view"  # a label, no path
     demo.launch(prevent_thread_lock=True, quiet=True)
     try:
         client = Client(demo.local_url, verbose=False)

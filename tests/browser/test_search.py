@@ -83,8 +83,15 @@ def open_tab(page, app):
 
 
 def choose_token(page, label: str):
-    page.click("#xs-token input")
-    page.locator(f'li[role=option][aria-label="{label}"]').click()
+    option = page.locator(f'li[role=option][aria-label="{label}"]')
+    for attempt in range(4):  # the list closes if the dropdown is re-rendered by a late update: open it again
+        page.click("#xs-token input")
+        try:
+            option.wait_for(timeout=5_000)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError
+            page.keyboard.press("Escape")
+    option.click()
     page.wait_for_function("(l) => document.querySelector('#xs-token input').value === l", arg=label)
 
 
