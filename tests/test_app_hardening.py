@@ -286,7 +286,7 @@ def test_remote_visitor_cannot_name_folders_or_other_models(served, monkeypatch)
     assert "does not load the model 'gpt2'" in msg
 
 
-def test_a_slow_load_of_another_model_does_not_hold_up_analyses(served, tiny, monkeypatch):
+def test_a_slow_load_of_another_model_does_not_hold_up_analyses(served, tiny, monkeypatch, tmp_path):
     """One visitor's model load (seconds, under LOAD_LOCK) while another visitor analyzes the app's model."""
     from gradio_client import Client
 
@@ -301,7 +301,9 @@ def test_a_slow_load_of_another_model_does_not_hold_up_analyses(served, tiny, mo
 
     served.client.predict(TEXT, api_name="/analyze")  # the app's model is loaded and cached
     monkeypatch.setattr(engine, "_load_model", slow_load)
-    other = str(tiny("gpt2"))  # a folder that is not loaded yet: load() goes to _load_model
+    import shutil
+
+    other = str(shutil.copytree(tiny("gpt2"), tmp_path / "never-loaded"))  # a folder no test loaded: _load_model
     slow = threading.Thread(target=_swallow, args=(served, other))
     slow.start()
     assert started.wait(10)
