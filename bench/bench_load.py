@@ -194,8 +194,10 @@ def queue_info():
         return {
             "default_concurrency_limit": q.default_concurrency_limit,
             "max_thread_count": q.max_thread_count,
-            "limit_per_concurrency_id": {str(k): v.concurrency_limit for k, v in q.event_queue_per_concurrency_id.items()},
-            "api": {str(fn.api_name): {"concurrency_id": str(fn.concurrency_id), "concurrency_limit": fn.concurrency_limit}
+            "limit_per_concurrency_id": {str(k): v.concurrency_limit
+                                         for k, v in q.event_queue_per_concurrency_id.items()},
+            "api": {str(fn.api_name): {"concurrency_id": str(fn.concurrency_id),
+                                       "concurrency_limit": fn.concurrency_limit}
                     for fn in demo.fns.values() if fn.api_name and fn.api_visibility != "private"},
             "max_threads": demo.max_threads,
         }
@@ -506,8 +508,8 @@ class Run:
         exe = Path(sys.executable).parent / "py-spy"
         for _ in range(3):
             try:
-                res = subprocess.run([str(exe), "dump", "--nonblocking", "--pid", str(self.server.pid)], capture_output=True,
-                                     text=True, timeout=30)
+                res = subprocess.run([str(exe), "dump", "--nonblocking", "--pid", str(self.server.pid)],
+                                     capture_output=True, text=True, timeout=30)
                 self.spy_dumps.append(res.stdout + res.stderr)
             except (OSError, subprocess.TimeoutExpired) as err:
                 self.spy_dumps.append(f"py-spy failed: {err}")
@@ -657,11 +659,13 @@ def spy_summary(dumps: list[str]) -> list[str]:
 
 
 PROFILE_PARTS = (
-    ("model forward (torch/transformers, under Engine.analyze)", lambda st: "Engine.analyze" in st and "Module._call_impl" in st),
+    ("model forward (torch/transformers, under Engine.analyze)",
+     lambda st: "Engine.analyze" in st and "Module._call_impl" in st),
     ("rest of Engine.analyze (tokenize, copy arrays out, capture)", lambda st: "Engine.analyze" in st),
     ("resolve() (get_engine: Hub-cache lookup under LOAD_LOCK)", lambda st: "exbert_hub/resolve.py" in st),
     ("other exbert_hub handler code (summarize, tolist, store)", lambda st: "exbert_hub/" in st),
-    ("gradio/uvicorn/asyncio (queue, HTTP, SSE, JSON)", lambda st: any(x in st for x in ("gradio/", "uvicorn/", "asyncio/", "starlette/", "fastapi/", "anyio/"))),
+    ("gradio/uvicorn/asyncio (queue, HTTP, SSE, JSON)",
+     lambda st: any(x in st for x in ("gradio/", "uvicorn/", "asyncio/", "starlette/", "fastapi/", "anyio/"))),
     ("other", lambda st: True),
 )
 
@@ -766,7 +770,8 @@ def main() -> None:
                       args.py_spy, out_path.parent)
             clients = [Client(server.url, verbose=False, analytics_enabled=False) for _ in range(args.users)]
             run.round_marks.append({"round": 0, "t": time.time(), "rss_mb": rss_mb(server.pid),
-                                    **rss_parts_mb(server.pid), "server_cpu_s": cpu_s(server.pid), "load_avg": os.getloadavg()})
+                                    **rss_parts_mb(server.pid), "server_cpu_s": cpu_s(server.pid),
+                                    "load_avg": os.getloadavg()})
             self_cpu0 = time.process_time()
             threads = [threading.Thread(target=user_loop, args=(c, run, u, texts, args.timeout), daemon=True)
                        for u, c in enumerate(clients)]
@@ -868,7 +873,8 @@ def main() -> None:
         "throughput": {"window_s": window, "analyses_per_s": analyses_per_s, "calls_per_s": calls_per_s,
                        "server_cpu_s_per_analysis": server_cpu / max(1, analyses_per_s * window),
                        "server_cpu_fraction_of_cores": server_cpu / window / cores,
-                       "client_cpu_s": client_cpu, "client_cpu_fraction_of_cores": client_cpu / (t_end - t_start) / cores},
+                       "client_cpu_s": client_cpu,
+                       "client_cpu_fraction_of_cores": client_cpu / (t_end - t_start) / cores},
         "bare_forward": {"runs": bare_runs, "mean_forwards_per_s": bare_ref, "reference": ref_key},
         "ratio_analyses_to_bare": ratio,
         "latency_measured": by_ep,
