@@ -3,11 +3,11 @@ pieces of the app shell: transport quantisation and the explorer payload."""
 
 from __future__ import annotations
 
-import socket
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from serving import launch_on_free_port
 
 from exbert_hub.views.transport import decode_attention, encode_attention, encode_signed, max_abs_error
 
@@ -70,17 +70,7 @@ def api(tiny, tiny_engine):
 
     model = str(tiny("bert"))
     demo = build_app(model, store=AnalysisStore())
-    for attempt in range(3):  # an ephemeral port: other test runs on this machine use 7860 and up
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            demo.launch(prevent_thread_lock=True, quiet=True, server_port=port)
-            break
-        except (OSError, ValueError):
-            demo.close()
-            if attempt == 2:
-                raise
+    launch_on_free_port(demo)
     try:
         client = Client(demo.local_url, verbose=False)
         yield SimpleNamespace(client=client, model=model, engine=tiny_engine("bert"), demo=demo)

@@ -4,12 +4,12 @@ and one visitor's model load does not hold up the others."""
 from __future__ import annotations
 
 import copy
-import socket
 import threading
 import time
 from types import SimpleNamespace
 
 import pytest
+from serving import launch_on_free_port
 
 from exbert_hub.budget import Budget, BusyError, analysis_bytes
 from exbert_hub.errors import InputError, ModelNotFoundError
@@ -21,15 +21,17 @@ TEXT = "The cat sat on the mat because it was tired."
 # --------------------------------------------------------------------------------------------------
 # messages
 # --------------------------------------------------------------------------------------------------
-def test_user_message_is_one_line_without_server_paths():
+def test_user_message_is_one_line_without_server_paths(tmp_path):
     from exbert_hub.app import user_message
 
-    err = ModelNotFoundError("could not find the model 'x'. Tried:\n  - local folder /root/secret/x: does not exist"
+    secret = tmp_path / "secret" / "x"
+    err = ModelNotFoundError(f"could not find the model 'x'. Tried:\n  - local folder {secret}: does not exist"
                              "\n  - Hugging Face Hub: offline")
     msg = user_message(err)
     assert "\n" not in msg and "  " not in msg
-    assert "/root" not in msg and "secret" not in msg and "(a server path)" in msg
-    assert user_message(OSError("cannot open /home/u/.cache/huggingface/hub/models--x/config.json")).count("/") == 0
+    assert str(tmp_path) not in msg and "secret" not in msg and "(a server path)" in msg
+    cached = tmp_path / ".cache" / "huggingface" / "hub" / "models--x" / "config.json"
+    assert user_message(OSError(f"cannot open {cached}")).count("/") == 0
     assert len(user_message(InputError("x" * 5000))) <= 400
 
 
@@ -75,7 +77,7 @@ def test_hub_id_shape():
         assert not is_hub_id(bad), bad
 
 
-def test_policy_models_and_paths():
+def test_policy_models_and_paths(tmp_path):
     p = Policy(models=("bert-*", "google/*")).with_operator(["/srv/models/mine"])
     assert p.check_model("bert-base-uncased", remote=True) is False  # a Hub id: never a folder for remote visitors
     p.check_model("google/flan-t5-small", remote=True)
@@ -84,13 +86,14 @@ def test_policy_models_and_paths():
         p.check_model("gpt2", remote=True)
     # a folder: refused for a remote visitor with the same words whether it exists or not
     msgs = set()
-    for path in ("/proc/self/root/usr", "/nonexistent/dir", "~"):
+    # an alias of an existing folder, a folder that does not exist, the home folder
+    for path in (f"/proc/self/root{tmp_path}", str(tmp_path / "missing"), "~"):
         with pytest.raises(PolicyError) as info:
             p.check_model(path, remote=True)
         msgs.add(str(info.value).replace(repr(path), "NAME"))
     assert len(msgs) == 1 and "folder" in msgs.pop()
-    assert p.check_model("/tmp/x", remote=False) is True  # loopback visitors may name folders
-    assert Policy(local_paths=True).check_model("/tmp/x", remote=True) is True
+    assert p.check_model(str(tmp_path), remote=False) is True  # loopback visitors may name folders
+    assert Policy(local_paths=True).check_model(str(tmp_path), remote=True) is True
 
 
 def test_policy_from_env_and_budget_split():
@@ -189,12 +192,6 @@ def test_store_counts_work_in_progress(tiny_engine, tiny):
 # --------------------------------------------------------------------------------------------------
 # the HTTP API: wrong types, policy, concurrency
 # --------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tiny, tiny_engine):
     from gradio_client import Client
@@ -204,14 +201,7 @@ def served(tiny, tiny_engine):
     model = str(tiny("bert"))
     policy = Policy(models=("allowed-*",), memory_budget=4 * 10**9)
     demo = queue(build_app(model, store=AnalysisStore(), policy=policy))
-    for attempt in range(3):
-        try:
-            demo.launch(prevent_thread_lock=True, quiet=True, server_port=_free_port())
-            break
-        except (OSError, ValueError):
-            demo.close()
-            if attempt == 2:
-                raise
+    launch_on_free_port(demo)
     try:
         yield SimpleNamespace(client=Client(demo.local_url, verbose=False), model=model, demo=demo)
     finally:
@@ -264,14 +254,15 @@ def test_layer_given_as_integral_float_or_digits_is_taken(served):
     assert a == b and len(a) == len(a[0])
 
 
-def test_remote_visitor_cannot_name_folders_or_other_models(served, monkeypatch):
+def test_remote_visitor_cannot_name_folders_or_other_models(served, monkeypatch, tiny):
     import exbert_hub.app as app
     import exbert_hub.policy as policy
 
     monkeypatch.setattr(app, "is_remote", lambda request: True)
     monkeypatch.setattr(policy, "is_remote", lambda request: True)
-    msg = _error_of(served.client, "/proc/self/root/etc", api_name="/model_info")
-    assert "not a Hugging Face Hub id" in msg and "/proc" not in msg.replace("'/proc/self/root/etc'", "")
+    alias = f"/proc/self/root{tiny('gpt2')}"  # a real model folder, through another path
+    msg = _error_of(served.client, alias, api_name="/model_info")
+    assert "not a Hugging Face Hub id" in msg and "/proc" not in msg and "gpt2" not in msg
     msg = _error_of(served.client, "gpt2", api_name="/model_info")
     assert "does not load the model 'gpt2'" in msg
     # the operator's own model (a local folder) is still served to remote visitors

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from serving import launch_on_free_port
 
 CHROMIUM = os.environ.get("EXBERT_HUB_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -20,24 +20,6 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-
-def free_port() -> int:
-    """An ephemeral port the OS just handed out (other test runs on this machine use 7860 and up)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_on_free_port(demo, attempts: int = 3, **kwargs):
-    """``demo.launch(prevent_thread_lock=True)`` on a free port, again on another if the port was taken meanwhile."""
-    for attempt in range(attempts):
-        try:
-            return demo.launch(prevent_thread_lock=True, quiet=True, server_port=free_port(), **kwargs)
-        except (OSError, ValueError):
-            demo.close()
-            if attempt == attempts - 1:
-                raise
 
 
 @pytest.fixture(scope="session")
