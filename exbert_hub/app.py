@@ -22,7 +22,7 @@ import gradio as gr
 import numpy as np
 
 from . import engine as _engine
-from .analysis import CAUSAL_LM, ENCODER, ENCODER_DECODER, MASKED_LM, Analysis, kind_phrase
+from .analysis import CAUSAL_LM, ENCODER, MASKED_LM, Analysis, kind_phrase
 from .budget import Budget, analysis_bytes, release_freed_memory
 from .errors import ExbertError, InputError, user_message
 from .inputs import as_int, as_text

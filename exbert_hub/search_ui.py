@@ -148,14 +148,14 @@ class CorpusAccess:
                     raise SearchUIError(
                         "no corpus loaded: enter a Hub dataset id (user/name) of a corpus. Build one with "
                         f"`python -m corpus_builder build --model {model or 'MODEL'} --out my_corpus`")
-                corpus = _load(load_corpus, ref, engine=engine)
+                corpus = _load(load_corpus, ref)
         else:
             policy = self.policy
             remote = is_remote(request) if policy is not None else False
-            corpus = _load(load_corpus, corpus_name(text), policy=policy, remote=remote, engine=engine)
+            corpus = _load(load_corpus, corpus_name(text), policy=policy, remote=remote)
         if model is not None:
             corpus.check_model(model)
-        if engine is not None and hasattr(corpus, "check_engine"):
+        if engine is not None:  # the model's weights against the corpus's probe fingerprint (memoized)
             corpus.check_engine(engine)
         return corpus
 
