@@ -223,6 +223,11 @@ def _section(text: str, name: str) -> str:
     return text[i : j + len(end)] + "\n"
 
 
+def controls_css() -> str:
+    """The select controls' CSS (head_view.css between the controls markers; the neuron view uses it too)."""
+    return _section(asset("head_view.css"), "controls")
+
+
 def line_panel_js() -> str:
     """The token-columns-and-lines panel of head_view.js (also used by the model view's enlarged head)."""
     return _section(asset("head_view.js"), "line-panel")

@@ -24,6 +24,7 @@ from .head_view import (
     DEFAULT_STORE,
     AnalysisStore,
     _check_index,
+    controls_css,
     encode_float32,
     error_payload,
     resolve_stack,
@@ -153,7 +154,8 @@ class NeuronView(gr.HTML):
         super().__init__(
             value,
             html_template='<div class="xh-nv" data-view="neuron"></div>',
-            css_template=asset("neuron_view.css").replace("--xh-height: 640px", f"--xh-height: {int(height)}px"),
+            css_template=asset("neuron_view.css").replace("--xh-height: 640px", f"--xh-height: {int(height)}px")
+            + controls_css(),
             js_on_load=asset("neuron_view.js"),
             server_functions=[neuron_view_terms],
             **kwargs,
