@@ -1,6 +1,7 @@
 """exbert-hub: look inside transformer language models (attention, queries and keys, predictions, corpus search)."""
 
 from .analysis import CAUSAL_LM, ENCODER, ENCODER_DECODER, MASKED_LM, Analysis, AttentionStack, TokenSequence
+from .analysis import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, Classification  # noqa: F401 (H11a)
 from .engine import Engine, ModelCache, load
 from .errors import ExbertError, InputError, ModelNotFoundError, UnsupportedModelError
 from .resolve import DEFAULT_MODEL, MINILM, SMOLLM2

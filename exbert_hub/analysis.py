@@ -13,6 +13,9 @@ MASKED_LM = "masked-lm"
 CAUSAL_LM = "causal-lm"
 ENCODER = "encoder"  # an encoder without a language-model head: no predictions
 ENCODER_DECODER = "encoder-decoder"
+SEQUENCE_CLASSIFICATION = "sequence-classification"  # one label for the whole text (sentiment, NLI...)
+TOKEN_CLASSIFICATION = "token-classification"  # one label per token (NER, POS...)
+CLASSIFIERS = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)
 
 
 def kind_phrase(kind: str) -> str:
@@ -37,6 +40,42 @@ class TokenSequence:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+
+@dataclass
+class Classification:
+    """What a classification head says: label names (``config.id2label``) and their probabilities.
+
+    ``logits`` and ``probabilities`` are float32[labels] for a sequence classifier (one prediction for
+    the text) and float32[T, labels] for a token classifier (one per token). Probabilities are the
+    softmax over labels, or each label's sigmoid for multi-label models (``config.problem_type ==
+    "multi_label_classification"``; ``activation`` says which; "none" for regression heads).
+    """
+
+    labels: list[str]  # label names by id
+    logits: np.ndarray
+    probabilities: np.ndarray
+    per_token: bool
+    activation: str = "softmax"  # "softmax", "sigmoid" or "none"
+
+    def top(self, k: int | None = None, position: int | None = None) -> list[tuple[str, float]]:
+        """The ``k`` most probable (label, probability), best first: of the text, or of token ``position``."""
+        if self.per_token:
+            if position is None:
+                raise InputError("this is a token classifier: give the token position whose labels you want")
+            if not 0 <= position < self.probabilities.shape[0]:
+                raise InputError(f"token {position} is out of range: the text has {self.probabilities.shape[0]} tokens")
+            row = self.probabilities[position]
+        else:
+            row = self.probabilities
+        order = np.argsort(-row, kind="stable")[: len(self.labels) if k is None else k]
+        return [(self.labels[i], float(row[i])) for i in order]
+
+    @property
+    def predicted(self) -> str | list[str]:
+        """The most probable label of the text (sequence), or of each token (list, token classifiers)."""
+        best = np.argmax(self.probabilities, axis=-1)
+        return [self.labels[i] for i in best.tolist()] if self.per_token else self.labels[int(best)]
 
 
 @dataclass
@@ -136,7 +175,9 @@ class Analysis:
     ``contexts`` float32[layers, T, heads * head_dim]. For encoder-decoders these are the encoder's;
     the decoder's are in ``decoder_*`` and the cross attention in ``cross_attentions``.
     ``predictions[i]`` is the top-k ``(token, probability)`` at position i (masked LMs) or for the
-    token following i (causal LMs, and the decoder of encoder-decoders); None without an LM head.
+    token following i (causal LMs, and the decoder of encoder-decoders), the top-k ``(label,
+    probability)`` of token i (token classifiers); None without an LM head and for sequence
+    classifiers, whose one prediction for the text is ``classification``.
     """
 
     model_name: str
@@ -156,6 +197,7 @@ class Analysis:
     target: str | None = None  # decoder text of encoder-decoders
     decoder_input: TokenSequence | None = None
     decoder_hidden_states: np.ndarray | None = None
+    classification: Classification | None = None  # classification kinds only
 
     # --- the main (encoder or only) stack -------------------------------------------------------
     @property

@@ -28,11 +28,15 @@ from . import capture
 from .analysis import (
     kind_phrase,
     CAUSAL_LM,
+    CLASSIFIERS,
     ENCODER,
     ENCODER_DECODER,
     MASKED_LM,
+    SEQUENCE_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
     Analysis,
     AttentionStack,
+    Classification,
     TokenSequence,
 )
 from . import resolve as _resolve
@@ -48,7 +52,8 @@ DEFAULT_MAX_CHARS = 100_000
 DEFAULT_MAX_ATTENTION_BYTES = 2_000_000_000
 
 _CROSS_NAMES = ("encoder_attn", "EncDecAttention", "crossattention", "cross_attn")
-KINDS = (MASKED_LM, CAUSAL_LM, ENCODER, ENCODER_DECODER)
+KINDS = (MASKED_LM, CAUSAL_LM, ENCODER, ENCODER_DECODER, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)
+_KINDS_TEXT = ", ".join(KINDS)
 
 # Sanity bounds of a visitor's config, checked before anything is built from it (even on the meta device)
 MAX_CONFIG_BYTES = 5_000_000  # config.json
@@ -63,6 +68,11 @@ def detect_kind(config) -> str:
     if getattr(config, "is_encoder_decoder", False):
         return ENCODER_DECODER
     archs = list(getattr(config, "architectures", None) or [])
+    # a classification head is what the checkpoint was fine-tuned for: it wins over the base model's kind
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return SEQUENCE_CLASSIFICATION
+    if any(a.endswith("ForTokenClassification") for a in archs):
+        return TOKEN_CLASSIFICATION
     if any("MaskedLM" in a for a in archs) or (config.model_type == "bert" and "BertForPreTraining" in archs):
         return MASKED_LM
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
@@ -88,6 +98,8 @@ def _model_class(kind: str):
         CAUSAL_LM: tf.AutoModelForCausalLM,
         ENCODER_DECODER: tf.AutoModelForSeq2SeqLM,
         ENCODER: tf.AutoModel,
+        SEQUENCE_CLASSIFICATION: tf.AutoModelForSequenceClassification,
+        TOKEN_CLASSIFICATION: tf.AutoModelForTokenClassification,
     }[kind]
 
 
@@ -152,7 +164,7 @@ def _load_model(resolved: Resolved, kind: str | None, revision: str | None, trus
         config = _load_config(resolved, common)
         kind = kind or detect_kind(config)
         if kind not in KINDS:
-            raise InputError(f"unknown model kind {kind!r}: use one of masked-lm, causal-lm, encoder, encoder-decoder")
+            raise InputError(f"unknown model kind {kind!r}: use one of {_KINDS_TEXT}")
         if checked:
             _check_config_size(resolved.name, config, kind, trust_remote_code, policy)
     if weights:
@@ -557,7 +569,7 @@ def _model_key(resolved: Resolved, revision, trust_remote_code, kind) -> tuple:
 
 def _check_load_args(revision, trust_remote_code, kind, max_tokens, max_chars, policy, remote) -> None:
     if kind is not None and kind not in KINDS:
-        raise InputError(f"unknown model kind {kind!r}: use one of masked-lm, causal-lm, encoder, encoder-decoder")
+        raise InputError(f"unknown model kind {kind!r}: use one of {_KINDS_TEXT}")
     if revision is not None and not isinstance(revision, str):
         raise InputError(f"revision must be a branch, tag or commit id (a string), got {type(revision).__name__}")
     for what, value in (("max_tokens", max_tokens), ("max_chars", max_chars)):
@@ -593,7 +605,8 @@ def load(
     (same name and options) returns at once: the name is not resolved again, the Hub is not asked and
     LOAD_LOCK is not taken, so a slow load of another model never delays it. ``trust_remote_code``
     stays off unless you opt in; safetensors weights are preferred when a repository has both formats.
-    ``kind`` forces one of "masked-lm", "causal-lm", "encoder", "encoder-decoder".
+    ``kind`` forces one of "masked-lm", "causal-lm", "encoder", "encoder-decoder", "sequence-classification",
+    "token-classification".
 
     policy: an ``exbert_hub.policy.Policy`` for names chosen by a visitor of a served app; None (the
         default) is the operator: no checks. With a policy, before anything is downloaded or allocated:
@@ -741,7 +754,7 @@ class Engine:
         text = self._check_text(text, "text")
         if pair is not None:
             pair = self._check_text(pair, "pair")
-            if self.kind not in (MASKED_LM, ENCODER):
+            if self.kind not in (MASKED_LM, ENCODER, *CLASSIFIERS):
                 raise InputError(f"sentence pairs are for encoders; {self.name} is {kind_phrase(self.kind)}")
         if mask and not self.can_mask:
             raise InputError(
@@ -770,7 +783,8 @@ class Engine:
             out = self.model(**inputs, output_attentions=True, output_hidden_states=True, return_dict=True)
             stacks = self._stacks(out, rec.calls)
             hidden, decoder_hidden = self._hidden_states(out)
-            predictions, note = self._predictions(out, top_k)
+            classification = self._classification(out)
+            predictions, note = self._predictions(out, top_k, classification)
 
         return Analysis(
             model_name=self.name,
@@ -790,6 +804,7 @@ class Engine:
             target=target,
             decoder_input=decoder_seq,
             decoder_hidden_states=decoder_hidden,
+            classification=classification,
         )
 
     def query_key(self, analysis: Analysis, layer: int, head: int, stack: str | None = None):
@@ -960,7 +975,32 @@ class Engine:
             return enc, dec
         return torch.cat(out.hidden_states, dim=0).float().numpy(), None
 
-    def _predictions(self, out, top_k: int) -> tuple[list[list[tuple[str, float]]] | None, str]:
+    def _classification(self, out) -> Classification | None:
+        """Label names and probabilities of a classification head (None for other kinds)."""
+        if self.kind not in CLASSIFIERS:
+            return None
+        logits = out.logits[0].float()  # [labels] (sequence) or [T, labels] (token)
+        problem = getattr(self.config, "problem_type", None)
+        if problem == "multi_label_classification":
+            activation, probs = "sigmoid", torch.sigmoid(logits)
+        elif problem == "regression":
+            activation, probs = "none", logits
+        else:
+            activation, probs = "softmax", torch.softmax(logits, dim=-1)
+        id2label = getattr(self.config, "id2label", None) or {}
+        labels = [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(logits.shape[-1])]
+        return Classification(labels=labels, logits=logits.numpy().copy(), probabilities=probs.numpy().copy(),
+                              per_token=self.kind == TOKEN_CLASSIFICATION, activation=activation)
+
+    def _predictions(self, out, top_k: int, classification: Classification | None = None
+                     ) -> tuple[list[list[tuple[str, float]]] | None, str]:
+        if classification is not None:
+            k = min(top_k, len(classification.labels))
+            if classification.per_token:
+                n = classification.probabilities.shape[0]
+                return [classification.top(k, position=i) for i in range(n)], "top labels of each token"
+            best = ", ".join(f"{label} {p:.1%}" for label, p in classification.top(k))
+            return None, f"the whole text is classified: {best}"
         logits = getattr(out, "logits", None)
         if self.kind == ENCODER or logits is None:
             return None, (

@@ -552,7 +552,7 @@ def test_repr_and_sizes(tiny_engine):
     ("bert", ["BertForMaskedLM"], "masked-lm"),
     ("bert", ["BertForPreTraining"], "masked-lm"),  # bert-base-* checkpoints with both pre-training heads
     ("bert", ["BertModel"], "encoder"),  # e.g. sentence-transformers: no LM head in the weights
-    ("bert", ["BertForSequenceClassification"], "encoder"),
+    ("bert", ["BertForSequenceClassification"], "sequence-classification"),  # a kind of its own (issue 11)
     ("electra", ["ElectraForPreTraining"], "encoder"),  # the discriminator predicts replaced tokens, not words
     ("electra", ["ElectraForMaskedLM"], "masked-lm"),
     ("gpt2", ["GPT2LMHeadModel"], "causal-lm"),

@@ -35,6 +35,15 @@ KINDS = {
 }
 FAMILIES = list(KINDS)
 
+# classification heads (not in FAMILIES: the LM-oriented family tests do not apply to them)
+CLASSIFIERS = {
+    "bert-seqcls": "sequence-classification",  # 3 labels
+    "bert-tokcls": "token-classification",  # 5 NER-like labels
+    "llama-seqcls": "sequence-classification",  # a causal base: pools the last token
+}
+SEQ_LABELS = ["negative", "neutral", "positive"]
+TOKEN_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
 
 def _wordpiece():
     from transformers import BertTokenizerFast
@@ -110,6 +119,17 @@ def _make(family: str):
         config = tf.ElectraConfig(vocab_size=WORDPIECE_VOCAB, embedding_size=16, **SMALL)
         cls = tf.ElectraForMaskedLM if family == "electra" else tf.ElectraForPreTraining
         return cls(config), _wordpiece()
+    if family in CLASSIFIERS:
+        names = TOKEN_LABELS if family == "bert-tokcls" else SEQ_LABELS
+        labels = dict(num_labels=len(names), id2label=dict(enumerate(names)),
+                      label2id={n: i for i, n in enumerate(names)})
+        if family == "llama-seqcls":
+            config = tf.LlamaConfig(vocab_size=BPE_VOCAB, num_key_value_heads=2, max_position_embeddings=256,
+                                    bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, **SMALL, **labels)
+            return tf.LlamaForSequenceClassification(config), _llama_tokenizer()
+        config = tf.BertConfig(vocab_size=WORDPIECE_VOCAB, **SMALL, **labels)
+        cls = tf.BertForTokenClassification if family == "bert-tokcls" else tf.BertForSequenceClassification
+        return cls(config), _wordpiece()
     if family == "gpt2":
         config = tf.GPT2Config(vocab_size=BPE_VOCAB, n_embd=32, n_layer=2, n_head=4, n_inner=37, n_positions=128,
                                bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
@@ -131,7 +151,7 @@ def _make(family: str):
                              relative_attention_max_distance=20, pad_token_id=tok.pad_token_id,
                              eos_token_id=tok.sep_token_id, decoder_start_token_id=tok.pad_token_id)
         return tf.T5ForConditionalGeneration(config), tok
-    raise KeyError(f"no tiny model for family {family!r}; known: {', '.join(FAMILIES)}")
+    raise KeyError(f"no tiny model for family {family!r}; known: {', '.join(FAMILIES + list(CLASSIFIERS))}")
 
 
 def build(family: str, folder: Path) -> Path:
@@ -146,6 +166,11 @@ def build(family: str, folder: Path) -> Path:
         with torch.no_grad():
             for stack in (model.encoder, model.decoder):
                 stack.block[0].layer[0].SelfAttention.relative_attention_bias.weight.normal_(0, 2.0)
+    if family in CLASSIFIERS:
+        # a randomly initialised head gives near-uniform labels; make the predictions clearly distinct
+        head = model.score if family == "llama-seqcls" else model.classifier
+        with torch.no_grad():
+            head.weight.normal_(0, 1.0)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
