@@ -246,8 +246,9 @@ def _from_hub(repo_id: str, revision: str | None, *, max_bytes: int | None, remo
                     raise PolicyError(f"the corpus {_shown(repo_id)} is {_gb(total)} on the Hub; this server opens "
                                       f"corpora of at most {_gb(max_bytes)}")
             rev = getattr(info, "sha", None) or revision  # download exactly the commit whose size was checked
+        # into the HF cache (no local_dir): shared with `datasets` and `hf download`, resumed when cut short
         folder = Path(huggingface_hub.snapshot_download(repo_id=repo_id, repo_type="dataset", revision=rev,
-                                                        allow_patterns=patterns))
+                                                        allow_patterns=patterns, tqdm_class=download_bar(repo_id)))
     except (CorpusError, PolicyError):
         raise
     except Exception as err:  # noqa: BLE001 - offline, not found, gated, network: all mean "cannot open"
@@ -260,6 +261,22 @@ def _from_hub(repo_id: str, revision: str | None, *, max_bytes: int | None, remo
     with _HUB_LOCK:
         _HUB_MEMO[key] = (loc, time.monotonic())
     return loc
+
+
+def download_bar(repo_id: str) -> type:
+    """The progress bar class of a corpus download: huggingface_hub's own tqdm (so HF_HUB_DISABLE_PROGRESS_BARS
+    and its log level still turn it off), each bar's description prefixed with the corpus's id."""
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    prefix = f"corpus {repo_id}"
+
+    class CorpusDownloadBar(hf_tqdm):
+        def __init__(self, *args, **kwargs):
+            desc = kwargs.get("desc")
+            kwargs["desc"] = f"{prefix}: {desc}" if desc else prefix
+            super().__init__(*args, **kwargs)
+
+    return CorpusDownloadBar
 
 
 def _hub_reason(err: BaseException, revision: str | None, remote: bool) -> str:
