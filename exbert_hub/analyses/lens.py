@@ -1,0 +1,343 @@
+"""The logit lens: what each layer would predict if the model stopped there.
+
+Every layer's hidden state goes through the model's OWN output path: its final norm and output head
+(causal LMs: e.g. GPT-2 ``ln_f`` + ``lm_head``, Llama ``model.norm`` + ``lm_head``), the MLM head of
+masked LMs (BERT's ``cls.predictions``: dense, activation, LayerNorm, decoder), and the decoder of
+encoder-decoders (T5's ``final_layer_norm``, the ``d_model ** -0.5`` scaling of tied embeddings, then
+``lm_head``; BART's ``lm_head`` + ``final_logits_bias``).
+
+The last hidden state transformers returns is the model's ``last_hidden_state``, which already went
+through the final norm: the norm is applied to every other layer and not again to the last one, so the
+lens at the last layer is exactly the model's own prediction (tested against the logits of
+transformers' forward pass for BERT-, GPT-2-, Llama- and T5-kind models).
+
+    >>> from exbert_hub.analyses.lens import logit_lens, target_trace
+    >>> lens = logit_lens(a, engine, top_k=5)          # every layer, every position
+    >>> lens.top_ids.shape                             # (layers + 1, positions, 5); layer 0: embeddings
+    >>> lens.tokens(engine.tokenizer)[30][-1]           # top-5 words at the last position, last layer
+    >>> trace = target_trace(a, engine, position=-1, token_id=42)
+    >>> trace.ranks, trace.probs                       # int64[layers + 1] (1 = top), float32[layers + 1]
+
+Cost: one [positions, hidden] x [hidden, vocab] float32 product per layer (SmolLM2 at 1k tokens: 31
+products of 1,024 x 576 x 49,152, several seconds on 2 CPU cores); computed in chunks of positions so
+that at most ``chunk x vocab`` logits exist at once, and only for the positions asked for (the lens
+view asks for the rows it shows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..analysis import CAUSAL_LM, ENCODER_DECODER, MASKED_LM, Analysis, kind_phrase
+from ..errors import InputError, UnsupportedModelError
+
+# final norms of causal LMs, looked up on the base model (then on its ``decoder``, OPT-style)
+_FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f", "final_norm")
+MAX_TOP_K = 100
+# logits held at once: chunk x vocab floats (4 MB x chunk for a 49k vocabulary)
+DEFAULT_CHUNK = 128
+
+
+@dataclass
+class LensHead:
+    """The model's output path, from a hidden state to logits.
+
+    ``logits(h, last)``: ``h`` float32[n, hidden] of one layer; ``last`` says it is the last hidden
+    state (already normed by the model), so the final norm is skipped. Returns float32[n, vocab].
+    """
+
+    describe: str  # e.g. "model.norm -> lm_head" (for messages and the view's caption)
+    norm: Callable | None  # final norm (None: the model has none, e.g. BERT, BART)
+    head: Callable  # normed hidden state -> logits (transform, scaling, decoder, bias, softcap)
+
+    def logits(self, h: torch.Tensor, last: bool) -> torch.Tensor:
+        if self.norm is not None and not last:
+            h = self.norm(h)
+        return self.head(h).float()
+
+
+def _module(root: torch.nn.Module, path: str) -> torch.nn.Module | None:
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj if isinstance(obj, torch.nn.Module) else None
+
+
+def _linear_head(linear: torch.nn.Module, *, scale: float = 1.0, bias: torch.Tensor | None = None,
+                 config=None) -> Callable:
+    """x -> linear(x * scale) + bias, then the logit scaling / soft-capping some families apply."""
+    softcap = getattr(config, "final_logit_softcapping", None) if config is not None else None
+    mult = getattr(config, "logit_scale", None) if config is not None else None  # Cohere multiplies
+    div = getattr(config, "logits_scaling", None) if config is not None else None  # Granite divides
+
+    def head(x: torch.Tensor) -> torch.Tensor:
+        if scale != 1.0:
+            x = x * scale
+        out = linear(x)
+        if bias is not None:
+            out = out + bias.reshape(-1).to(out.dtype)
+        if isinstance(mult, (int, float)) and mult not in (0, 1):
+            out = out * mult
+        if isinstance(div, (int, float)) and div not in (0, 1):
+            out = out / div
+        if isinstance(softcap, (int, float)) and softcap > 0:
+            out = torch.tanh(out / softcap) * softcap
+        return out
+
+    return head
+
+
+def _name_of(model: torch.nn.Module, module: torch.nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name
+    return type(module).__name__
+
+
+def lens_head(model: torch.nn.Module, kind: str) -> LensHead:
+    """Find the final norm and output head of ``model`` (a loaded transformers model of kind ``kind``).
+
+    Raises UnsupportedModelError for models without an LM head (encoders) or with a head layout
+    this function does not know (it says which model type).
+    """
+    config = model.config
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is None:
+        raise UnsupportedModelError(
+            f"the logit lens needs a language-model head; this {config.model_type} model ({kind_phrase(kind)}) has none"
+        )
+    out_name = _name_of(model, out)
+    if kind == CAUSAL_LM:
+        base = model.base_model
+        norm = None
+        for holder in (base, getattr(base, "decoder", None)):
+            for attr in _FINAL_NORMS:
+                m = getattr(holder, attr, None) if holder is not None else None
+                if isinstance(m, torch.nn.Module):
+                    norm = m
+                    break
+            if norm is not None:
+                break
+        if norm is None:
+            raise UnsupportedModelError(
+                f"the logit lens cannot find the final norm of this {config.model_type} model "
+                f"(looked for {', '.join(_FINAL_NORMS)} on its base model)"
+            )
+        return LensHead(f"{_name_of(model, norm)} -> {out_name}", norm, _linear_head(out, config=config))
+    if kind == MASKED_LM:
+        mtype = config.model_type
+        if mtype == "distilbert":
+            seq = [model.vocab_transform, model.activation, model.vocab_layer_norm, model.vocab_projector]
+            return LensHead("vocab_transform -> activation -> vocab_layer_norm -> vocab_projector", None,
+                            torch.nn.Sequential(*seq))
+        if mtype == "electra":
+            return LensHead("generator_predictions -> generator_lm_head", None,
+                            torch.nn.Sequential(model.generator_predictions, model.generator_lm_head))
+        if mtype == "modernbert":
+            return LensHead("head -> decoder", None, torch.nn.Sequential(model.head, model.decoder))
+        if "." in out_name:
+            # BERT cls.predictions, RoBERTa lm_head, ALBERT predictions: the module holding the decoder
+            # maps a hidden state to logits (transform, then decoder with its bias)
+            parent_name = out_name.rsplit(".", 1)[0]
+            parent = _module(model, parent_name)
+            if parent is not None and parent is not model.base_model:
+                return LensHead(parent_name, None, parent)
+        raise UnsupportedModelError(
+            f"the logit lens does not know the MLM head of {mtype} models (its output layer is {out_name})"
+        )
+    if kind == ENCODER_DECODER:
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+        norm = None
+        for attr in ("final_layer_norm", "layer_norm"):  # T5; mBART-style final norm (plain BART has none)
+            m = getattr(decoder, attr, None)
+            if isinstance(m, torch.nn.Module):
+                norm = m
+                break
+        scale = 1.0
+        if config.model_type in ("t5", "mt5", "umt5", "longt5") or hasattr(config, "scale_decoder_outputs"):
+            tied = getattr(config, "scale_decoder_outputs", getattr(config, "tie_word_embeddings", True))
+            if tied:
+                scale = float(config.d_model) ** -0.5
+        bias = getattr(model, "final_logits_bias", None)
+        what = (f"decoder.{_name_of(decoder, norm)} -> " if norm is not None else "") + \
+            (f"x d_model^-0.5 -> " if scale != 1.0 else "") + out_name + (" + final_logits_bias" if bias is not None else "")
+        return LensHead(what, norm, _linear_head(out, scale=scale, bias=bias, config=config))
+    raise UnsupportedModelError(
+        f"the logit lens reads language-model heads; this model is {kind_phrase(kind)} without one"
+    )
+
+
+def _stack_states(analysis: Analysis, stack: str | None) -> tuple[str, np.ndarray]:
+    """(stack name, hidden states float32[layers + 1, T, hidden]) the lens decodes."""
+    if analysis.kind == ENCODER_DECODER:
+        if stack not in (None, "decoder"):
+            raise InputError(f"the logit lens of an encoder-decoder reads the decoder, not the {stack!r} stack")
+        if analysis.decoder_hidden_states is None:
+            raise InputError("this analysis has no decoder hidden states")
+        return "decoder", analysis.decoder_hidden_states
+    if analysis.kind not in (CAUSAL_LM, MASKED_LM):
+        raise InputError(
+            f"the logit lens needs a language-model head; {analysis.model_name} is {kind_phrase(analysis.kind)}"
+        )
+    if stack not in (None, "self"):
+        raise InputError(f"the logit lens reads the {analysis.kind}'s only stack, not {stack!r}")
+    return "self", analysis.hidden_states
+
+
+def lens_positions(analysis: Analysis) -> int:
+    """How many positions the lens has (the decoder's tokens for encoder-decoders)."""
+    return int(_stack_states(analysis, None)[1].shape[1])
+
+
+@dataclass
+class Lens:
+    """Top-k of every layer at some positions. L = layers, so L + 1 hidden states (0 = embeddings).
+
+    ``top_ids`` int64[L + 1, P, k] and ``top_probs`` float32[L + 1, P, k] (softmax over the whole
+    vocabulary, descending) at ``positions`` int64[P]; ``stack`` is "self" or "decoder".
+    """
+
+    stack: str
+    positions: np.ndarray
+    top_ids: np.ndarray
+    top_probs: np.ndarray
+    head: str
+
+    @property
+    def num_states(self) -> int:
+        return int(self.top_ids.shape[0])
+
+    def tokens(self, tokenizer) -> list[list[list[str]]]:
+        """[state][p][k] the words the top ids decode to (as the engine's predictions show them)."""
+        flat = self.top_ids.reshape(-1).tolist()
+        words = tokenizer.batch_decode([[i] for i in flat])
+        n_s, n_p, k = self.top_ids.shape
+        return [[words[(s * n_p + p) * k:(s * n_p + p + 1) * k] for p in range(n_p)] for s in range(n_s)]
+
+
+def _check_top_k(top_k) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= int(top_k) <= MAX_TOP_K:
+        raise InputError(f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {top_k!r}")
+    return int(top_k)
+
+
+def _check_positions(positions, n: int) -> np.ndarray:
+    if positions is None:
+        return np.arange(n, dtype=np.int64)
+    if isinstance(positions, slice):
+        return np.arange(n, dtype=np.int64)[positions]
+    try:
+        pos = np.asarray(list(positions), dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise InputError(f"positions must be whole numbers from 0 to {n - 1}") from None
+    pos = np.where(pos < 0, pos + n, pos)
+    if pos.size and (pos.min() < 0 or pos.max() >= n):
+        raise InputError(f"positions must be from 0 to {n - 1} (this text has {n} tokens)")
+    return pos
+
+
+def logit_lens(
+    analysis: Analysis,
+    engine,
+    *,
+    top_k: int = 5,
+    positions: Sequence[int] | slice | None = None,
+    stack: str | None = None,
+    chunk: int = DEFAULT_CHUNK,
+) -> Lens:
+    """The top-k tokens of every layer's hidden state at ``positions`` (default: all), in float32.
+
+    ``engine``: the Engine that made ``analysis`` (its model's head is used). For encoder-decoders the
+    decoder's hidden states are read. Causal LMs predict the token after each position, masked LMs the
+    token at it (as ``analysis.predictions``).
+    """
+    top_k = _check_top_k(top_k)
+    stack, states = _stack_states(analysis, stack)
+    pos = _check_positions(positions, states.shape[1])
+    head = lens_head(engine.model, analysis.kind)
+    n_states = states.shape[0]
+    ids = np.zeros((n_states, pos.size, top_k), dtype=np.int64)
+    probs = np.zeros((n_states, pos.size, top_k), dtype=np.float32)
+    chunk = max(1, int(chunk))
+    with torch.inference_mode():
+        for s in range(n_states):
+            layer = torch.from_numpy(np.ascontiguousarray(states[s][pos]))
+            for i in range(0, pos.size, chunk):
+                logits = head.logits(layer[i:i + chunk], last=s == n_states - 1)
+                logp = torch.log_softmax(logits, dim=-1)
+                top = torch.topk(logp, k=min(top_k, logp.shape[-1]), dim=-1)
+                ids[s, i:i + chunk, : top.indices.shape[-1]] = top.indices.numpy()
+                probs[s, i:i + chunk, : top.values.shape[-1]] = top.values.exp().numpy()
+    return Lens(stack=stack, positions=pos, top_ids=ids, top_probs=probs, head=head.describe)
+
+
+@dataclass
+class TargetTrace:
+    """One token's rank (1 = the top prediction) and probability at one position, layer by layer."""
+
+    position: int
+    token_id: int
+    ranks: np.ndarray  # int64[L + 1]
+    probs: np.ndarray  # float32[L + 1]
+    logits: np.ndarray  # float32[L + 1]
+
+
+def target_trace(analysis: Analysis, engine, position: int, token_id: int, *, stack: str | None = None) -> TargetTrace:
+    """Rank and probability of ``token_id`` at ``position`` in every layer (exact, float32).
+
+    Rank counts the tokens with a strictly larger logit, plus one (ties share the better rank).
+    """
+    stack, states = _stack_states(analysis, stack)
+    (p,) = _check_positions([position], states.shape[1]).tolist()
+    head = lens_head(engine.model, analysis.kind)
+    vocab = None
+    ranks, probs, logits_out = [], [], []
+    with torch.inference_mode():
+        for s in range(states.shape[0]):
+            h = torch.from_numpy(np.ascontiguousarray(states[s][p:p + 1]))
+            logits = head.logits(h, last=s == states.shape[0] - 1)[0]
+            vocab = logits.shape[-1]
+            if isinstance(token_id, bool) or not isinstance(token_id, (int, np.integer)) or not 0 <= int(token_id) < vocab:
+                raise InputError(f"the target token id must be a whole number from 0 to {vocab - 1}, got {token_id!r}")
+            t = int(token_id)
+            logp = torch.log_softmax(logits, dim=-1)
+            ranks.append(int((logits > logits[t]).sum()) + 1)
+            probs.append(float(logp[t].exp()))
+            logits_out.append(float(logits[t]))
+    return TargetTrace(position=p, token_id=int(token_id), ranks=np.asarray(ranks, dtype=np.int64),
+                       probs=np.asarray(probs, dtype=np.float32), logits=np.asarray(logits_out, dtype=np.float32))
+
+
+def target_id(engine, word: str) -> int:
+    """The token id a typed target word stands for.
+
+    Tried in order: the word after a space as one token (" cat": what follows a word in GPT-2 / Llama
+    vocabularies), the word as typed as one token, else the first token the word splits into.
+    """
+    if not isinstance(word, str) or not word.strip():
+        raise InputError("the target token is empty: type a word or pick a prediction")
+    tok = engine.tokenizer
+    tries = [tok(text, add_special_tokens=False)["input_ids"] for text in (" " + word.strip(), word)]
+    for ids in tries:
+        if len(ids) == 1:
+            return int(ids[0])
+    for ids in tries:
+        if ids:
+            return int(ids[0])
+    raise InputError(f"the target {word[:40]!r} is no token of this model's vocabulary")
+
+
+def num_hidden_states(analysis: Analysis) -> int:
+    """L + 1: the embeddings and every layer."""
+    return int(_stack_states(analysis, None)[1].shape[0])
+
+
+__all__ = ["Lens", "LensHead", "TargetTrace", "lens_head", "logit_lens", "target_trace", "target_id",
+           "lens_positions", "num_hidden_states"]
+
