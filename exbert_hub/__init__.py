@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Analysis", "AttentionStack", "TokenSequence", "Engine", "ModelCache", "load", "load_corpus", "launch",
+    "export", "show",
     "ExbertError", "InputError", "ModelNotFoundError", "UnsupportedModelError",
     "MASKED_LM", "CAUSAL_LM", "ENCODER", "ENCODER_DECODER", "DEFAULT_MODEL", "MINILM", "SMOLLM2",
 ]
@@ -27,3 +28,17 @@ def launch(model: str = DEFAULT_MODEL, **kwargs):
     from .app import launch as _launch
 
     return _launch(model, **kwargs)
+
+
+def export(analysis, view: str, path, **state):
+    """Save a view of ``analysis`` as .html, .svg, .png, .npz or .json (see exbert_hub.hub.export.export)."""
+    from .hub.export import export as _export
+
+    return _export(analysis, view, path, **state)
+
+
+def show(analysis, view: str = "head", **state):
+    """A view of ``analysis`` that notebooks display inline (see exbert_hub.hub.notebook.show)."""
+    from .hub.notebook import show as _show
+
+    return _show(analysis, view, **state)
