@@ -3,6 +3,7 @@
 from .analysis import CAUSAL_LM, ENCODER, ENCODER_DECODER, MASKED_LM, Analysis, AttentionStack, TokenSequence
 from .analysis import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, Classification  # noqa: F401 (H11a)
 from .engine import Engine, ModelCache, load
+from .examples import ExampleSet, ExamplesAnalysis, analyze_examples, load_examples  # noqa: F401 (H9a)
 from .errors import ExbertError, InputError, ModelNotFoundError, UnsupportedModelError
 from .resolve import DEFAULT_MODEL, MINILM, SMOLLM2
 

@@ -101,11 +101,14 @@ class ExampleOutput:
     hidden: float32[len(hidden_layers), T, hidden] (hidden_states indexes: 0 = embeddings, l + 1 = layer l)
     contexts: float32[len(context_layers), T, heads * head_dim] or None
     logits: float32[T, vocab or labels] (token-level heads) or float32[labels] (sequence classification), or None
+    top: (int64[T] id, float32[T] softmax probability) of the most probable output at each position
+      (``logits="top"``: an LM's vocabulary never leaves torch), or None
     """
 
     hidden: np.ndarray
     contexts: np.ndarray | None
     logits: np.ndarray | None = None
+    top: tuple[np.ndarray, np.ndarray] | None = None
 
 
 # on_attention(position in the list passed to run, float32[layers, heads, T, T] of that text)
@@ -117,11 +120,12 @@ class BatchRunner:
 
     hidden_layers: indexes into hidden_states to keep (default all: 0 .. layers).
     context_layers: layers whose per-head contexts to keep (default none).
-    logits: keep each text's output logits (the model's head: LM vocabulary or classification labels).
+    logits: True keeps each text's output logits (the model's head: LM vocabulary or classification
+      labels); "top" keeps only the best id and its probability per position (LMs: no [T, vocab] copies).
     """
 
     def __init__(self, engine, *, hidden_layers: Sequence[int] | None = None, context_layers: Sequence[int] = (),
-                 logits: bool = False):
+                 logits: bool | str = False):
         self.engine = engine
         self.hidden_layers = list(range(engine.num_layers + 1)) if hidden_layers is None else list(hidden_layers)
         self.context_layers = list(context_layers)
@@ -190,9 +194,13 @@ class BatchRunner:
         if self.context_layers:
             contexts = torch.stack([calls[l].reshape(calls[l].shape[0], calls[l].shape[1], -1)
                                     for l in self.context_layers]).float().numpy()
-        logits = None
-        if self.logits and getattr(out, "logits", None) is not None:
-            logits = out.logits.float().numpy()  # [B, T, V] or [B, labels]
+        logits = top_ids = top_probs = None
+        raw = getattr(out, "logits", None)
+        if self.logits == "top" and raw is not None and raw.ndim == 3:
+            best = torch.softmax(raw.float(), dim=-1).max(dim=-1)  # [B, T]
+            top_ids, top_probs = best.indices.numpy(), best.values.numpy()
+        elif self.logits and raw is not None:
+            logits = raw.float().numpy()  # [B, T, V] or [B, labels]
         if on_attention is not None:
             attn = torch.stack(list(out.attentions), dim=1).float().numpy()  # [B, layers, heads, T, T]
             for i, n in enumerate(lengths):
@@ -202,7 +210,9 @@ class BatchRunner:
             lg = None
             if logits is not None:
                 lg = logits[i, :n] if logits.ndim == 3 else logits[i]
-            res.append(ExampleOutput(hidden=hidden[:, i, :n], contexts=None if contexts is None else contexts[:, i, :n], logits=lg))
+            top = None if top_ids is None else (top_ids[i, :n], top_probs[i, :n])
+            res.append(ExampleOutput(hidden=hidden[:, i, :n], contexts=None if contexts is None else contexts[:, i, :n],
+                                     logits=lg, top=top))
         return res
 
 
