@@ -48,12 +48,13 @@ def chromium_path() -> str:
 
 
 def export(analysis: Analysis, view: str, path: str | os.PathLike, *, scale: float = 2.0, width: int = 1100,
-           budget: int = DEFAULT_BUDGET, **state: Any) -> Path:
+           budget: int = DEFAULT_BUDGET, browser: Any = None, **state: Any) -> Path:
     """Write ``view`` ("explorer", "head", "model" or "neuron") of ``analysis`` to ``path``; returns the path.
 
     scale: pixels per CSS pixel of a PNG (2: sharp on papers and high-density screens). width: the
     page width the view is laid out in (SVG/PNG). budget: characters of precomputed lazy answers an
     HTML export may carry (other stacks, full-precision heads, neuron terms of other selections).
+    browser: a Playwright Chromium ``Browser`` to draw SVG/PNG in (default: one launched for this call).
     """
     check_view(view)
     path = Path(path)
@@ -64,7 +65,8 @@ def export(analysis: Analysis, view: str, path: str | os.PathLike, *, scale: flo
     if suffix == ".html":
         path.write_text(standalone_page(analysis, view, vs, budget=budget), encoding="utf-8")
     elif suffix in (".svg", ".png"):
-        svg, png = render_static(analysis, view, vs, svg=suffix == ".svg", png=suffix == ".png", scale=scale, width=width)
+        svg, png = render_static(analysis, view, vs, svg=suffix == ".svg", png=suffix == ".png", scale=scale, width=width,
+                                 browser=browser)
         if suffix == ".svg":
             path.write_text(svg, encoding="utf-8")
         else:
@@ -81,39 +83,47 @@ def export(analysis: Analysis, view: str, path: str | os.PathLike, *, scale: flo
 
 
 def render_static(analysis: Analysis, view: str, state: ViewState, *, svg: bool = True, png: bool = False,
-                  scale: float = 2.0, width: int = 1100, timeout_ms: int = 60_000) -> tuple[str | None, bytes | None]:
+                  scale: float = 2.0, width: int = 1100, timeout_ms: int = 60_000,
+                  browser: Any = None) -> tuple[str | None, bytes | None]:
     """(SVG text, PNG bytes) of a view drawn in headless Chromium from its standalone page.
 
     The page is opened from a temporary file with every other request refused (none is expected).
+    browser: a Playwright ``Browser`` to use (default: Chromium launched for this call and closed).
     """
-    from playwright.sync_api import sync_playwright
+    if browser is None:
+        from playwright.sync_api import sync_playwright
 
+        with sync_playwright() as p:
+            own = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            try:
+                return render_static(analysis, view, state, svg=svg, png=png, scale=scale, width=width,
+                                     timeout_ms=timeout_ms, browser=own)
+            finally:
+                own.close()
     uid = new_uid()
     page_html = standalone_page(analysis, view, state, static=True, uid=uid, budget=0)
     with tempfile.TemporaryDirectory(prefix="exbert-export-") as tmp:
         file = Path(tmp) / "view.html"
         file.write_text(page_html, encoding="utf-8")
         url = file.as_uri()
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-            try:
-                context = browser.new_context(viewport={"width": int(width), "height": 800},
-                                              device_scale_factor=float(scale))
-                page = context.new_page()
-                page.route("**/*", lambda route: route.continue_() if route.request.url == url else route.abort())
-                errors: list[str] = []
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                page.goto(url)
-                page.wait_for_selector(f"#{uid}[data-ready]", timeout=timeout_ms)
-                if errors or page.get_attribute(f"#{uid}", "data-ready") != "1":
-                    raise InputError(f"the {view} view could not be drawn for export: {'; '.join(errors) or 'it did not finish'}")
-                # the whole view in the window, so sticky canvases draw every row
-                height = page.evaluate(f"Math.ceil(document.getElementById('{uid}-box').getBoundingClientRect().bottom) + 16")
-                page.set_viewport_size({"width": int(width), "height": int(min(max(height, 200), 16000))})
-                page.evaluate("() => new Promise((r) => { window.dispatchEvent(new Event('resize')); "
-                              "setTimeout(() => requestAnimationFrame(() => requestAnimationFrame(r)), 250); })")
-                svg_text = page.evaluate(f"window.exbertHubExport.toSVG('{uid}')") if svg else None
-                png_bytes = page.locator(f"#{uid}-box").screenshot(type="png") if png else None
-            finally:
-                browser.close()
+        context = browser.new_context(viewport={"width": int(width), "height": 800},
+                                      device_scale_factor=float(scale))
+        try:
+            page = context.new_page()
+            page.route("**/*", lambda route: route.continue_() if route.request.url == url else route.abort())
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            page.wait_for_selector(f"#{uid}[data-ready]", timeout=timeout_ms)
+            if errors or page.get_attribute(f"#{uid}", "data-ready") != "1":
+                raise InputError(f"the {view} view could not be drawn for export: {'; '.join(errors) or 'it did not finish'}")
+            # the whole view in the window, so sticky canvases draw every row
+            height = page.evaluate(f"Math.ceil(document.getElementById('{uid}-box').getBoundingClientRect().bottom) + 16")
+            page.set_viewport_size({"width": int(width), "height": int(min(max(height, 200), 16000))})
+            page.evaluate("() => new Promise((r) => { window.dispatchEvent(new Event('resize')); "
+                          "setTimeout(() => requestAnimationFrame(() => requestAnimationFrame(r)), 250); })")
+            svg_text = page.evaluate(f"window.exbertHubExport.toSVG('{uid}')") if svg else None
+            png_bytes = page.locator(f"#{uid}-box").screenshot(type="png") if png else None
+        finally:
+            context.close()
     return svg_text, png_bytes
