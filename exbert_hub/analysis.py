@@ -78,6 +78,132 @@ class Classification:
         return [self.labels[i] for i in best.tolist()] if self.per_token else self.labels[int(best)]
 
 
+# Materialising more than this through np.asarray(stack.attentions) raises (index by layer or head instead)
+MAX_DENSE_ATTENTION_BYTES = 2_000_000_000
+
+
+@dataclass
+class MaskSpec:
+    """The additive mask of one layer, described rather than stored when a description suffices.
+
+    kind "none": nothing masked; "causal": ``fill`` above the diagonal (key j > query i), 0 elsewhere;
+    "dense": ``dense`` float32[q, k] (padding, sliding windows: whatever the model used).
+    """
+
+    kind: str
+    fill: float = 0.0
+    dense: np.ndarray | None = None
+
+    def additive(self, q: int, k: int, rows=None) -> np.ndarray | None:
+        """float32[q, k] (or the rows ``rows`` of it) as the model added it to the scores; None for "none"."""
+        if self.kind == "none":
+            return None
+        if self.kind == "dense":
+            return self.dense if rows is None else self.dense[rows]
+        i = np.arange(q)[:, None] if rows is None else np.atleast_1d(np.arange(q)[rows])[:, None]
+        out = np.where(np.arange(k)[None, :] > i, np.float32(self.fill), np.float32(0.0)).astype(np.float32)
+        return out[0] if rows is not None and np.ndim(np.arange(q)[rows]) == 0 else out
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.dense is None else int(self.dense.nbytes)
+
+
+class _Masks:
+    """``stack.masks[layer]``: float32[q, k] additive or None, made on demand from the MaskSpecs."""
+
+    def __init__(self, stack: "AttentionStack"):
+        self._stack = stack
+
+    def __len__(self) -> int:
+        return len(self._stack.mask_specs)
+
+    def __getitem__(self, layer: int) -> np.ndarray | None:
+        q, k = self._stack.q_len, self._stack.k_len
+        return self._stack.mask_specs[layer].additive(q, k)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+class LazyAttention:
+    """Attention weights float32[layers, heads, q, k] computed on demand from queries and keys.
+
+    Nothing of size q x k is kept: ``att[l]`` (float32[heads, q, k]), ``att[l, h]`` ([q, k]) and
+    ``att[l, h, i]`` ([k], one query row: O(k * head_dim) work) compute
+    ``softmax(q . k * scale + bias + mask)`` exactly as the eager implementation does, in float32.
+    ``att[l][...]``, slices and lists of layers or heads work like numpy indexing. ``np.asarray(att)``
+    materialises everything (refused above MAX_DENSE_ATTENTION_BYTES); any other numpy attribute
+    (``att.sum(-1)``, ``att.max()``) does so too. ``nbytes`` and ``size`` are those of the dense array.
+    """
+
+    dtype = np.dtype(np.float32)
+    ndim = 4
+
+    def __init__(self, stack: "AttentionStack"):
+        self._stack = stack
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        s = self._stack
+        return (s.num_layers, s.num_heads, s.q_len, s.k_len)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"LazyAttention(shape={self.shape}, stack={self._stack.name!r})"
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis or k is None for k in key):
+            return np.asarray(self)[key]
+        layer, rest = key[0], key[1:]
+        layers = np.arange(self.shape[0])[layer]
+        if np.ndim(layers) > 0:  # several layers: stack them, then index the rest of each
+            return np.stack([self[(int(i),) + rest] for i in layers]) if len(layers) else \
+                np.zeros((0,) + self.shape[1:], np.float32)[(slice(None),) + rest]
+        heads_key = rest[0] if rest else slice(None)
+        rows_key = rest[1] if len(rest) > 1 else slice(None)
+        heads = np.arange(self.shape[1])[heads_key]
+        rows = np.arange(self.shape[2])[rows_key] if isinstance(rows_key, (int, np.integer)) else None
+        out = self._stack.compute(int(layers), np.atleast_1d(heads), None if rows is None else int(rows))
+        # out: float32[h, q or 1, k]
+        if rows is not None:
+            out = out[:, 0]
+        else:
+            out = out[:, rows_key] if len(rest) > 1 else out
+        if np.ndim(heads) == 0:
+            out = out[0]
+        tail = rest[2:]
+        return out[(Ellipsis,) + tail] if tail else out
+
+    def __array__(self, dtype=None, copy=None):
+        if self.nbytes > MAX_DENSE_ATTENTION_BYTES:
+            raise InputError(
+                f"all the attention of this analysis would take {self.nbytes / 1e9:.1f} GB; "
+                "index it by layer or head (attentions[layer, head]) instead"
+            )
+        out = np.stack([self[i] for i in range(self.shape[0])]) if self.shape[0] else np.zeros(self.shape, np.float32)
+        return out if dtype is None else out.astype(dtype)
+
+    def __getattr__(self, name):  # numpy methods on the materialised array (small inputs)
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(np.asarray(self), name)
+
+
 @dataclass
 class AttentionStack:
     """Self-attention of an encoder or decoder, or the decoder's cross attention over the encoder.
@@ -85,29 +211,89 @@ class AttentionStack:
     Per layer the pieces softmax was computed from: ``softmax(q . k * scale + bias + mask)``.
     Queries and keys are the model's own tensors after rotary embeddings; with grouped-query attention
     ``keys[layer]`` has fewer heads than ``queries[layer]`` and query head h reads key head
-    ``h // (heads // kv_heads)``.
+    ``h // (heads // kv_heads)``. ``attentions`` computes the weights from these on demand
+    (LazyAttention), unless ``weights`` were materialised by the model (attention code the engine
+    could not record): memory is O(layers x heads x T x head_dim), not O(layers x heads x T^2).
     """
 
     name: str  # "self" (single-stack models), "encoder", "decoder" or "cross"
-    attentions: np.ndarray  # float32[layers, heads, q, k]
     contexts: np.ndarray | None  # float32[layers, q, heads * head_dim], None if not captured
     queries: list[np.ndarray] = field(default_factory=list)  # per layer float32[heads, q, head_dim]
     keys: list[np.ndarray] = field(default_factory=list)  # per layer float32[kv_heads, k, head_dim]
     scales: list[float] = field(default_factory=list)
-    masks: list[np.ndarray | None] = field(default_factory=list)  # per layer float32[q, k] additive
-    biases: list[np.ndarray | None] = field(default_factory=list)  # per layer float32[heads, q, k]
+    mask_specs: list[MaskSpec] = field(default_factory=list)  # per layer
+    biases: list[np.ndarray | None] = field(default_factory=list)  # per layer float32[heads, q, k] (T5)
+    weights: np.ndarray | None = None  # float32[layers, heads, q, k] only when not computable from q and k
+
+    @property
+    def attentions(self) -> "LazyAttention | np.ndarray":
+        """float32[layers, heads, q, k]: index it (``[l]``, ``[l, h]``, ``[l, h, i]``); see LazyAttention."""
+        return self.weights if self.weights is not None else LazyAttention(self)
+
+    @property
+    def masks(self) -> _Masks:
+        """Per layer float32[q, k] additive mask or None, made on demand (see ``mask_specs``)."""
+        return _Masks(self)
 
     @property
     def num_layers(self) -> int:
-        return int(self.attentions.shape[0])
+        return int(self.weights.shape[0]) if self.weights is not None else len(self.queries)
 
     @property
     def num_heads(self) -> int:
-        return int(self.attentions.shape[1])
+        return int(self.weights.shape[1]) if self.weights is not None else int(self.queries[0].shape[0])
+
+    @property
+    def q_len(self) -> int:
+        return int(self.weights.shape[2]) if self.weights is not None else int(self.queries[0].shape[1])
+
+    @property
+    def k_len(self) -> int:
+        return int(self.weights.shape[3]) if self.weights is not None else int(self.keys[0].shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this stack holds (not the size of the dense attention it can compute)."""
+        arrays = [self.contexts, self.weights, *self.queries, *self.keys]
+        total = sum(int(a.nbytes) for a in arrays if a is not None)
+        total += sum(m.nbytes for m in {id(m): m for m in self.mask_specs}.values())
+        seen = {}
+        for b in self.biases:  # T5 shares one bias between layers
+            if b is not None:
+                seen[id(b.base if b.base is not None else b)] = b
+        return total + sum(int(np.prod(b.shape)) * 4 for b in seen.values())
 
     @property
     def has_query_key(self) -> bool:
         return bool(self.queries)
+
+    def compute(self, layer: int, heads: np.ndarray, row: int | None = None) -> np.ndarray:
+        """float32[len(heads), q (or 1 for ``row``), k]: ``softmax(q . k * scale + bias + mask)`` of a layer's heads."""
+        if self.weights is not None:
+            w = self.weights[layer][heads]
+            return w if row is None else w[:, row:row + 1]
+        import torch  # the same kernels as the eager implementation (bit-identical on the same machine)
+
+        q_all, k_all = self.queries[layer], self.keys[layer]
+        group = q_all.shape[0] // k_all.shape[0]
+        heads = np.asarray(heads, dtype=np.int64)
+        rows = slice(None) if row is None else slice(row, row + 1)
+        q = torch.from_numpy(np.ascontiguousarray(q_all[heads][:, rows]))
+        k = torch.from_numpy(np.ascontiguousarray(k_all[heads // group]))
+        with torch.inference_mode():
+            scores = torch.matmul(q, k.transpose(1, 2)) * self.scales[layer]
+            bias = self.biases[layer] if self.biases else None
+            if bias is not None:
+                scores = scores + torch.from_numpy(np.ascontiguousarray(bias[heads][:, rows]))
+            spec = self.mask_specs[layer] if self.mask_specs else MaskSpec("none")
+            if spec.kind == "causal":
+                n_k = scores.shape[-1]
+                i = torch.arange(self.q_len)[rows][:, None]
+                future = torch.arange(n_k)[None, :] > i
+                scores = scores + torch.where(future, torch.tensor(spec.fill), torch.tensor(0.0))
+            elif spec.kind == "dense":
+                scores = scores + torch.from_numpy(np.ascontiguousarray(spec.dense[rows]))
+            return torch.softmax(scores, dim=-1).numpy()
 
     def query_key(self, layer: int, head: int) -> tuple[np.ndarray, np.ndarray]:
         """float32[q, head_dim], float32[k, head_dim]: the vectors whose scaled dot product gave head ``head``."""
@@ -141,8 +327,8 @@ class AttentionStack:
         if self.biases[layer] is not None:
             bias = self.biases[layer][head, token]
             logits = logits + bias
-        if self.masks[layer] is not None:
-            mask = self.masks[layer][token]
+        if self.mask_specs and self.mask_specs[layer].kind != "none":
+            mask = self.mask_specs[layer].additive(self.q_len, self.k_len, rows=token)
             logits = logits + mask
         shifted = logits.astype(np.float64) - logits.max()
         soft = np.exp(shifted)
@@ -237,8 +423,17 @@ class Analysis:
         return int(idx[0]) if idx.size else None
 
     @property
-    def attentions(self) -> np.ndarray:
+    def attentions(self) -> "LazyAttention | np.ndarray":
+        """float32[layers, heads, T, T] of the main stack, computed on demand (see LazyAttention)."""
         return self.main_stack.attentions
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this analysis holds: vectors, queries and keys (attention is computed on demand)."""
+        total = self.hidden_states.nbytes
+        if self.decoder_hidden_states is not None:
+            total += self.decoder_hidden_states.nbytes
+        return int(total + sum(s.nbytes for s in self.stacks.values()))
 
     @property
     def contexts(self) -> np.ndarray | None:
@@ -258,11 +453,11 @@ class Analysis:
         return None if self.decoder_input is None else self.decoder_input.tokens
 
     @property
-    def decoder_attentions(self) -> np.ndarray | None:
+    def decoder_attentions(self) -> "LazyAttention | np.ndarray | None":
         return self.stacks["decoder"].attentions if "decoder" in self.stacks else None
 
     @property
-    def cross_attentions(self) -> np.ndarray | None:
+    def cross_attentions(self) -> "LazyAttention | np.ndarray | None":
         return self.stacks["cross"].attentions if "cross" in self.stacks else None
 
     @property

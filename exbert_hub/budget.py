@@ -15,7 +15,6 @@ import threading
 import time
 from contextlib import contextmanager
 
-from .analysis import ENCODER_DECODER
 from .errors import InputError
 
 
@@ -24,18 +23,10 @@ class BusyError(InputError):
 
 
 def analysis_bytes(engine, tokens: int) -> int:
-    """Peak bytes of one analysis of ``tokens`` tokens: the model's own outputs plus the Analysis copy.
-
-    Attention (stacks x layers x heads x T x T), hidden states, contexts, queries and keys, float32;
-    doubled because the model's tensors and the numpy arrays exist together while the Analysis is made.
-    """
-    layers, heads = max(engine.num_layers, 1), max(engine.num_heads, 1)
-    hidden = int(getattr(engine.config, "hidden_size", 0) or getattr(engine.config, "d_model", 0) or 1024)
-    stacks = 3 if engine.kind == ENCODER_DECODER else 1
-    t = max(int(tokens), 1)
-    attention = stacks * layers * heads * t * t * 4
-    vectors = stacks * layers * t * hidden * 4 * 4  # hidden states, contexts, queries, keys
-    return 2 * (attention + vectors)
+    """Peak bytes of one analysis of ``tokens`` tokens: see ``Engine.estimate_bytes`` (what it keeps:
+    queries, keys, contexts, hidden states; what the pass makes on the way: logits, activations, a mask;
+    attention weights are computed on demand, not kept)."""
+    return int(engine.estimate_bytes(tokens))
 
 
 class Budget:

@@ -7,6 +7,13 @@ references (no copies) to the exact tensors the softmax was computed from: query
 rotary embedding (keys before grouped-query repetition), the additive mask, the scale, any position
 bias (T5), the attention weights and each head's output before the output projection (the "context").
 Attentions are therefore bit-identical to transformers' eager implementation.
+
+A recording made with ``fused=True`` (what ``Engine.analyze`` uses) computes each layer's output with
+``torch.nn.functional.scaled_dot_product_attention`` instead of the eager code: the same
+``softmax(q.k * scale + bias + mask) @ v``, without materialising the [heads, q, k] weights (memory
+O(T * head_dim) per head instead of O(T^2)). Queries, keys, mask and bias are recorded all the same,
+so any head's weights can be recomputed exactly afterwards (``AttentionStack.attentions``). A causal
+mask is recognised once per pass and described instead of kept (``MaskSpec``).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
 _ACTIVE: contextvars.ContextVar["Recording | None"] = contextvars.ContextVar("exbert_recording", default=None)
 _PATCH_LOCK = threading.Lock()
@@ -35,20 +43,74 @@ class AttentionCall:
     mask: torch.Tensor | None  # additive, broadcastable to [heads, q, k]
     scaling: float
     position_bias: torch.Tensor | None  # [heads, q, k] (T5) or None
-    weights: torch.Tensor  # [heads, q, k]
+    weights: torch.Tensor | None  # [heads, q, k] in a recording with keep_weights, else None
     context: torch.Tensor  # [q, heads, head_dim]
     batch_context: torch.Tensor  # [batch, q, heads, head_dim]: every sequence of a batched pass (corpus builder)
+    causal: bool = False  # the mask is exactly the causal pattern (fused recordings only)
 
 
 @dataclass
 class Recording:
     calls: list[AttentionCall] = field(default_factory=list)
+    fused: bool = False  # compute outputs with fused attention (no weights are made)
+    keep_weights: bool = False  # keep a reference to each layer's weights (L x H x T x T alive at once)
+    # id(mask tensor) -> (the tensor, is it causal): one check per mask tensor and pass (layers share it)
+    _causal: dict = field(default_factory=dict)
+
+    def is_causal(self, mask: torch.Tensor | None) -> bool:
+        """Whether an additive mask [.., q, k] is the causal pattern: 0 on and below the diagonal, its
+        minimum (a very negative fill) above it. Any other mask (padding, sliding window) is not."""
+        if mask is None or mask.shape[-1] != mask.shape[-2] or mask.shape[-1] < 2:
+            return False
+        hit = self._causal.get(id(mask))
+        if hit is not None and hit[0] is mask:
+            return hit[1]
+        m = mask.reshape(-1, mask.shape[-2], mask.shape[-1])
+        fill = m.min()
+        future = torch.ones(m.shape[-2:], dtype=torch.bool, device=m.device).triu_(1)
+        causal = bool(fill < -1e4) and bool((m[:, ~future] == 0).all()) and bool((m[:, future] == fill).all())
+        self._causal[id(mask)] = (mask, causal)
+        return causal
+
+
+# kwargs of an eager attention call that fused attention cannot reproduce: such calls run the eager code
+_NOT_FUSABLE = ("softcap", "s_aux", "sinks")
+
+
+def _fused(module, query, key, value, attention_mask, scaling, bias, causal, dropout):
+    """What eager_attention_forward returns, through scaled_dot_product_attention: ([b, q, heads, d], None)."""
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads (repeat_kv)
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    add = attention_mask
+    if bias is not None:
+        add = bias if add is None else bias + add
+    if add is not None:
+        add = add.to(query.dtype)
+    use_causal = causal and bias is None and query.shape[2] == key.shape[2]
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=None if use_causal else add, is_causal=use_causal,
+        dropout_p=dropout if module.training else 0.0, scale=scaling,
+    )
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _wrap(original):
     def eager_with_recording(module, query, key, value, attention_mask, *args, **kwargs):
-        out = original(module, query, key, value, attention_mask, *args, **kwargs)
         rec = _ACTIVE.get()
+        fused = (rec is not None and rec.fused and not args
+                 and not any(kwargs.get(name) is not None for name in _NOT_FUSABLE))
+        causal = False
+        if fused:
+            scaling = kwargs.get("scaling")
+            if scaling is None:
+                scaling = query.size(-1) ** -0.5
+            causal = rec.is_causal(attention_mask)
+            out = _fused(module, query, key, value, attention_mask, scaling, kwargs.get("position_bias"), causal,
+                         float(kwargs.get("dropout", 0.0) or 0.0))
+        else:
+            out = original(module, query, key, value, attention_mask, *args, **kwargs)
         if rec is not None:
             # scaling is passed by keyword by every family; fall back to the default the eager code uses
             scaling = kwargs.get("scaling", args[0] if args else None)
@@ -64,9 +126,10 @@ def _wrap(original):
                     mask=None if attention_mask is None else attention_mask[0],
                     scaling=float(scaling),
                     position_bias=None if bias is None else bias[0],
-                    weights=weights[0],
+                    weights=None if weights is None or not rec.keep_weights else weights[0],
                     context=attn_output[0],
                     batch_context=attn_output,
+                    causal=causal,
                 )
             )
         return out
@@ -96,9 +159,14 @@ def instrument(model: torch.nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def recording() -> Iterator[Recording]:
-    """Collect every eager attention call made in this context (thread- and task-local)."""
-    rec = Recording()
+def recording(fused: bool = False, keep_weights: bool = False) -> Iterator[Recording]:
+    """Collect every eager attention call made in this context (thread- and task-local).
+
+    fused: compute the attention outputs with fused attention (no [heads, q, k] weights are made or
+    kept: ``output_attentions`` returns nothing for them). keep_weights: keep each call's weights
+    (``AttentionCall.weights``; otherwise None, so a layer's weights are freed as soon as it is done).
+    """
+    rec = Recording(fused=fused, keep_weights=keep_weights)
     token = _ACTIVE.set(rec)
     try:
         yield rec

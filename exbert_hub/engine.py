@@ -37,6 +37,7 @@ from .analysis import (
     Analysis,
     AttentionStack,
     Classification,
+    MaskSpec,
     TokenSequence,
 )
 from . import resolve as _resolve
@@ -46,10 +47,62 @@ from .resolve import LOAD_LOCK, Resolved, resolve
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_TOKENS = 1024
+DEFAULT_MAX_TOKENS = 8192
+# What one analysis may hold and make while it runs (queries, keys, contexts, hidden states, logits;
+# estimate_bytes): the memory bound of token_limit. Attention is computed on demand, never kept whole.
+DEFAULT_MAX_ANALYSIS_BYTES = 4_000_000_000
+# From this many tokens on, the forward pass uses fused attention (scaled_dot_product_attention: no
+# [heads, T, T] weights at all). Below, transformers' eager code runs (its weights, one layer at a time,
+# are small), so recomputed attention is bit-identical to model(..., output_attentions=True).
+FUSED_FROM_TOKENS = 1024
 DEFAULT_MAX_CHARS = 100_000
-# All attention arrays of one analysis together (layers * heads * tokens^2 * 4 bytes per stack)
+# Models whose attention the engine cannot record keep every weight: (layers * heads * tokens^2 * 4 bytes per stack)
 DEFAULT_MAX_ATTENTION_BYTES = 2_000_000_000
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model runs: device ("cpu", "cuda" or "cuda:N"), dtype name, and accelerate's device_map."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    device_map: str | None = None
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+def placement(device: str | None = None, dtype: str | None = None, device_map: str | None = None) -> Placement:
+    """Resolve ``device``/``dtype`` ("auto": CUDA when present with bfloat16 (float16 where bfloat16 is not
+    supported), else CPU float32). None takes the process default: the EXBERT_HUB_DEVICE and
+    EXBERT_HUB_DTYPE variables (the CLI's --device and --dtype), else "auto"."""
+    device = os.environ.get("EXBERT_HUB_DEVICE", "auto") if device is None else device
+    dtype = os.environ.get("EXBERT_HUB_DTYPE", "auto") if dtype is None else dtype
+    if not isinstance(device, str) or not (device in DEVICES or re.fullmatch(r"cuda:\d+", device)):
+        raise InputError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {_short_repr(device)}")
+    if not isinstance(dtype, str) or dtype not in ("auto", *DTYPES):
+        raise InputError(f"dtype must be one of auto, {', '.join(DTYPES)}, got {_short_repr(dtype)}")
+    if device_map not in (None, "auto"):
+        raise InputError(f"device_map must be None or 'auto', got {_short_repr(device_map)}")
+    cuda = torch.cuda.is_available()
+    if device.startswith("cuda") and not cuda:
+        raise InputError(f"device={device!r} needs a CUDA GPU and none is available here: use device='cpu' or 'auto'")
+    if device_map == "auto" and not cuda:
+        raise InputError("device_map='auto' spreads a model over GPUs and none is available here: leave it out")
+    if device == "auto":
+        device = "cuda" if cuda else "cpu"
+    if device_map == "auto":
+        device = "cuda"
+    if dtype == "auto":
+        if device == "cpu":
+            dtype = "float32"
+        else:
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return Placement(device=device, dtype=dtype, device_map=device_map)
 
 _CROSS_NAMES = ("encoder_attn", "EncDecAttention", "crossattention", "cross_attn")
 KINDS = (MASKED_LM, CAUSAL_LM, ENCODER, ENCODER_DECODER, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)
@@ -132,11 +185,20 @@ class LoadedModel:
     forward_args: frozenset[str]
     nbytes: int
     nparams: int = 0
+    place: Placement = field(default_factory=Placement)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where inputs go: the device of the input embeddings (the first of several with a device_map)."""
+        try:
+            return self.model.get_input_embeddings().weight.device
+        except (AttributeError, NotImplementedError):
+            return next(self.model.parameters()).device
 
 
 def _load_model(resolved: Resolved, kind: str | None, revision: str | None, trust_remote_code: bool,
-                policy: Policy | None = None) -> LoadedModel:
+                policy: Policy | None = None, place: Placement | None = None) -> LoadedModel:
     """Load ``resolved`` (config, model, tokenizer).
 
     LOAD_LOCK is held around each from_pretrained (and the meta-device size estimate), never across a
@@ -169,10 +231,14 @@ def _load_model(resolved: Resolved, kind: str | None, revision: str | None, trus
             _check_config_size(resolved.name, config, kind, trust_remote_code, policy)
     if weights:
         _prefetch(resolved.name, revision, weights)  # the big download, outside LOAD_LOCK
+    place = place or Placement()
+    # straight onto the device (no CPU copy first); accelerate splits a model over GPUs with "auto"
+    device_map = place.device_map or (place.device if place.device != "cpu" else None)
     with LOAD_LOCK:
         try:
             model = _model_class(kind).from_pretrained(
-                resolved.source, config=config, attn_implementation="eager", dtype=torch.float32, **common
+                resolved.source, config=config, attn_implementation="eager", dtype=place.torch_dtype,
+                **({"device_map": device_map} if device_map else {}), **common
             )
         except ValueError as err:
             raise UnsupportedModelError(
@@ -202,6 +268,7 @@ def _load_model(resolved: Resolved, kind: str | None, revision: str | None, trus
         forward_args=frozenset(inspect.signature(model.forward).parameters),
         nbytes=sum(p.numel() * p.element_size() for p in params),
         nparams=sum(p.numel() for p in params),
+        place=place,
     )
 
 
@@ -550,21 +617,22 @@ class ModelCache:
 MODEL_CACHE = ModelCache()
 
 
-def _request_key(name, revision, trust_remote_code, kind, allow_local) -> tuple | None:
+def _request_key(name, revision, trust_remote_code, kind, allow_local, place: Placement) -> tuple | None:
     """What a load asks for, before resolving: the name (as an absolute path when it may be a folder, so
     a relative name follows the working directory) and the options."""
     if not isinstance(name, str) or not name.strip():
         return None
     name = name.strip()
     shown = os.path.abspath(os.path.expanduser(name)) if allow_local else name
-    return (shown, name, revision, bool(trust_remote_code), kind, bool(allow_local))
+    return (shown, name, revision, bool(trust_remote_code), kind, bool(allow_local), place)
 
 
-def _model_key(resolved: Resolved, revision, trust_remote_code, kind) -> tuple:
-    """What is loaded: a Hub id and revision, or the real path of a folder (symlinks and aliases resolved)."""
+def _model_key(resolved: Resolved, revision, trust_remote_code, kind, place: Placement) -> tuple:
+    """What is loaded: a Hub id and revision, or the real path of a folder (symlinks and aliases resolved),
+    on a device in a dtype."""
     if resolved.origin == "hub":
-        return ("hub", resolved.source, revision, bool(trust_remote_code), kind)
-    return ("folder", os.path.realpath(resolved.source), bool(trust_remote_code), kind)
+        return ("hub", resolved.source, revision, bool(trust_remote_code), kind, place)
+    return ("folder", os.path.realpath(resolved.source), bool(trust_remote_code), kind, place)
 
 
 def _check_load_args(revision, trust_remote_code, kind, max_tokens, max_chars, policy, remote) -> None:
@@ -598,6 +666,9 @@ def load(
     cache: ModelCache | None = None,
     policy: Policy | None = None,
     remote: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
+    device_map: str | None = None,
 ) -> "Engine":
     """An Engine for ``name``: a Hugging Face Hub id, a local folder, or a packaged model when offline.
 
@@ -617,20 +688,27 @@ def load(
         of the model built from its config on the meta device). Refusals raise ``PolicyError`` with one line.
         Names in ``policy.operator_models`` are not size-checked.
     remote: the visitor is on another machine (see ``policy.is_remote``); only used with a policy.
+    device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; dtype: "auto" (bfloat16 on a GPU that
+        supports it, else float16; float32 on CPU), "float32", "bfloat16" or "float16". None: the process
+        default (EXBERT_HUB_DEVICE / EXBERT_HUB_DTYPE, set by the CLI's --device / --dtype; else "auto").
+        Part of the cache key: the same model in two dtypes is two models.
+    device_map: "auto" spreads a model too large for one GPU over the GPUs (and CPU) through accelerate.
     """
     _check_load_args(revision, trust_remote_code, kind, max_tokens, max_chars, policy, remote)
+    place = placement(device, dtype, device_map)
     allow_local = True
     if policy is not None:
         allow_local = policy.check_model(name, remote=bool(remote))
     # "cache or MODEL_CACHE" would ignore an empty cache (ModelCache has __len__, so it is falsy when empty)
     cache = MODEL_CACHE if cache is None else cache
-    request = _request_key(name, revision, trust_remote_code, kind, allow_local)
+    request = _request_key(name, revision, trust_remote_code, kind, allow_local, place)
     loaded, resolved = cache.find(request) if request is not None else (None, None)
     if loaded is None:
         if resolved is None or resolved.origin == "local":  # a folder is looked at again: it may have changed
             resolved = resolve(name, revision=revision, trust_remote_code=trust_remote_code, allow_local=allow_local)
-        key = _model_key(resolved, revision, trust_remote_code, kind)
-        loaded = cache.get(key, lambda: _load_model(resolved, kind, revision, trust_remote_code, policy=policy))
+        key = _model_key(resolved, revision, trust_remote_code, kind, place)
+        loaded = cache.get(key, lambda: _load_model(resolved, kind, revision, trust_remote_code, policy=policy,
+                                                    place=place))
         if request is not None:
             cache.remember(request, key, resolved)
     if policy is not None and resolved.name not in policy.operator_models:
@@ -708,12 +786,43 @@ class Engine:
         return _position_limit(self.config, self.tokenizer)
 
     @property
-    def token_limit(self) -> int:
-        """The most tokens one analysis may have: the model's limit, the engine's cap, and a memory bound."""
+    def device(self) -> str:
+        """"cpu", "cuda"... where the model runs (its input embeddings, with a device_map)."""
+        return str(self._loaded.input_device)
+
+    @property
+    def dtype(self) -> str:
+        """"float32", "bfloat16" or "float16": the precision of the weights and the forward pass."""
+        return self._loaded.place.dtype
+
+    def estimate_bytes(self, tokens: int) -> int:
+        """Peak bytes of one analysis of ``tokens`` tokens besides the model: what it keeps (queries, keys,
+        contexts, hidden states, float32) plus what the pass makes on the way (the logits and their softmax
+        statistics, the model's own activations, one additive mask). Models whose attention cannot be
+        recorded keep every weight: layers x heads x T^2 more."""
+        c = self.config
+        t = max(int(tokens), 1)
         layers, heads = max(self.num_layers, 1), max(self.num_heads, 1)
+        hidden = int(getattr(c, "hidden_size", 0) or getattr(c, "d_model", 0) or getattr(c, "n_embd", 0) or 1024)
+        kv = int(getattr(c, "num_key_value_heads", 0) or heads)
+        head_dim = int(getattr(c, "head_dim", 0) or hidden // heads)
         stacks = 3 if self.kind == ENCODER_DECODER else 1
-        by_memory = int((DEFAULT_MAX_ATTENTION_BYTES / (4 * layers * heads * stacks)) ** 0.5)
-        limits = [self.max_tokens, by_memory] + ([self.position_limit] if self.position_limit else [])
+        vocab = int(getattr(c, "vocab_size", 0) or 0) if self.kind not in (ENCODER, *CLASSIFIERS) else 0
+        kept = stacks * layers * t * 4 * (heads * head_dim * 2 + kv * head_dim + hidden)  # q, contexts, k, hidden
+        moving = t * vocab * 4 * 2 + t * t * 4 + t * hidden * 4 * 16  # logits (and a copy), mask, activations
+        if not self._loaded.captures:
+            kept += stacks * layers * heads * t * t * 4
+        return int(kept + moving)
+
+    @property
+    def token_limit(self) -> int:
+        """The most tokens one analysis may have: the model's limit, the engine's cap, and a memory bound
+        (estimate_bytes within DEFAULT_MAX_ANALYSIS_BYTES)."""
+        lo, hi = 1, max(self.max_tokens, 1)
+        while lo < hi:  # the largest T whose estimate fits (estimate_bytes grows with T)
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self.estimate_bytes(mid) <= DEFAULT_MAX_ANALYSIS_BYTES else (lo, mid - 1)
+        limits = [self.max_tokens, lo] + ([self.position_limit] if self.position_limit else [])
         return min(limits)
 
     @property
@@ -773,15 +882,24 @@ class Engine:
             target = self._check_text(target, "target") if target is not None else text
             decoder_seq, decoder_dropped = self._decoder_tokens(target, truncate)
 
-        inputs = {"input_ids": torch.as_tensor(seq.ids)[None], "attention_mask": torch.ones(1, len(seq), dtype=torch.long)}
+        dev = self._loaded.input_device
+        inputs = {"input_ids": torch.as_tensor(seq.ids)[None],
+                  "attention_mask": torch.ones(1, len(seq), dtype=torch.long)}
         if extra.get("token_type_ids") is not None and "token_type_ids" in self._loaded.forward_args:
             inputs["token_type_ids"] = torch.as_tensor(extra["token_type_ids"])[None]
         if decoder_seq is not None:
             inputs["decoder_input_ids"] = torch.as_tensor(decoder_seq.ids)[None]
+        inputs = {k: v.to(dev) for k, v in inputs.items()}
 
-        with self._loaded.lock, torch.inference_mode(), capture.recording() as rec:
-            out = self.model(**inputs, output_attentions=True, output_hidden_states=True, return_dict=True)
-            stacks = self._stacks(out, rec.calls)
+        with self._loaded.lock, torch.inference_mode():
+            # queries and keys recorded, attention weights never kept (fused from FUSED_FROM_TOKENS on). If
+            # some layer's attention did not go through the recorded function: the model's own weights.
+            mode = "materialise"
+            if self._loaded.captures:
+                mode = "fused" if max(len(seq), len(decoder_seq or ())) >= FUSED_FROM_TOKENS else "eager"
+            out, stacks = self._forward(inputs, mode)
+            if stacks is None:
+                out, stacks = self._forward(inputs, "materialise")
             hidden, decoder_hidden = self._hidden_states(out)
             classification = self._classification(out)
             predictions, note = self._predictions(out, top_k, classification)
@@ -839,7 +957,7 @@ class Engine:
         if limit == self.max_tokens:
             why.append(f"the engine's cap is max_tokens={self.max_tokens}")
         if not why:
-            why.append("more would need over 2 GB of attention arrays")
+            why.append(f"more would need over {DEFAULT_MAX_ANALYSIS_BYTES / 1e9:.0f} GB while the analysis runs")
         return InputError(
             f"the {what} is {n:,} tokens; at most {limit:,} fit ({'; '.join(why)}). "
             "Shorten it, or pass truncate=True to analyze only the first tokens."
@@ -925,38 +1043,73 @@ class Engine:
         seq_ids = [None] + (enc.sequence_ids()[: keep - 1] if tok.is_fast else [0] * (keep - 1))
         return self._sequence(shifted, seq_ids, [target, None]), len(labels) - keep
 
-    def _stacks(self, out, calls: list[capture.AttentionCall]) -> dict[str, AttentionStack]:
+    def _forward(self, inputs: dict, mode: str) -> tuple[object, dict[str, AttentionStack] | None]:
+        """One pass: (model output, stacks); stacks None when a pass that keeps no weights did not record
+        every layer. mode: "fused", "eager" (weights made one layer at a time, not kept) or "materialise"
+        (the model's own output_attentions, kept: attention code the engine cannot record)."""
+        keep = mode == "materialise"
+        with capture.recording(fused=mode == "fused") as rec:
+            out = self.model(**inputs, output_attentions=keep, output_hidden_states=True, return_dict=True)
+        return out, self._stacks(out, rec, fused=not keep)
+
+    def _stacks(self, out, rec: capture.Recording, fused: bool) -> dict[str, AttentionStack] | None:
+        """The stacks of a pass; fused=True: no weights came out of the model (computed from q and k)."""
         if self.kind == ENCODER_DECODER:
-            weights = {"encoder": out.encoder_attentions, "decoder": out.decoder_attentions, "cross": out.cross_attentions}
+            enc, dec = len(out.encoder_hidden_states) - 1, len(out.decoder_hidden_states) - 1
+            layers = {"encoder": enc, "decoder": dec, "cross": dec}
+            weights = {} if fused else {"encoder": out.encoder_attentions, "decoder": out.decoder_attentions,
+                                        "cross": out.cross_attentions}
         else:
-            weights = {"self": out.attentions}
+            layers = {"self": len(out.hidden_states) - 1}
+            weights = {} if fused else {"self": out.attentions}
         for name, w in weights.items():
             if not w:
                 raise UnsupportedModelError(
                     f"{self.name} returned no {name} attention weights even with eager attention; "
                     "its architecture does not expose attention outputs"
                 )
-        by_stack: dict[str, list[capture.AttentionCall]] = {name: [] for name in weights}
-        for call in calls:
+        by_stack: dict[str, list[capture.AttentionCall]] = {name: [] for name in layers}
+        for call in rec.calls:
             by_stack[self._stack_of(call)].append(call)
-        stacks = {}
-        for name, w in weights.items():
-            attn = torch.cat([x.float() for x in w], dim=0).numpy()
-            layer_calls = by_stack.get(name, [])
-            stack = AttentionStack(name=name, attentions=attn, contexts=None)
-            if self._loaded.captures and len(layer_calls) == len(w):
-                stack.contexts = torch.stack([c.context.reshape(c.context.shape[0], -1) for c in layer_calls]).float().numpy()
-                for c in layer_calls:
-                    stack.queries.append(c.query.float().numpy())
-                    stack.keys.append(c.key.float().numpy())
-                    stack.scales.append(c.scaling)
+        if fused and any(len(by_stack[name]) != n for name, n in layers.items()):
+            log.warning("%s: the pass recorded %s attention calls for %s layers; keeping the model's weights",
+                        self.name, {k: len(v) for k, v in by_stack.items()}, layers)
+            return None
+        specs: dict[int, MaskSpec] = {}  # one description per mask tensor (layers share it)
+
+        def spec_of(c: capture.AttentionCall) -> MaskSpec:
+            m = c.mask
+            if m is None:
+                return MaskSpec("none")
+            if id(m) not in specs:
+                if c.causal or rec.is_causal(m):
+                    specs[id(m)] = MaskSpec("causal", fill=float(m.min()))
+                elif not bool(m.any()):
+                    specs[id(m)] = MaskSpec("none")
+                else:
                     q, k = c.query.shape[-2], c.key.shape[-2]
-                    stack.masks.append(None if c.mask is None else np.broadcast_to(c.mask.float().numpy()[0], (q, k)))
-                    bias = None if c.position_bias is None else c.position_bias.float().numpy()
-                    stack.biases.append(None if bias is None else np.broadcast_to(bias, (attn.shape[1], q, k)))
+                    specs[id(m)] = MaskSpec("dense", dense=np.broadcast_to(_numpy(m)[0], (q, k)))
+            return specs[id(m)]
+
+        stacks = {}
+        for name, n in layers.items():
+            layer_calls = by_stack[name]
+            stack = AttentionStack(name=name, contexts=None)
+            if not fused:
+                stack.weights = torch.cat([x.float() for x in weights[name]], dim=0).cpu().numpy()
+            if self._loaded.captures and len(layer_calls) == n:
+                stack.contexts = _numpy(torch.stack([c.context.reshape(c.context.shape[0], -1) for c in layer_calls]))
+                for c in layer_calls:
+                    stack.queries.append(_numpy(c.query))
+                    stack.keys.append(_numpy(c.key))
+                    stack.scales.append(c.scaling)
+                    stack.mask_specs.append(spec_of(c))
+                    q, k = c.query.shape[-2], c.key.shape[-2]
+                    bias = None if c.position_bias is None else _numpy(c.position_bias)
+                    stack.biases.append(None if bias is None else np.broadcast_to(bias, (c.query.shape[0], q, k)))
             elif self._loaded.captures:
                 log.warning("%s: captured %d %s attention calls for %d layers; queries and keys dropped",
-                            self.name, len(layer_calls), name, len(w))
+                            self.name, len(layer_calls), name, n)
             stacks[name] = stack
         return stacks
 
@@ -970,16 +1123,16 @@ class Engine:
 
     def _hidden_states(self, out) -> tuple[np.ndarray, np.ndarray | None]:
         if self.kind == ENCODER_DECODER:
-            enc = torch.cat(out.encoder_hidden_states, dim=0).float().numpy()
-            dec = torch.cat(out.decoder_hidden_states, dim=0).float().numpy()
+            enc = _numpy(torch.cat([h.to(self._loaded.input_device) for h in out.encoder_hidden_states], dim=0))
+            dec = _numpy(torch.cat([h.to(self._loaded.input_device) for h in out.decoder_hidden_states], dim=0))
             return enc, dec
-        return torch.cat(out.hidden_states, dim=0).float().numpy(), None
+        return _numpy(torch.cat([h.to(self._loaded.input_device) for h in out.hidden_states], dim=0)), None
 
     def _classification(self, out) -> Classification | None:
         """Label names and probabilities of a classification head (None for other kinds)."""
         if self.kind not in CLASSIFIERS:
             return None
-        logits = out.logits[0].float()  # [labels] (sequence) or [T, labels] (token)
+        logits = out.logits[0].float().cpu()  # [labels] (sequence) or [T, labels] (token)
         problem = getattr(self.config, "problem_type", None)
         if problem == "multi_label_classification":
             activation, probs = "sigmoid", torch.sigmoid(logits)
@@ -1006,11 +1159,13 @@ class Engine:
             return None, (
                 f"{self.name} is an encoder without a language-model head, so it makes no token predictions"
             )
-        probs = torch.softmax(logits[0].float(), dim=-1)
-        top = torch.topk(probs, k=min(top_k, probs.shape[-1]), dim=-1)
+        logits = logits[0]
+        # top-k of the logits, probabilities exp(logit - logsumexp): no second [T, vocab] array (800 MB at 4k)
+        top = torch.topk(logits, k=min(top_k, logits.shape[-1]), dim=-1)
+        lse = torch.cat([torch.logsumexp(chunk.float(), dim=-1) for chunk in logits.split(512)])[:, None]
         ids = top.indices.tolist()
         words = self.tokenizer.batch_decode([[i] for row in ids for i in row])
-        values = top.values.tolist()
+        values = torch.exp(top.values.float() - lse).cpu().tolist()
         preds = [
             [(words[r * len(row) + j], float(values[r][j])) for j in range(len(row))]
             for r, row in enumerate(ids)
@@ -1021,3 +1176,8 @@ class Engine:
             ENCODER_DECODER: "top predictions of the decoder for the token that follows each decoder position",
         }[self.kind]
         return preds, note
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """float32 numpy of a tensor: no copy for a float32 CPU tensor (the model's own), else one copy."""
+    return t.detach().float().cpu().numpy()

@@ -53,7 +53,7 @@ class AnalysisStore:
 
     @staticmethod
     def _nbytes(analysis: Analysis) -> int:
-        return sum(int(s.attentions.nbytes) for s in analysis.stacks.values())
+        return analysis.nbytes  # what it holds (attention is computed on demand)
 
     # Gradio deep-copies what a component keeps into the page config on every page load: a store
     # must be shared, never copied (copying cached analyses made page loads take 20+ s at 1k tokens).
