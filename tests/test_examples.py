@@ -97,14 +97,6 @@ def test_bad_values_are_named():
         load_examples({"text": "a"})
 
 
-def test_corpus_sentences_are_a_source():
-    class FakeCorpusLikeList(list):  # a list subclass is still a list: the corpus path is tested below
-        pass
-
-    ex = load_examples(FakeCorpusLikeList(["a b c"]))
-    assert ex.texts == ["a b c"]
-
-
 # --- analyze_examples on the real MiniLM ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def minilm():

@@ -59,7 +59,7 @@ def _umap(x: np.ndarray, init: np.ndarray | None, seed: int, params: dict) -> np
     reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=float(params.get("min_dist", 0.1)),
                         metric=params.get("metric", "euclidean"), random_state=seed,
                         init=init.astype(np.float64) if init is not None else "spectral",
-                        n_epochs=params.get("n_epochs"))
+                        n_epochs=params.get("n_epochs"), n_jobs=1)  # a seed makes UMAP single-threaded anyway
     return reducer.fit_transform(x).astype(np.float32)
 
 
