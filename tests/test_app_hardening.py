@@ -36,7 +36,7 @@ def test_user_message_is_one_line_without_server_paths(tmp_path):
 
 
 def test_banner_is_text_never_markup():
-    from exbert_hub.app import _message
+    from exbert_hub.tabs.base import banner as _message
 
     evil = '<a href="https://evil.example">x</a><img src="https://evil.example/p.png"><form><input type=password>'
     md = "[link](https://evil.example) ![](https://evil.example/i.png)"
@@ -160,7 +160,7 @@ def test_budget_admits_a_waiting_request_when_another_ends():
 
 
 def test_analysis_bytes_bounds_a_real_analysis(tiny_engine):
-    from exbert_hub.app import _analysis_nbytes
+    from exbert_hub.service import analysis_nbytes as _analysis_nbytes
 
     eng = tiny_engine("bert")
     a = eng.analyze(TEXT)
@@ -320,7 +320,7 @@ def test_store_gives_freed_memory_back_after_each_new_analysis(tiny_engine, tiny
     """Freed analysis arrays stayed in glibc's per-thread arenas (RSS grew with every new text)."""
     import sys
 
-    import exbert_hub.app as app
+    import exbert_hub.service as app
     from exbert_hub import budget
 
     if sys.platform.startswith("linux"):

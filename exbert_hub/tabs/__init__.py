@@ -1,5 +1,19 @@
 """The tabs of the app, in order (see tabs.base for what a tab is)."""
 
 from .base import AppContext, Tab
+from .explorer import ExplorerTab
+from .head import HeadTab
+from .model import ModelTab
+from .neuron import NeuronTab
+from .search import SearchTab
 
-__all__ = ["AppContext", "Tab"]
+# The app shows these, in this order; a new tab is one module and one line here.
+TABS: tuple[type[Tab], ...] = (
+    ExplorerTab,
+    HeadTab,
+    ModelTab,
+    NeuronTab,
+    SearchTab,
+)
+
+__all__ = ["AppContext", "Tab", "TABS"]

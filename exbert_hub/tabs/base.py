@@ -21,10 +21,15 @@ shown in the banner as one line (exbert_hub.errors.user_message); a tab does not
 
 from __future__ import annotations
 
+import html
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import gradio as gr
+
+from ..errors import ExbertError, user_message
+from ..inputs import as_text
 
 if TYPE_CHECKING:  # pragma: no cover - for annotations only
     from ..analysis import Analysis
@@ -54,12 +59,24 @@ class AppContext:
     outputs: list = field(default_factory=list)
     banner: Callable[..., str] | None = None  # banner(text, level="warning") -> the banner's HTML
 
+    def analysis(self, model, text, pair=None, mask=(), request=None) -> tuple["Engine", "Analysis"]:
+        """(engine, analysis) for an API call: every argument checked, the model through the policy."""
+        from ..service import Request
+
+        name = (as_text(model, "model", optional=True) or self.default_model).strip()
+        text = as_text(text, "text")
+        pair = as_text(pair, "pair", optional=True)
+        eng = self.engine_for(name, request)
+        _, a = self.store.run(Request(name, text, pair, tuple(mask)), eng)
+        return eng, a
+
 
 class Tab:
     """One tab of the app. Subclasses set ``id`` and ``label`` and override what they need."""
 
     id: str = ""
     label: str = ""
+    item: gr.Tab | None = None  # its gr.Tab, set by the app before build()
 
     def build(self, ctx: AppContext) -> gr.Component | None:
         """Create the tab's components (called inside its ``gr.Tab``) and its own events.
@@ -78,3 +95,56 @@ class Tab:
 
     def api(self, ctx: AppContext) -> None:
         """Register the tab's HTTP endpoints (``gr.api``), documented in the README."""
+
+
+log = logging.getLogger(__name__)
+
+
+def api_error(err: Exception) -> gr.Error:
+    """What an endpoint raises for ``err``: one line for the caller, the trace only in the server log."""
+    log.warning("API call failed: %s", err, exc_info=not isinstance(err, ExbertError))
+    return gr.Error(user_message(err), print_exception=False)
+
+
+def banner(text: str | None, level: str = "warning") -> str:
+    """The banner's HTML: the message as escaped text in one line (never Markdown, never markup)."""
+    if not text:
+        return ""
+    icon = {"warning": "\u26a0", "info": "\u2139"}.get(level, "")
+    line = " ".join(str(text).split())
+    return (f'<div class="xh-banner xh-banner-{level}" role="status" title="{html.escape(line, quote=True)}">'
+            f'<span aria-hidden="true">{icon}</span> {html.escape(line)}</div>')
+
+
+# Lenient readers of deep-link parameters: a bad value in a link falls back to the default.
+def link_int(value, default=None):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def link_float(value, default=None):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def link_int_list(value: str | None) -> list[int] | None:
+    """"1,3" -> [1, 3]; "" or "all" -> None (all); "none" -> []."""
+    if value is None or value.strip() in ("", "all"):
+        return None
+    if value.strip() == "none":
+        return []
+    return [x for x in (link_int(v) for v in value.split(",")) if x is not None]
+
+
+def clamp_view(a: "Analysis", view: dict) -> tuple[int, list[int] | None, int | None]:
+    """(layer, heads, token) of the view state, kept inside the analysis's shape."""
+    layer = min(max(link_int(view.get("layer"), 0), 0), a.num_layers - 1)
+    heads = view.get("heads")
+    heads = None if heads is None else [h for h in heads if 0 <= h < a.num_heads] or None
+    token = view.get("token")
+    token = token if token is not None and 0 <= token < len(a.tokens) else None
+    return layer, heads, token

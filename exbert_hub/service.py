@@ -1,0 +1,220 @@
+"""What the app's tabs and its HTTP API share: engines, the one analysis store, and plain functions
+over an analysis (``summarize``, ``attention_matrix``, ``model_info``). No Gradio components here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import engine as _engine
+from .analysis import ENCODER, MASKED_LM, Analysis
+from .budget import Budget, analysis_bytes, release_freed_memory
+from .errors import InputError
+from .policy import Policy
+
+def get_engine(model, *, policy: Policy | None = None, remote: bool = False) -> "_engine.Engine":
+    """The engine of ``model``; with a policy, a visitor's name is checked before anything is loaded."""
+    if model is not None and not isinstance(model, str):
+        raise InputError(f"the model must be a name (a Hub id such as bert-base-uncased), got {type(model).__name__}")
+    model = (model or "").strip()
+    if not model:
+        raise InputError("enter a model name: a Hugging Face Hub id such as bert-base-uncased, or a local folder")
+    if len(model) > 300:
+        raise InputError(f"the model name has {len(model)} characters; a Hub id has at most 96")
+    if policy is None:
+        return _engine.load(model)
+    return _engine.load(model, policy=policy, remote=remote)
+
+
+def analysis_nbytes(a: Analysis) -> int:
+    """Bytes an analysis holds (what the store counts against its limit)."""
+    total = a.hidden_states.nbytes + (0 if a.decoder_hidden_states is None else a.decoder_hidden_states.nbytes)
+    for s in a.stacks.values():
+        total += s.attentions.nbytes + (0 if s.contexts is None else s.contexts.nbytes)
+        total += sum(x.nbytes for x in s.queries) + sum(x.nbytes for x in s.keys)
+    return int(total)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one analysis was asked for; enough to run it again."""
+
+    model: str
+    text: str
+    pair: str | None = None
+    mask: tuple[int, ...] = ()
+    truncate: bool = False  # cut text longer than the model's limit (the UI) instead of failing (the API)
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps([self.model, self.text, self.pair, list(self.mask), self.truncate], ensure_ascii=False)
+        return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+
+
+class AnalysisStore:
+    """Recent analyses by key (LRU, bounded by count and bytes), shared by all sessions.
+
+    The browser refers to an analysis by its key (lazy layers, masking); an evicted analysis is run
+    again from its request, which is kept much longer than the arrays.
+    """
+
+    def __init__(self, max_items: int = 32, max_bytes: int = 3_000_000_000, max_requests: int = 2_000,
+                 budget: Budget | None = None):
+        self.max_items, self.max_bytes, self.max_requests = max_items, max_bytes, max_requests
+        self.budget = budget  # work in progress is reserved here before it runs (None: not counted)
+        self._items: OrderedDict[str, tuple[Analysis, int]] = OrderedDict()
+        self._requests: OrderedDict[str, Request] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def run(self, req: Request, eng: "_engine.Engine | None" = None) -> tuple[str, Analysis]:
+        """(key, analysis) of ``req``: kept, or computed with ``eng`` (default: the engine of req.model)."""
+        key = req.key
+        with self._lock:
+            self._requests[key] = req
+            self._requests.move_to_end(key)
+            while len(self._requests) > self.max_requests:
+                self._requests.popitem(last=False)
+            if key in self._items:
+                self._items.move_to_end(key)
+                return key, self._items[key][0]
+        eng = eng or get_engine(req.model)
+        pair = req.pair if req.pair and eng.kind in (MASKED_LM, ENCODER) else None
+        if self.budget is None:
+            analysis = eng.analyze(req.text, pair=pair, mask=list(req.mask) or None, top_k=5, truncate=req.truncate)
+        else:
+            # an upper bound of the tokens before tokenizing: every token covers at least one character
+            tokens = min(eng.token_limit, len(req.text) + len(pair or "") + 4)
+            with self.budget.reserve(analysis_bytes(eng, tokens)):
+                analysis = eng.analyze(req.text, pair=pair, mask=list(req.mask) or None, top_k=5,
+                                       truncate=req.truncate)
+        with self._lock:
+            self._items[key] = (analysis, analysis_nbytes(analysis))
+            self._evict(keep=key)
+        release_freed_memory()  # the forward pass's buffers and any evicted analysis are free now
+        return key, analysis
+
+    def request(self, key: str) -> Request:
+        with self._lock:
+            if key not in self._requests:
+                raise InputError("this analysis is no longer available: press Analyze again")
+            return self._requests[key]
+
+    def get(self, key: str) -> Analysis:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key][0]
+        return self.run(self.request(key))[1]
+
+    def model_of(self, key: str | None) -> str | None:
+        """The model of the analysis ``key`` (None when unknown)."""
+        with self._lock:
+            req = self._requests.get(key) if key else None
+        return req.model if req else None
+
+    def _evict(self, keep: str) -> None:
+        while len(self._items) > 1:
+            total = sum(n for _, n in self._items.values())
+            if len(self._items) <= self.max_items and total <= self.max_bytes:
+                break
+            oldest = next(k for k in self._items if k != keep)
+            del self._items[oldest]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+STORE = AnalysisStore()
+
+
+class StoreRef:
+    """What a view component keeps of the app's AnalysisStore: ``get(key)`` and ``put(analysis)``.
+
+    Gradio copies every constructor argument a component keeps as an attribute into the page config
+    and deep-copies that config on each page request; a plain store there would deep-copy every cached
+    analysis (GBs at 1k tokens: page loads took 20+ s). Copies of this reference are itself.
+    """
+
+    def __init__(self, store: "AnalysisStore"):
+        self._store = store
+
+    def get(self, key: str) -> Analysis:
+        return self._store.get(key)
+
+    def put(self, analysis: Analysis) -> str:
+        raise NotImplementedError("the app builds view values with its own keys (AnalysisStore.run)")
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __repr__(self) -> str:
+        return "StoreRef(AnalysisStore)"
+
+
+def _predictions_json(preds) -> list | None:
+    if preds is None:
+        return None
+    return [[{"token": str(w), "prob": float(p)} for w, p in row] for row in preds]
+
+
+def summarize(eng: "_engine.Engine", a: Analysis) -> dict:
+    """The JSON returned by /analyze: tokens, shapes, kind and top predictions of one analysis."""
+    out = {
+        "model": a.model_name,
+        "kind": a.kind,
+        "tokens": list(a.tokens),
+        "display_tokens": list(a.display_tokens),
+        "special": [bool(x) for x in a.special],
+        "segments": [int(x) for x in a.segments],
+        "layers": int(a.num_layers),
+        "heads": int(a.num_heads),
+        "stacks": list(a.stacks),
+        "masked": [int(x) for x in a.masked],
+        "can_mask": bool(eng.can_mask),
+        "token_limit": int(eng.token_limit),
+        "truncated": bool(a.truncated),
+        "predictions": _predictions_json(a.predictions),
+        "prediction_note": a.prediction_note,
+    }
+    if a.decoder_input is not None:
+        out["decoder_tokens"] = list(a.decoder_input.tokens)
+        out["decoder_display_tokens"] = list(a.decoder_input.display)
+    return out
+
+
+def model_info(model) -> dict:
+    """/model_info's dict for a model name or an Engine."""
+    eng = model if isinstance(model, _engine.Engine) else get_engine(model)
+    return {
+        "model": eng.name,
+        "kind": eng.kind,
+        "origin": eng.origin,
+        "layers": eng.num_layers,
+        "heads": eng.num_heads,
+        "token_limit": eng.token_limit,
+        "can_mask": eng.can_mask,
+    }
+
+
+def check_layer_head(a: Analysis, layer: int, head: int, stack: str | None = None) -> None:
+    s = a.stack(stack)
+    if not 0 <= int(layer) < s.num_layers:
+        raise InputError(f"layer {layer} is out of range: the model has {s.num_layers} layers (0 to {s.num_layers - 1})")
+    if not -1 <= int(head) < s.num_heads:
+        raise InputError(f"head {head} is out of range: each layer has {s.num_heads} heads (0 to {s.num_heads - 1}, or -1 for their mean)")
+
+
+def attention_matrix(a: Analysis, layer: int, head: int, stack: str | None = None) -> np.ndarray:
+    """float32[T, T] attention of one head (head = -1: the mean of all heads) at full precision."""
+    check_layer_head(a, layer, head, stack)
+    att = a.stack(stack).attentions[int(layer)]
+    return att.mean(axis=0) if int(head) == -1 else att[int(head)]

@@ -1,0 +1,20 @@
+"""BertViz's model view tab: a thumbnail of every head of every layer."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..service import StoreRef
+from ..views.model_view import ModelView, model_view_payload
+from .base import AppContext, Tab
+
+
+class ModelTab(Tab):
+    id = "model"
+    label = "Model view"
+
+    def build(self, ctx: AppContext) -> gr.Component:
+        return ModelView(None, store=StoreRef(ctx.store), elem_id="xh-model-view")
+
+    def value(self, ctx, key, analysis, engine, view):
+        return model_view_payload(analysis, key=key)
