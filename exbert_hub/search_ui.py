@@ -628,7 +628,7 @@ class SearchTab:
 
 def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref: Any = None,
                    label: str = "Corpus search", tab_id: str = "search", get_engine: Callable | None = None,
-                   access: CorpusAccess | None = None) -> SearchTab:
+                   access: CorpusAccess | None = None, tab: Any = None) -> SearchTab:
     """Build the corpus-search tab INSIDE the caller's ``gr.Tabs`` context and wire its events.
 
     key_state: the app's ``gr.State`` holding the key of the current analysis; get_analysis(key) ->
@@ -672,7 +672,8 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
             out.append((lab, i))
         return out
 
-    with gr.Tab(label, id=tab_id, elem_id=f"xh-tab-{tab_id}") as tab:
+    # tab given: the caller made the gr.Tab and builds inside it (the app composes tabs: exbert_hub/tabs)
+    with (contextlib.nullcontext(tab) if tab is not None else gr.Tab(label, id=tab_id, elem_id=f"xh-tab-{tab_id}")) as tab:
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=300):
                 token = gr.Dropdown(choices=[], value=None, label="Token", info="a token of the analyzed text",
