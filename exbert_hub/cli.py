@@ -1,5 +1,11 @@
 """Command line: ``exbert-hub --model NAME [--corpus PATH] [--port N] [--host ADDR] [--share]``
-(or ``python -m exbert_hub``)."""
+(or ``python -m exbert_hub``) opens the app; the Hub side has subcommands (see :func:`hub_parser`):
+
+    exbert-hub space deploy --model ID [--corpus DATASET] --repo-id user/name [--private] [--hardware H] [--dry-run --out DIR]
+    exbert-hub card snippet --model ID --space user/name [--text ...] [--view explorer|head] [--image-out FILE]
+    exbert-hub card add --model ID --space user/name [--text ...]
+    exbert-hub export --model ID --text ... --view head --out FILE.{html,svg,png,npz,json} [--layer L --heads 0,3 --token T]
+"""
 
 from __future__ import annotations
 
@@ -53,7 +59,122 @@ def policy_from_args(args):
     )
 
 
+HUB_COMMANDS = ("space", "card", "export")
+
+
+def _index_list(raw: str | None) -> list[int] | None:
+    if raw is None:
+        return None
+    try:
+        return [int(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a comma-separated list of whole numbers (e.g. 0,3,5)") from None
+
+
+def hub_parser() -> argparse.ArgumentParser:
+    """The Hub subcommands: space deploy, card snippet, card add, export."""
+    p = argparse.ArgumentParser(prog="exbert-hub", description="exbert-hub on the Hugging Face Hub and off the app.")
+    sub = p.add_subparsers(dest="command", required=True)
+    space = sub.add_parser("space", help="the app as a Hugging Face Space").add_subparsers(dest="action", required=True)
+    d = space.add_parser("deploy", help="create or update a Space running exbert-hub (standard HF auth)")
+    d.add_argument("--model", required=True, help="Hub model id the Space opens (e.g. bert-base-uncased)")
+    d.add_argument("--corpus", default=None, help="Hub dataset id of a corpus built by corpus_builder")
+    d.add_argument("--repo-id", default=None, help="the Space: user/name (not needed with --dry-run)")
+    d.add_argument("--private", action="store_true", help="a private Space")
+    d.add_argument("--hardware", default=None, help="e.g. cpu-upgrade, t4-small (default: the free CPU)")
+    d.add_argument("--dry-run", action="store_true", help="only write the Space's folder (with --out)")
+    d.add_argument("--out", default=None, help="folder to write the Space into (--dry-run), e.g. spaces")
+    d.add_argument("--no-wheel", action="store_true", help="--dry-run without building the package's wheel")
+    card = sub.add_parser("card", help="the model-card widget").add_subparsers(dest="action", required=True)
+    for name, text in (("snippet", "print the card's Markdown and write its preview picture"),
+                       ("add", "open a pull request adding the widget to the model's card")):
+        c = card.add_parser(name, help=text)
+        c.add_argument("--model", required=True, help="Hub model id whose card gets the widget")
+        c.add_argument("--space", required=True, help="the exbert-hub Space the widget links to (user/name)")
+        c.add_argument("--text", default=None, help="the sample sentence (default: a short English one)")
+        c.add_argument("--view", default="explorer", choices=("explorer", "head"))
+        c.add_argument("--layer", type=int, default=None)
+        c.add_argument("--heads", type=_index_list, default=None, help="e.g. 0,3")
+        c.add_argument("--load", default=None, help="model to run for the picture (a local copy of --model; default --model)")
+        if name == "snippet":
+            c.add_argument("--image-out", default="exbert-hub-preview.png", help="where to write the preview PNG ('' for none)")
+            c.add_argument("--image-url", default=None, help="the preview's address in the Markdown (default: the model repo's)")
+    e = sub.add_parser("export", help="save a view as .html, .svg, .png, .npz or .json")
+    e.add_argument("--model", "-m", default=DEFAULT_MODEL)
+    e.add_argument("--text", required=True)
+    e.add_argument("--pair", default=None, help="sentence B (encoders)")
+    e.add_argument("--view", default="head", choices=("explorer", "head", "model", "neuron"))
+    e.add_argument("--out", required=True, help="the file; its suffix is the format")
+    e.add_argument("--layer", type=int, default=0)
+    e.add_argument("--heads", type=_index_list, default=None, help="e.g. 0,3 (default: all)")
+    e.add_argument("--token", type=int, default=None)
+    e.add_argument("--threshold", type=float, default=0.7)
+    e.add_argument("--hide-special", action="store_true")
+    e.add_argument("--stack", default=None, help="encoder, decoder or cross (encoder-decoders)")
+    return p
+
+
+def hub_main(argv: list[str]) -> int:
+    args = hub_parser().parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from .errors import ExbertError
+
+    try:
+        if args.command == "space":
+            from .hub.deploy import SpaceConfig, deploy_space, space_folder
+
+            if args.dry_run:
+                if not args.out:
+                    raise ExbertError("--dry-run needs --out DIR (the folder to write the Space into)")
+                out = space_folder(args.out, SpaceConfig(model=args.model, corpus=args.corpus), wheel=not args.no_wheel)
+                print(f"wrote the Space's folder to {out}")
+                return 0
+            if not args.repo_id:
+                raise ExbertError("space deploy needs --repo-id user/name (or --dry-run --out DIR)")
+            done = deploy_space(args.model, args.repo_id, corpus=args.corpus, private=args.private,
+                                hardware=args.hardware, folder=args.out)
+            print(f"deployed {done.repo_id}: {done.url} (app: {done.app_url})")
+            return 0
+        if args.command == "card":
+            from .hub import card as cards
+            from .engine import load
+
+            text = args.text or cards.SAMPLE_TEXT
+            make_png = args.action == "add" or bool(args.image_out)
+            png = None
+            if make_png:
+                analysis = load(args.load or args.model).analyze(text)
+                png = cards.preview_png(analysis, args.view, layer=args.layer, heads=args.heads)
+            if args.action == "snippet":
+                if png is not None:
+                    with open(args.image_out, "wb") as f:
+                        f.write(png)
+                    print(f"<!-- preview written to {args.image_out}: upload it as {cards.PREVIEW_PATH} in {args.model} -->",
+                          file=sys.stderr)
+                print(cards.snippet(args.model, args.space, text=text, view=args.view, layer=args.layer,
+                                    heads=args.heads, image=args.image_url), end="")
+                return 0
+            res = cards.add_to_card(args.model, args.space, png, text=text, view=args.view, layer=args.layer, heads=args.heads)
+            print(f"{args.model}: the card already has the exbert-hub widget; nothing changed" if res.already
+                  else f"opened a pull request on {args.model}: {res.pr_url}")
+            return 0
+        from .engine import load
+        from .hub.export import export
+
+        analysis = load(args.model).analyze(args.text, pair=args.pair)
+        path = export(analysis, args.view, args.out, layer=args.layer, heads=args.heads, token=args.token,
+                      threshold=args.threshold, hide_special=args.hide_special, stack=args.stack)
+        print(f"wrote {path}")
+        return 0
+    except ExbertError as err:
+        print(f"exbert-hub: {err}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in HUB_COMMANDS:
+        return hub_main(argv)
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "urllib3"):
