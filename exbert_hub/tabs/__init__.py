@@ -3,6 +3,7 @@
 from .base import AppContext, Tab
 from .explorer import ExplorerTab
 from .head import HeadTab
+from .lens import LensTab
 from .model import ModelTab
 from .neuron import NeuronTab
 from .search import SearchTab
@@ -13,6 +14,7 @@ TABS: tuple[type[Tab], ...] = (
     HeadTab,
     ModelTab,
     NeuronTab,
+    LensTab,
     SearchTab,
 )
 

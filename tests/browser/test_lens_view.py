@@ -17,8 +17,15 @@ TEXT = " ".join(["the cat sat on the mat"] * 25)
 
 
 def _label(s: str) -> str:
-    """What the grid shows for a word (exbertHub.tokenLabel: an empty word is the empty-set sign)."""
-    return "\u2205" if s == "" else s.replace("\n", "\u21b5")
+    """What the grid shows for a word: exbertHub.tokenLabel (common.js): empty -> the empty-set sign,
+    newlines and tabs as arrows, leading/trailing spaces as middle dots."""
+    if s == "":
+        return "\u2205"
+    s = s.replace("\n", "\u21b5").replace("\t", "\u21e5")
+    lead, trail = len(s) - len(s.lstrip(" ")), len(s) - len(s.rstrip(" "))
+    if lead == len(s):
+        return "\u00b7" * lead
+    return "\u00b7" * lead + s.strip(" ") + "\u00b7" * trail
 
 
 @pytest.fixture(scope="module")
