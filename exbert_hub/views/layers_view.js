@@ -306,12 +306,15 @@
       if (p) setExample(m.example[p.pointIndex]);
     });
     m.div.on("plotly_selected", (ev) => {
-      if (!ev || !ev.points) return;  // a click without a drag
+      // a click without a drag, an empty lasso, or plotly re-reporting after the view dropped its outline
+      if (!ev || !ev.points || !ev.points.length || S.quiet) return;
       const exs = new Set();
       for (const p of ev.points) if (p.curveNumber === 0) exs.add(m.example[p.pointIndex]);
       selectExamples(Array.from(exs), true, m);
     });
-    m.div.on("plotly_deselect", () => selectExamples(null, true, m));
+    m.div.on("plotly_deselect", () => { if (!S.quiet) selectExamples(null, true, m); });
+    m.div.on("plotly_selecting", () => { S.tooltip.hidden = true; });
+    m.div.addEventListener("mouseleave", () => { S.tooltip.hidden = true; });
   }
 
   function hover(m, ev) {
@@ -384,9 +387,15 @@
     const t = trackedTrace(m, c, layer);
     const pad = (lo, hi) => { const d = (hi - lo) * 0.04 || 1; return [lo - d, hi + d]; };
     const sel = selectedPoints(m);
-    await Plotly.update(m.div,
-      { x: [c.x, t.px, t.x], y: [c.y, t.py, t.y], text: [null, null, t.text], selectedpoints: [sel, null, null] },
-      { "xaxis.range": pad(c.lo[0], c.hi[0]), "yaxis.range": pad(c.lo[1], c.hi[1]) }, [0, 1, 2]);
+    // the selection is a set of examples: every token of theirs is drawn selected (in every model), and
+    // plotly's own lasso outline is dropped (it would re-select only the points inside it)
+    const lay = { "xaxis.range": pad(c.lo[0], c.hi[0]), "yaxis.range": pad(c.lo[1], c.hi[1]) };
+    if (m.div.layout && m.div.layout.selections && m.div.layout.selections.length) lay.selections = [];
+    S.quiet = true;
+    try {
+      await Plotly.update(m.div, { x: [c.x, t.px, t.x], y: [c.y, t.py, t.y], text: [null, null, t.text], selectedpoints: [sel, null, null] },
+        lay, [0, 1, 2]);
+    } finally { setTimeout(() => { S.quiet = false; }, 0); }
     m.div.dataset.layer = String(layer);
     m.div.dataset.example = String(S.example);
   }
@@ -517,7 +526,7 @@
       xaxis: Object.assign(tick(nk), { side: "bottom", tickangle: -60, title: { text: "attended token" } }),
       yaxis: Object.assign(tick(nq), { autorange: "reversed", title: { text: "attending token" } }),
     });
-    await Plotly.newPlot(mat, [{ type: "heatmap", z, x: idx(nk), y: idx(nq), colorscale: "Blues", zmin: 0,
+    await Plotly.newPlot(mat, [{ type: "heatmap", z, x: idx(nk), y: idx(nq), colorscale: "Blues", reversescale: true, zmin: 0,
       customdata: z.map((row, i) => row.map((_, j) => [labels[i], labels[j]])),
       hovertemplate: "%{customdata[0]} \u2192 %{customdata[1]}<br>%{z:.4f}<extra></extra>",
       colorbar: { thickness: 10, outlinewidth: 0 } }], layout, CONFIG);
