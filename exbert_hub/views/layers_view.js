@@ -99,6 +99,7 @@
       head: value.head, openRes: null, drawn: 0,
     };
     fromUrl();
+    if (value.link && Object.keys(value.link).length) hub().setUrlParams(value.link);
     build();
   }
 

@@ -339,6 +339,7 @@ def layers_payload(
     head: tuple[int, int] | None = None,
     selection: Sequence[int] | None = None,
     prefetch_bytes: int = 2_000_000,
+    link: dict | None = None,
 ) -> dict:
     """The value of a :class:`LayersView` for ``data``: JSON-safe, arrays in base64.
 
@@ -347,7 +348,8 @@ def layers_payload(
     colour column (default the gold column, else "span", else the first). head: (layer, head) opened at
     start (needs ``key``). selection: examples selected at start (None: all). key: the store key for
     lazy fetches (None: every layer and statistic is sent). prefetch_bytes: every layer's coordinates
-    are sent when they fit in this many bytes, else only ``layer``.
+    are sent when they fit in this many bytes, else only ``layer``. link: address parameters that
+    name the example set (the browser writes them into the page address for deep links).
 
     Returns ``{"view": "layers", "key", "title", "examples": {"n", "texts", "pairs", "columns", "gold"},
     "models": [{"name", "layers", "heads", "states", "method", "points": {n, example (b64 uint32[P]),
@@ -409,6 +411,7 @@ def layers_payload(
         "selection": None if selection is None else [int(e) for e in selected_examples(data, selection)],
         "diff_ok": diff_ok,
         "plotly": plotly_version(),
+        "link": {str(k): (None if v is None else str(v)) for k, v in (link or {}).items()},
     }
 
 
