@@ -3,6 +3,7 @@
 from .base import AppContext, Tab
 from .explorer import ExplorerTab
 from .head import HeadTab
+from .layers import LayersTab
 from .lens import LensTab
 from .model import ModelTab
 from .neuron import NeuronTab
@@ -15,6 +16,7 @@ TABS: tuple[type[Tab], ...] = (
     ModelTab,
     NeuronTab,
     LensTab,
+    LayersTab,
     SearchTab,
 )
 
