@@ -54,3 +54,20 @@ def test_rollout_of_the_decoder_stack_and_heads_subset(tiny_engine):
         attention_rollout(a, residual=2)
     with pytest.raises(InputError, match="heads"):
         attention_rollout(a, heads=[9])
+
+
+def test_explorer_offers_rollout_as_the_layer_after_the_last(tiny_engine):
+    from exbert_hub.views.explorer import explorer_payload, layer_payload
+    from exbert_hub.views.transport import decode_attention, max_abs_error
+
+    a = tiny_engine("gpt2").analyze(TEXT)
+    p = explorer_payload(a)
+    n_layers = a.num_layers
+    assert p["rollout"] and str(n_layers) in p["attention"]
+    got = decode_attention(p["attention"][str(n_layers)])
+    want = attention_rollout(a)[-1]
+    assert got.shape == (a.num_heads,) + want.shape
+    scale = p["attention"][str(n_layers)]["scale"]
+    for h in range(a.num_heads):  # every head carries the rollout (any head selection shows it)
+        assert np.all(np.abs(got[h] - want) <= max_abs_error(want, scale) + 1e-7)
+    assert layer_payload(a, n_layers)["b64"] == p["attention"][str(n_layers)]["b64"]

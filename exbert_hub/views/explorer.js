@@ -75,7 +75,7 @@
     }
     const init = value.initial || {};
     if (!keep) {
-      S.layer = XH.clamp(init.layer | 0, 0, S.L - 1);
+      S.layer = XH.clamp(init.layer | 0, 0, maxLayer());
       S.heads = new Set(init.heads == null ? range(S.H) : init.heads.filter((h) => h >= 0 && h < S.H));
       S.weights = init.weights && init.weights.length === S.H ? init.weights.slice() : new Array(S.H).fill(1);
       S.threshold = init.threshold == null ? 0.7 : init.threshold;
@@ -86,7 +86,7 @@
       // (the payload's view may be the link's, older): it wins
       if (XH.ready && XH.urlSelection) applySelection(XH.urlSelection(S.L, S.H, S.T));
     } else {
-      S.layer = XH.clamp(S.layer, 0, S.L - 1);
+      S.layer = XH.clamp(S.layer, 0, maxLayer());
       if (S.frozen && S.frozen.pos >= S.T) S.frozen = null;
       if (init.token != null && init.token < S.T) S.frozen = { side: "left", pos: init.token };
     }
@@ -102,6 +102,9 @@
     root.dataset.ready = "1";
     XH.ready = true;  // the page's first analysis is in: views may now write the URL
   }
+
+  // the last selectable layer: index S.L is the attention rollout when the payload offers it
+  function maxLayer() { return S.L - 1 + (S.p && S.p.rollout ? 1 : 0); }
 
   function range(n) { const a = []; for (let i = 0; i < n; i++) a.push(i); return a; }
 
@@ -307,6 +310,7 @@
     layerLabel.append(el("span", "xb-field-name", "Layer"));
     ui.layer = el("select", "xb-layer");
     for (let l = 0; l < S.L; l++) { const o = el("option", null, String(l)); o.value = String(l); ui.layer.append(o); }
+    if (p.rollout) { const o = el("option", null, "rollout"); o.value = String(S.L); o.title = "attention rollout across all layers"; ui.layer.append(o); }
     ui.layer.title = "Layer (0 = first)";
     layerLabel.append(ui.layer);
     ui.layerPrev = button("\u25C0", "xb-icon", "previous layer");
@@ -584,7 +588,7 @@
   }
   function headsChanged() { S.combo = null; S.edges = null; redraw(); syncUrl(); }
   function setLayer(l) {
-    l = XH.clamp(l | 0, 0, S.L - 1);
+    l = XH.clamp(l | 0, 0, maxLayer());
     if (l === S.layer) { ui.layer.value = String(l); return; }
     S.layer = l; S.stats = null; S.combo = null; S.edges = null; S.fetchError = null;
     ensureLayer(l);
@@ -650,7 +654,7 @@
     showPredictions();
     const nh = S.heads.size;
     const weighted = S.weights.some((w, h) => S.heads.has(h) && w !== 1);
-    let st = "Layer " + S.layer + " \u00b7 " + (nh === S.H ? "all " + S.H + " heads" : nh + " of " + S.H + " heads") +
+    let st = (S.layer === S.L ? "Attention rollout (all layers)" : "Layer " + S.layer) + " \u00b7 " + (nh === S.H ? "all " + S.H + " heads" : nh + " of " + S.H + " heads") +
       (nh > 1 ? (weighted ? " (weighted mean)" : " (mean)") : "") + " \u00b7 " + E.n.toLocaleString() + " lines";
     showLineNote(E, active);
     if (E.capped) st += " (the " + E.n.toLocaleString() + " strongest; " + E.capped.toLocaleString() + " more pass the threshold)";
@@ -876,7 +880,7 @@
   function syncControls() {
     ui.layer.value = String(S.layer);
     ui.layerPrev.disabled = S.layer <= 0;
-    ui.layerNext.disabled = S.layer >= S.L - 1;
+    ui.layerNext.disabled = S.layer >= maxLayer();
     ui.threshold.value = String(S.threshold);
     XH.setText(ui.thValue, Math.round(S.threshold * 100) + "%");
     ui.hide.checked = S.hideSpecial;

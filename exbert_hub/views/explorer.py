@@ -15,6 +15,7 @@ import gradio as gr
 import numpy as np
 
 from ..analysis import CAUSAL_LM, MASKED_LM, Analysis
+from ..errors import InputError
 from . import asset, common_head, sequence_continuations
 from .transport import encode_attention
 
@@ -23,6 +24,7 @@ from .transport import encode_attention
 ALL_LAYERS_BYTES = 4_000_000
 
 DEFAULT_THRESHOLD = 0.7
+MAX_ROLLOUT_TOKENS = 2048  # the rollout multiplies T x T matrices per layer: T^3 work
 
 _TEMPLATE = """<div class="xb-root" data-ready="0">
   <div class="xb-empty">Analyze a text to see its attention.</div>
@@ -87,7 +89,9 @@ def explorer_payload(
         "num_heads": num_heads,
         "causal": analysis.kind == CAUSAL_LM,
         "can_mask": bool(analysis.kind == MASKED_LM if can_mask is None else can_mask),
-        "attention": {str(i): encode_attention(att[i]) for i in layers},
+        "attention": {**{str(i): encode_attention(att[i]) for i in layers},
+                      **({str(num_layers): rollout_layer(analysis)} if all_layers and t <= MAX_ROLLOUT_TOKENS else {})},
+        "rollout": t <= MAX_ROLLOUT_TOKENS,  # layer index num_layers is the attention rollout (analyses/rollout.py)
         "all_layers": bool(all_layers),
         "predictions": preds,
         "prediction_note": analysis.prediction_note,
@@ -104,9 +108,25 @@ def explorer_payload(
     }
 
 
+def rollout_layer(analysis: Analysis) -> dict:
+    """The attention rollout of the whole stack as a pseudo-layer: float32[T, T] repeated for every head
+    (so any head selection or weighting shows the rollout itself), encoded for the browser."""
+    from ..analyses.rollout import attention_rollout
+
+    t = len(analysis.tokens)
+    if t > MAX_ROLLOUT_TOKENS:
+        raise InputError(f"attention rollout is limited to {MAX_ROLLOUT_TOKENS:,} tokens (T^3 work per layer); "
+                         f"this text has {t:,}")
+    r = attention_rollout(analysis)[-1]
+    return encode_attention(np.broadcast_to(r, (analysis.num_heads, t, t)))
+
+
 def layer_payload(analysis: Analysis, layer: int) -> dict:
-    """One layer's attention float32[H, T, T] encoded for the browser (the lazy fetch)."""
+    """One layer's attention float32[H, T, T] encoded for the browser (the lazy fetch); layer
+    ``num_layers`` is the attention rollout (:func:`rollout_layer`)."""
     att = analysis.attentions
+    if int(layer) == att.shape[0]:
+        return rollout_layer(analysis)
     if not 0 <= int(layer) < att.shape[0]:
         raise IndexError(f"layer {layer} is out of range: the model has {att.shape[0]} layers")
     return encode_attention(np.asarray(att[int(layer)]))
