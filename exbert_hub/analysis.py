@@ -278,22 +278,28 @@ class AttentionStack:
         group = q_all.shape[0] // k_all.shape[0]
         heads = np.asarray(heads, dtype=np.int64)
         rows = slice(None) if row is None else slice(row, row + 1)
-        q = torch.from_numpy(np.ascontiguousarray(q_all[heads][:, rows]))
-        k = torch.from_numpy(np.ascontiguousarray(k_all[heads // group]))
+        n_q = self.q_len if row is None else 1
+        out = np.empty((len(heads), n_q, self.k_len), np.float32)
+        spec = self.mask_specs[layer] if self.mask_specs else MaskSpec("none")
+        bias = self.biases[layer] if self.biases else None
         with torch.inference_mode():
-            scores = torch.matmul(q, k.transpose(1, 2)) * self.scales[layer]
-            bias = self.biases[layer] if self.biases else None
-            if bias is not None:
-                scores = scores + torch.from_numpy(np.ascontiguousarray(bias[heads][:, rows]))
-            spec = self.mask_specs[layer] if self.mask_specs else MaskSpec("none")
+            add = None  # the additive mask of these rows, made once for all heads
             if spec.kind == "causal":
-                n_k = scores.shape[-1]
                 i = torch.arange(self.q_len)[rows][:, None]
-                future = torch.arange(n_k)[None, :] > i
-                scores = scores + torch.where(future, torch.tensor(spec.fill), torch.tensor(0.0))
+                add = torch.where(torch.arange(self.k_len)[None, :] > i, torch.tensor(spec.fill), torch.tensor(0.0))
             elif spec.kind == "dense":
-                scores = scores + torch.from_numpy(np.ascontiguousarray(spec.dense[rows]))
-            return torch.softmax(scores, dim=-1).numpy()
+                add = torch.from_numpy(np.ascontiguousarray(spec.dense[rows]))
+            # head by head: the temporaries are [q, k], not [heads, q, k] (600 MB per layer at 4k tokens)
+            for j, h in enumerate(heads.tolist()):
+                q = torch.from_numpy(np.ascontiguousarray(q_all[h][rows]))
+                k = torch.from_numpy(k_all[h // group])
+                scores = torch.matmul(q, k.transpose(0, 1)) * self.scales[layer]
+                if bias is not None:
+                    scores = scores + torch.from_numpy(np.ascontiguousarray(bias[h][rows]))
+                if add is not None:
+                    scores = scores + add
+                torch.softmax(scores, dim=-1, out=torch.from_numpy(out[j]))
+        return out
 
     def query_key(self, layer: int, head: int) -> tuple[np.ndarray, np.ndarray]:
         """float32[q, head_dim], float32[k, head_dim]: the vectors whose scaled dot product gave head ``head``."""

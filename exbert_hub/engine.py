@@ -809,7 +809,10 @@ class Engine:
         stacks = 3 if self.kind == ENCODER_DECODER else 1
         vocab = int(getattr(c, "vocab_size", 0) or 0) if self.kind not in (ENCODER, *CLASSIFIERS) else 0
         kept = stacks * layers * t * 4 * (heads * head_dim * 2 + kv * head_dim + hidden)  # q, contexts, k, hidden
-        moving = t * vocab * 4 * 2 + t * t * 4 + t * hidden * 4 * 16  # logits (and a copy), mask, activations
+        fused = t >= FUSED_FROM_TOKENS and self._loaded.captures
+        logit_rows = min(t, 512) if fused and self._chunked_head() else t  # the output head, in chunks or whole
+        eager = 0 if fused else 3 * heads * t * t * 4  # one layer's scores, weights and a temporary
+        moving = logit_rows * vocab * 4 + t * t * 4 + t * hidden * 4 * 16 + eager  # + one mask, activations
         if not self._loaded.captures:
             kept += stacks * layers * heads * t * t * 4
         return int(kept + moving)
@@ -897,12 +900,17 @@ class Engine:
             mode = "materialise"
             if self._loaded.captures:
                 mode = "fused" if max(len(seq), len(decoder_seq or ())) >= FUSED_FROM_TOKENS else "eager"
+            chunked = mode == "fused" and self._chunked_head()
+            if chunked:  # the output head over 512 positions at a time, not one [T, vocab] array (800 MB at 4k)
+                inputs["logits_to_keep"] = 1
             out, stacks = self._forward(inputs, mode)
             if stacks is None:
+                inputs.pop("logits_to_keep", None)
+                chunked = False
                 out, stacks = self._forward(inputs, "materialise")
-            hidden, decoder_hidden = self._hidden_states(out)
             classification = self._classification(out)
-            predictions, note = self._predictions(out, top_k, classification)
+            predictions, note = self._predictions(out, top_k, classification, chunked=chunked)
+            hidden, decoder_hidden = self._hidden_states(out)  # last: it lets go of the model's tensors
 
         return Analysis(
             model_name=self.name,
@@ -1098,7 +1106,11 @@ class Engine:
             if not fused:
                 stack.weights = torch.cat([x.float() for x in weights[name]], dim=0).cpu().numpy()
             if self._loaded.captures and len(layer_calls) == n:
-                stack.contexts = _numpy(torch.stack([c.context.reshape(c.context.shape[0], -1) for c in layer_calls]))
+                first = layer_calls[0].context
+                stack.contexts = np.empty((n, first.shape[0], first.shape[1] * first.shape[2]), np.float32)
+                for i, c in enumerate(layer_calls):  # layer by layer, each freed once copied (no second whole copy)
+                    stack.contexts[i] = _numpy(c.context.reshape(c.context.shape[0], -1))
+                    c.context = c.batch_context = None
                 for c in layer_calls:
                     stack.queries.append(_numpy(c.query))
                     stack.keys.append(_numpy(c.key))
@@ -1123,10 +1135,8 @@ class Engine:
 
     def _hidden_states(self, out) -> tuple[np.ndarray, np.ndarray | None]:
         if self.kind == ENCODER_DECODER:
-            enc = _numpy(torch.cat([h.to(self._loaded.input_device) for h in out.encoder_hidden_states], dim=0))
-            dec = _numpy(torch.cat([h.to(self._loaded.input_device) for h in out.decoder_hidden_states], dim=0))
-            return enc, dec
-        return _numpy(torch.cat([h.to(self._loaded.input_device) for h in out.hidden_states], dim=0)), None
+            return _take_layers(out, "encoder_hidden_states"), _take_layers(out, "decoder_hidden_states")
+        return _take_layers(out, "hidden_states"), None
 
     def _classification(self, out) -> Classification | None:
         """Label names and probabilities of a classification head (None for other kinds)."""
@@ -1145,7 +1155,15 @@ class Engine:
         return Classification(labels=labels, logits=logits.numpy().copy(), probabilities=probs.numpy().copy(),
                               per_token=self.kind == TOKEN_CLASSIFICATION, activation=activation)
 
-    def _predictions(self, out, top_k: int, classification: Classification | None = None
+    def _chunked_head(self) -> bool:
+        """Whether the causal LM's logits can be made from its last hidden state by its output head alone
+        (``logits_to_keep`` keeps the model from making all of them; no soft-capping or logit scale)."""
+        c = self.config
+        return (self.kind == CAUSAL_LM and "logits_to_keep" in self._loaded.forward_args
+                and self.model.get_output_embeddings() is not None
+                and not any(getattr(c, a, None) for a in ("final_logit_softcapping", "logit_scale", "logits_scaling")))
+
+    def _predictions(self, out, top_k: int, classification: Classification | None = None, chunked: bool = False
                      ) -> tuple[list[list[tuple[str, float]]] | None, str]:
         if classification is not None:
             k = min(top_k, len(classification.labels))
@@ -1159,13 +1177,21 @@ class Engine:
             return None, (
                 f"{self.name} is an encoder without a language-model head, so it makes no token predictions"
             )
-        logits = logits[0]
         # top-k of the logits, probabilities exp(logit - logsumexp): no second [T, vocab] array (800 MB at 4k)
-        top = torch.topk(logits, k=min(top_k, logits.shape[-1]), dim=-1)
-        lse = torch.cat([torch.logsumexp(chunk.float(), dim=-1) for chunk in logits.split(512)])[:, None]
-        ids = top.indices.tolist()
+        if chunked:
+            head, last = self.model.get_output_embeddings(), out.hidden_states[-1][0]
+            chunks = (head(h) for h in last.split(512))
+        else:
+            chunks = iter(logits[0].split(512))
+        tops, lses = [], []
+        for chunk in chunks:
+            tops.append(torch.topk(chunk, k=min(top_k, chunk.shape[-1]), dim=-1))
+            lses.append(torch.logsumexp(chunk.float(), dim=-1))
+        top_values = torch.cat([t.values for t in tops])
+        lse = torch.cat(lses)[:, None]
+        ids = torch.cat([t.indices for t in tops]).tolist()
         words = self.tokenizer.batch_decode([[i] for row in ids for i in row])
-        values = torch.exp(top.values.float() - lse).cpu().tolist()
+        values = torch.exp(top_values.float() - lse).cpu().tolist()
         preds = [
             [(words[r * len(row) + j], float(values[r][j])) for j in range(len(row))]
             for r, row in enumerate(ids)
@@ -1181,3 +1207,16 @@ class Engine:
 def _numpy(t: torch.Tensor) -> np.ndarray:
     """float32 numpy of a tensor: no copy for a float32 CPU tensor (the model's own), else one copy."""
     return t.detach().float().cpu().numpy()
+
+
+def _take_layers(out, name: str) -> np.ndarray:
+    """float32[layers + 1, T, hidden] from ``out.<name>`` (a tuple of [1, T, hidden]), copied layer by layer
+    and each of the model's tensors let go once copied (no second whole copy at once); ``out.<name>`` is None after."""
+    layers = list(getattr(out, name))
+    setattr(out, name, None)
+    first = layers[0]
+    arr = np.empty((len(layers),) + tuple(first.shape[1:]), np.float32)
+    for i in range(len(layers)):
+        arr[i] = _numpy(layers[i][0])
+        layers[i] = None
+    return arr
