@@ -27,6 +27,7 @@ from .service import (STORE, AnalysisStore, Request, attention_matrix, get_engin
                       summarize)
 from .tabs import TABS, AppContext, Tab
 from .tabs.base import api_error, banner, link_float, link_int, link_int_list
+from .hub.embed import embed_head  # ?embed=1: one view, no page chrome (H10)
 from .views import common_head
 from .views.explorer import DEFAULT_THRESHOLD
 
@@ -296,7 +297,7 @@ def launch_options() -> dict:
     # Gradio's own hint grey (#bbbbc2, 1.9:1 on white) is below WCAG AA: the views' grey instead
     theme = gr.themes.Default(primary_hue="blue").set(body_text_color_subdued="#4b5563",
                                                       body_text_color_subdued_dark="#a8b0bd")
-    return {"head": common_head(), "css": PAGE_CSS, "theme": theme}
+    return {"head": common_head() + embed_head(), "css": PAGE_CSS, "theme": theme}
 
 
 # Gradio runs one call of an event at a time unless told otherwise: with that, one visitor's slow model
