@@ -295,7 +295,7 @@ class AttentionStack:
                 k = torch.from_numpy(k_all[h // group])
                 scores = torch.matmul(q, k.transpose(0, 1)) * self.scales[layer]
                 if bias is not None:
-                    scores = scores + torch.from_numpy(np.ascontiguousarray(bias[h][rows]))
+                    scores = scores + torch.from_numpy(np.array(bias[h][rows], dtype=np.float32))  # a copy: a broadcast view is read-only
                 if add is not None:
                     scores = scores + add
                 torch.softmax(scores, dim=-1, out=torch.from_numpy(out[j]))

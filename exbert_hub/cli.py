@@ -30,6 +30,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="address to bind, e.g. 0.0.0.0 to serve your network (default: 127.0.0.1)")
     p.add_argument("--share", action="store_true", help="create a temporary public gradio.live link")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                   help="where models run (default auto: cuda when present); sets EXBERT_HUB_DEVICE")
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                   help="model precision (default auto: bfloat16/float16 on a GPU, float32 on CPU); sets EXBERT_HUB_DTYPE")
     v = p.add_argument_group("what visitors may load (defaults: the EXBERT_HUB_* variables, see exbert_hub.policy)")
     v.add_argument("--allow-models", default=None, metavar="PATTERNS",
                    help="comma-separated Hub id patterns visitors may load, e.g. 'bert-*,google/*' ('' = only --model)")
@@ -117,6 +121,9 @@ def hub_parser() -> argparse.ArgumentParser:
 def hub_main(argv: list[str]) -> int:
     args = hub_parser().parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    for var, value in (("EXBERT_HUB_DEVICE", args.device), ("EXBERT_HUB_DTYPE", args.dtype)):
+        if value is not None:  # read by exbert_hub.engine.placement for every model this process loads
+            os.environ[var] = value
     from .errors import ExbertError
 
     try:
@@ -180,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    for var, value in (("EXBERT_HUB_DEVICE", args.device), ("EXBERT_HUB_DTYPE", args.dtype)):
+        if value is not None:  # read by exbert_hub.engine.placement for every model this process loads
+            os.environ[var] = value
     from .app import launch
     from .errors import ExbertError
 
