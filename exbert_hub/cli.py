@@ -121,7 +121,8 @@ def hub_parser() -> argparse.ArgumentParser:
 def hub_main(argv: list[str]) -> int:
     args = hub_parser().parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    for var, value in (("EXBERT_HUB_DEVICE", args.device), ("EXBERT_HUB_DTYPE", args.dtype)):
+    # the subcommands have no --device/--dtype flags: the EXBERT_HUB_* variables still apply
+    for var, value in (("EXBERT_HUB_DEVICE", getattr(args, "device", None)), ("EXBERT_HUB_DTYPE", getattr(args, "dtype", None))):
         if value is not None:  # read by exbert_hub.engine.placement for every model this process loads
             os.environ[var] = value
     from .errors import ExbertError
