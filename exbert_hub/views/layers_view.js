@@ -390,7 +390,13 @@
     const sel = selectedPoints(m);
     // the selection is a set of examples: every token of theirs is drawn selected (in every model), and
     // plotly's own lasso outline is dropped (it would re-select only the points inside it)
-    const lay = { "xaxis.range": pad(c.lo[0], c.hi[0]), "yaxis.range": pad(c.lo[1], c.hi[1]) };
+    // one frame for every layer drawn so far (aligned projections share their scale): the axes stay
+    // put when the layer changes, so the points visibly move, and plotly need not lay the axes out again
+    let lo0 = Infinity, lo1 = Infinity, hi0 = -Infinity, hi1 = -Infinity;
+    for (const cl of m.coords.values()) { lo0 = Math.min(lo0, cl.lo[0]); lo1 = Math.min(lo1, cl.lo[1]); hi0 = Math.max(hi0, cl.hi[0]); hi1 = Math.max(hi1, cl.hi[1]); }
+    const frame = [pad(lo0, hi0), pad(lo1, hi1)];
+    const lay = {};
+    if (!m.frame || m.frame.join() !== frame.join()) { lay["xaxis.range"] = frame[0]; lay["yaxis.range"] = frame[1]; m.frame = frame; }
     if (m.div.layout && m.div.layout.selections && m.div.layout.selections.length) lay.selections = [];
     S.quiet = true;
     try {
