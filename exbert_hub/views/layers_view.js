@@ -225,7 +225,7 @@
     dbox.append(dBar);
     S.distDiv = el("div", "xl-dist");
     dbox.append(S.distDiv);
-    if (!metrics.length) S.distDiv.append(el("div", "xl-empty", "No distances: give the examples two spans (A and B)."));
+    if (!metrics.length) { S.distDiv.style.height = "auto"; S.distDiv.append(el("div", "xl-empty", "No distances: give the examples two spans (A and B).")); }
     mid.append(dbox);
     S.headBox = el("div", "xl-panel xl-head-box");
     mid.append(S.headBox);
