@@ -258,9 +258,9 @@ class AttentionStack:
         total = sum(int(a.nbytes) for a in arrays if a is not None)
         total += sum(m.nbytes for m in {id(m): m for m in self.mask_specs}.values())
         seen = {}
-        for b in self.biases:  # T5 shares one bias between layers
+        for b in self.biases:  # T5 shares one bias between layers: count its memory once
             if b is not None:
-                seen[id(b.base if b.base is not None else b)] = b
+                seen[(b.__array_interface__["data"][0], b.shape)] = b
         return total + sum(int(np.prod(b.shape)) * 4 for b in seen.values())
 
     @property
