@@ -212,7 +212,10 @@ def _rows(source, cap: int, split: str | None, config: str | None) -> tuple[list
 
     if isinstance(source, Corpus):
         total = source.num_sentences
-        return [{"text": source.sentence(i)} for i in range(min(total, cap))], total, f"corpus {source!r}"[:100]
+        label = str(source.label)
+        if os.path.isabs(label) or label.startswith((".", "~")):  # a folder: its name only, never the server's path
+            label = Path(label).name
+        return [{"text": source.sentence(i)} for i in range(min(total, cap))], total, f"corpus {label}"[:100]
     if isinstance(source, (list, tuple)):
         return list(source[:cap]), len(source), "list"
     if isinstance(source, os.PathLike) or (isinstance(source, str) and Path(source).suffix.lower() in LOCAL_SUFFIXES):

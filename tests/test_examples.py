@@ -97,6 +97,29 @@ def test_bad_values_are_named():
         load_examples({"text": "a"})
 
 
+def test_a_built_corpus_is_a_source(tiny, tmp_path):
+    from corpus_builder import build
+    from exbert_hub.corpus import load_corpus
+
+    model = str(tiny("bert"))
+    build(model, "builtin:python-docs", str(tmp_path / "corpus"), max_sentences=12, workers=0, progress=False)
+    corpus = load_corpus(str(tmp_path / "corpus"), model=model)
+    ex = load_examples(corpus)
+    assert ex.texts == [corpus.sentence(i) for i in range(corpus.num_sentences)] and len(ex) == 12
+    assert str(tmp_path) not in ex.source
+    with pytest.raises(InputError, match="has 12, more than limit=5 examples"):
+        load_examples(corpus, limit=5)
+
+
+def test_hub_dataset_offline_is_one_line():
+    with pytest.raises(InputError) as err:
+        load_examples("someone-who-does-not-exist/no-such-dataset", split="validation[:10]")
+    msg = str(err.value)
+    assert msg.startswith("could not load the dataset 'someone-who-does-not-exist/no-such-dataset'") and "\n" not in msg
+    with pytest.raises(InputError, match="neither a Hub dataset id nor a"):
+        load_examples("../etc/passwd")
+
+
 # --- analyze_examples on the real MiniLM ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def minilm():
