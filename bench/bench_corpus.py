@@ -437,6 +437,94 @@ def search(args) -> dict:
     return results
 
 
+def heads_at_scale(args) -> dict:
+    """One-head, three-head and all-heads search at >= 1M real vectors, side by side with exact search.
+
+    ``--vectors DIR``: float16 unit vectors in ``DIR/heads-layerNN/shard-*.npy`` (a corpus's kept vectors/
+    folder, or bench/out/vec1m from ``vectors1m``). The first ``--n`` rows are indexed with the builder's
+    own code (``indexing.build_index``: IVF + codes + per-head cells, nprobe tuned on corpus rows); queries
+    are the next rows (tokens of sentences NOT indexed), each with 1 or 3 random heads kept, searched one
+    at a time through the reader's own search path (``Corpus._search`` logic: per-head cells for <= 3 heads,
+    the IVF cells for all). Exact: brute force (faiss.knn) over the same float16 vectors, also timed."""
+    import tempfile
+
+    import faiss
+
+    from corpus_builder import indexing
+    from exbert_hub import corpus as corpus_mod
+
+    layer = args.layer
+    files = sorted((Path(args.vectors) / f"heads-layer{layer:02d}").glob("shard-*.npy"))
+    arrays = [np.load(f, mmap_mode="r") for f in files]
+    X = np.concatenate([np.asarray(a) for a in arrays])
+    base, Q = X[: args.n], np.asarray(X[args.n: args.n + args.queries], dtype=np.float32)
+    H = args.heads
+    folder = Path(tempfile.mkdtemp(prefix="heads-bench-", dir=ROOT / "bench/out"))
+    t0 = time.perf_counter()
+    stats = indexing.build_index(folder, "heads", layer, [base], num_heads=H, factory=args.factory,
+                                 recall_queries=args.recall_queries)
+    build_s = time.perf_counter() - t0
+    index = faiss.read_index(str(folder / stats["file"]))
+    ivf = faiss.extract_index_ivf(index)
+    ivf.parallel_mode = 1
+    hc = stats["head_cells"]
+    cents, cells = np.load(folder / hc["centroids"]), np.load(folder / hc["cells"])
+    rng = np.random.default_rng(args.seed)
+    base32 = np.asarray(base, dtype=np.float32)
+    out = {"bench": "heads search at scale", "vectors": len(base), "dim": int(X.shape[1]), "layer": layer,
+           "factory": stats["factory"], "index_bytes": stats["bytes"], "bytes_per_vector": round(stats["bytes"] / len(base), 1),
+           "head_cell_bytes_per_vector": round(sum((folder / f).stat().st_size for f in hc["files"]) / len(base), 1),
+           "build_seconds": round(build_s, 1), "card": {k: v for k, v in stats.items() if k != "head_cells"},
+           "card_head_cells": hc, "faiss_threads": faiss.omp_get_max_threads(), "load_avg_before": load_avg(), "cases": []}
+    for m in (1, 3, H):
+        if m == H:
+            qs, kept = Q, [list(range(H))] * len(Q)
+        else:
+            qs, kept = indexing.few_head_queries(Q, H, m, rng)
+        t1 = time.perf_counter()
+        truth_s, truth = [], []
+        for q in qs:  # exact, one query at a time, like the searches
+            t = time.perf_counter()
+            _, r = faiss.knn(q[None], base32, 50, metric=faiss.METRIC_INNER_PRODUCT)
+            truth_s.append((time.perf_counter() - t) * 1000)
+            truth.append(r[0])
+        truth = np.stack(truth)
+        ms, found = [], []
+        nprobe = corpus_mod.head_cells_nprobe(stats, m)
+        for q, hs in zip(qs, kept):
+            t = time.perf_counter()
+            if nprobe is not None:
+                _, r = corpus_mod.search_head_cells(index, cents, cells, q[None], [hs], nprobe, 50)
+            else:
+                ivf.nprobe = int(stats["nprobe"])
+                _, r = index.search(q[None], 50)
+            ms.append((time.perf_counter() - t) * 1000)
+            found.append(r[0])
+        case = {"heads": m, "path": "per-head cells" if nprobe is not None else "IVF cells",
+                "nprobe": nprobe if nprobe is not None else stats["nprobe"],
+                "median_ms": round(statistics.median(ms), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+                "recall_at_50": round(indexing.recall(np.stack(found), truth), 4),
+                "exact_median_ms": round(statistics.median(truth_s), 2)}
+        if m < H and "nprobe_one_head" in stats:  # the IVF-cells path for the same queries (before per-head cells)
+            ivf.nprobe = int(stats["nprobe_one_head"])
+            ms2, found2 = [], []
+            for q in qs:
+                t = time.perf_counter()
+                _, r = index.search(q[None], 50)
+                ms2.append((time.perf_counter() - t) * 1000)
+                found2.append(r[0])
+            case.update(ivf_cells_nprobe=int(stats["nprobe_one_head"]), ivf_cells_median_ms=round(statistics.median(ms2), 2),
+                        ivf_cells_recall_at_50=round(indexing.recall(np.stack(found2), truth), 4))
+        out["cases"].append(case)
+        print(json.dumps(case), flush=True)
+    out["load_avg_after"] = load_avg()
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -469,6 +557,16 @@ def main() -> None:
     q.add_argument("folder")
     q.add_argument("--queries", type=int, default=300)
     q.add_argument("--seed", type=int, default=0)
+    hs = sub.add_parser("heads")
+    hs.add_argument("--vectors", default=str(ROOT / "bench/out/vec1m"))
+    hs.add_argument("--layer", type=int, default=1)
+    hs.add_argument("--n", type=int, default=1_000_000)
+    hs.add_argument("--heads", type=int, default=12)
+    hs.add_argument("--queries", type=int, default=200)
+    hs.add_argument("--recall-queries", type=int, default=200)
+    hs.add_argument("--factory", default=None)
+    hs.add_argument("--seed", type=int, default=0)
+    hs.add_argument("--keep", action="store_true")
     args = p.parse_args()
     if args.cmd == "docstrings":
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -483,6 +581,8 @@ def main() -> None:
         result = overlap(args)
     elif args.cmd == "codes":
         result = codes(args)
+    elif args.cmd == "heads":
+        result = heads_at_scale(args)
     else:
         result = search(args)
     print(json.dumps(result, indent=1))

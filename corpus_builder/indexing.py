@@ -137,6 +137,79 @@ def one_head_queries(queries: np.ndarray, num_heads: int, rng: np.random.Generat
     return (q * mask).reshape(len(queries), -1)
 
 
+# --- per-head cells (one-head and few-head queries; see exbert_hub.corpus.head_cell_candidates) ------------
+HEAD_CELL_HEADS = (1, 3)  # query head counts whose cells-per-head nprobe is tuned and measured (the card)
+
+
+def head_cells_count(n: int) -> int:
+    """Cells per head: a power of two near sqrt(n) / 2, between 16 and 1,024 (uint16 codes)."""
+    return int(min(1024, max(16, 2 ** round(math.log2(max(1.0, math.sqrt(n) / 2))))))
+
+
+def train_head_cells(sample: np.ndarray, num_heads: int, cells: int, seed: int = 0) -> np.ndarray:
+    """float32[heads, cells, head_dim]: k-means centroids of each head's unit slices of ``sample`` [n, heads*d]."""
+    import faiss
+
+    d = sample.shape[1] // num_heads
+    out = np.empty((num_heads, cells, d), dtype=np.float32)
+    for h in range(num_heads):
+        km = faiss.Kmeans(d, cells, niter=IVF_TRAIN_ITERATIONS, seed=seed + h)
+        km.train(np.ascontiguousarray(sample[:, h * d:(h + 1) * d], dtype=np.float32))
+        out[h] = km.centroids
+    return out
+
+
+def assign_head_cells(centroids: np.ndarray, chunk: np.ndarray) -> np.ndarray:
+    """uint8/uint16[heads, n]: the nearest (inner product, as searched) cell of each head's slice of ``chunk``."""
+    import faiss
+
+    H, C, d = centroids.shape
+    out = np.empty((H, len(chunk)), dtype=np.uint8 if C <= 256 else np.uint16)
+    for h in range(H):
+        _, a = faiss.knn(np.ascontiguousarray(chunk[:, h * d:(h + 1) * d], dtype=np.float32), centroids[h], 1,
+                         metric=faiss.METRIC_INNER_PRODUCT)
+        out[h] = a[:, 0]
+    return out
+
+
+def few_head_queries(queries: np.ndarray, num_heads: int, m: int, rng: np.random.Generator):
+    """(queries with all heads but m random ones zeroed, the kept heads of each)."""
+    q = queries.reshape(len(queries), num_heads, -1).copy()
+    kept = [sorted(rng.choice(num_heads, size=m, replace=False).tolist()) for _ in range(len(queries))]
+    mask = np.zeros((len(queries), num_heads, 1), dtype=np.float32)
+    for i, hs in enumerate(kept):
+        mask[i, hs] = 1
+    return (q * mask).reshape(len(queries), -1), kept
+
+
+def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k, target) -> tuple[int, float, float]:
+    """Smallest cells-per-head nprobe reaching ``target`` recall on the first half of the queries; its
+    recall on the other half. The search is the reader's own (exbert_hub.corpus.search_head_cells)."""
+    from exbert_hub.corpus import search_head_cells
+
+    half = len(queries) // 2
+    candidates = [p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+                  if p < centroids.shape[1]] + [centroids.shape[1]]
+
+    def measure(p: int, sl: slice) -> float:
+        _, found = search_head_cells(index, centroids, cells, queries[sl], kept[sl], p, k + 1)
+        return recall(without_self(found, self_rows[sl], k), truth[sl])
+
+    measured: dict[int, float] = {}
+    lo, hi = 0, len(candidates) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        measured.setdefault(mid, measure(candidates[mid], slice(0, half)))
+        if measured[mid] >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    tuned = measured.get(lo, None)
+    if tuned is None:
+        tuned = measure(candidates[lo], slice(0, half))
+    return int(candidates[lo]), tuned, measure(candidates[lo], slice(half, None))
+
+
 def _tune(index, queries, truth, self_rows, k, target, max_nprobe: int | None = None,
           tune: bool = True) -> tuple[int, float, float]:
     """Smallest nprobe reaching ``target`` recall on the first half of the queries; its recall on the other half.
@@ -228,8 +301,44 @@ def build_index(folder: Path, kind: str, layer: int, arrays: list[np.ndarray], *
         hn, _, hmeasured = _tune(index, hq, htruth, q_rows, k, target, max_nprobe=cap, tune=cap < ivf.nlist)
         stats.update(nprobe_one_head=hn, recall_at_50_one_head=round(hmeasured, 4))
         faiss.extract_index_ivf(index).nprobe = nprobe
+        stats["head_cells"] = _head_cells(folder, layer, index, source, train_rows, queries, q_rows, k,
+                                          num_heads, rng, target, seed)
     faiss.write_index(index, str(tmp))
     os.replace(tmp, path)
-    stats["bytes"] = path.stat().st_size
+    stats["bytes"] = path.stat().st_size + sum(
+        (Path(folder) / f).stat().st_size for f in (stats.get("head_cells") or {}).get("files", ()))
     stats["seconds"] = round(time.time() - t0, 2)
     return stats
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def _head_cells(folder, layer, index, source, train_rows, queries, q_rows, k, num_heads, rng, target, seed) -> dict:
+    """Per-head cells of a compressed heads index: trained on the index's training rows, every vector
+    assigned, written beside the index; nprobe tuned and recall@50 measured for 1 and 3 heads."""
+    t0 = time.time()
+    C = head_cells_count(source.n)
+    centroids = train_head_cells(source.take(train_rows[: C * 64]), num_heads, C, seed)
+    cells = np.concatenate([assign_head_cells(centroids, chunk) for _, chunk in source.chunks()], axis=1)
+    crel, rel = cf.head_cells_files("heads", layer)
+    _save(Path(folder) / crel, centroids)
+    _save(Path(folder) / rel, cells)
+    out = {"centroids": crel, "cells": rel, "files": [crel, rel], "cells_per_head": C, "nprobe": {},
+           "recall_at_50": {}, "recall_at_50_tuning": {}}
+    for m in HEAD_CELL_HEADS:
+        if m >= num_heads:
+            continue
+        mq, kept = few_head_queries(queries, num_heads, m, rng)
+        truth = without_self(exact_topk(source, mq, k + 1), q_rows, k)
+        p, tuned, measured = tune_head_cells(index, centroids, cells, mq, kept, truth, q_rows, k, target)
+        out["nprobe"][str(m)] = p
+        out["recall_at_50"][str(m)] = round(measured, 4)
+        out["recall_at_50_tuning"][str(m)] = round(tuned, 4)
+    out["max_heads"] = max([int(m) for m in out["nprobe"]] or [0])
+    out["seconds"] = round(time.time() - t0, 2)
+    return out

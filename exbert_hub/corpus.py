@@ -450,6 +450,68 @@ def probe_fingerprint(engine, layers: Sequence[int]) -> dict[str, Any]:
             "embedding": {int(l): cf.probe_values(a.hidden_states[int(l) + 1]) for l in layers}}
 
 
+# --------------------------------------------------------------------------------------------------
+# Per-head cells: one-head and few-head queries
+# --------------------------------------------------------------------------------------------------
+# A compressed heads index's IVF cells are made from all heads, so the vectors nearest a query on one
+# head are spread over most of them (at 1M vectors, visiting every cell found only 0.81-0.87 of the
+# exact top 50 of one head). Each head also has cells of its own (k-means of the heads' unit slices, a
+# byte or two per vector and head): a query on a few heads keeps the vectors whose selected heads fall
+# in the cells nearest the query's slices, and only those are scored, by the index's own codes.
+HEAD_CELLS_MAX_HEADS = 3  # queries on more heads use the index's IVF cells
+
+
+def head_cell_candidates(centroids: np.ndarray, cells: np.ndarray, query: np.ndarray, heads: Sequence[int],
+                         nprobe: int) -> np.ndarray:
+    """Bitmap (uint8[ceil(N / 8)], bit i of byte i // 8 little-endian = vector row i) of the vectors in the
+    ``nprobe`` cells nearest the query in at least one of ``heads``.
+
+    centroids: float32[heads, cells, head_dim]; cells: uint8/uint16[heads, N]; query: float32[heads * head_dim]."""
+    H, C, d = centroids.shape
+    keep = np.zeros(cells.shape[1], dtype=bool)
+    p = max(1, min(int(nprobe), C))
+    for h in heads:
+        score = centroids[h] @ query[h * d:(h + 1) * d]
+        near = np.zeros(C, dtype=bool)
+        near[np.argpartition(-score, p - 1)[:p] if p < C else slice(None)] = True
+        keep |= near[cells[h]]
+    return np.packbits(keep, bitorder="little")
+
+
+def search_head_cells(index, centroids: np.ndarray, cells: np.ndarray, queries: np.ndarray,
+                      heads: Sequence[Sequence[int]], nprobe: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` (scores float32[q, k], rows int64[q, k]) of each query among its per-head cell candidates,
+    scored by ``index`` (a FAISS IVF index) over all its cells with the candidates as an ID selector."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    rows = np.full((len(queries), k), -1, dtype=np.int64)
+    for i, (q, hs) in enumerate(zip(queries, heads)):
+        bitmap = head_cell_candidates(centroids, cells, q, hs, nprobe)
+        sel = faiss.IDSelectorBitmap(cells.shape[1], faiss.swig_ptr(bitmap))
+        s, r = index.search(np.ascontiguousarray(q[None], dtype=np.float32), k,
+                            params=faiss.SearchParametersIVF(nprobe=ivf.nlist, sel=sel))
+        scores[i], rows[i] = s[0], r[0]
+    return scores, rows
+
+
+def head_cells_nprobe(info: dict, n_heads: int) -> int | None:
+    """Cells per selected head a query on ``n_heads`` heads visits (the card's tuning for the smallest
+    measured head count >= n_heads), or None when it uses the IVF cells (more heads, no head cells)."""
+    hc = info.get("head_cells") if info.get("tier") == cf.COMPRESSED else None
+    if not isinstance(hc, dict) or not isinstance(hc.get("nprobe"), dict) or n_heads > HEAD_CELLS_MAX_HEADS:
+        return None
+    tuned = sorted(int(m) for m in hc["nprobe"] if int(m) >= n_heads)
+    return int(hc["nprobe"][str(tuned[0])]) if tuned else None
+
+
+def selected_heads(query: np.ndarray, num_heads: int) -> list[int]:
+    """The heads a heads query uses (the others are zero)."""
+    per = np.asarray(query).reshape(num_heads, -1)
+    return [int(h) for h in np.flatnonzero(np.abs(per).sum(axis=1) > 0)]
+
+
 _WARNED: set[str] = set()
 _WARNED_LOCK = threading.Lock()
 
@@ -477,6 +539,8 @@ class Corpus:
         self._lock = threading.Lock()
         self._verified: "weakref.WeakKeyDictionary[Any, CorpusModelMismatch | None]" = weakref.WeakKeyDictionary()
         self._vector_files: dict[tuple[str, int], list[tuple[str, Path]]] = {}
+        self._head_cell_files: dict[int, tuple[Path, Path]] = {}
+        self._head_cell_arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.disk_bytes = 0
         self._check_index_files()
         self._load_tables()
@@ -554,6 +618,39 @@ class Corpus:
                     size = path.stat().st_size
                     self.disk_bytes += size
                     self._index_bytes += size
+                    if by == "heads" and isinstance(info.get("head_cells"), dict):
+                        self._check_head_cells(layer, info)
+
+    def _check_head_cells(self, layer: int, info: dict) -> None:
+        hc = info["head_cells"]
+        what = f"the per-head cells of its heads index for layer {layer}"
+        (crel, cpath), (rel, path) = [(r, confined(self.location, r)) for r in (hc.get("centroids"), hc.get("cells"))]
+        cshape, cdtype = self._npy_header(crel, cpath, what)
+        shape, dtype = self._npy_header(rel, path, what)
+        H, d = self.num_heads, info["dim"] // self.num_heads
+        if len(cshape) != 3 or cshape[0] != H or cshape[2] != d or cdtype != np.float32:
+            raise self._damaged(f"{crel} holds {cdtype} {tuple(cshape)}, not float32 [{H}, cells, {d}] ({what})")
+        if len(shape) != 2 or tuple(shape) != (H, info["vectors"]) or dtype not in (np.uint8, np.uint16) \
+                or cshape[1] > np.iinfo(dtype).max + 1:
+            raise self._damaged(f"{rel} holds {dtype} {tuple(shape)}, not cells [{H}, {info['vectors']}] ({what})")
+        for p in (cpath, path):
+            size = p.stat().st_size
+            self.disk_bytes += size
+            self._index_bytes += size
+        self._head_cell_files[layer] = (cpath, path)
+
+    def _head_cells(self, layer: int):
+        """(centroids, cells) of the heads index of ``layer``, or None for corpora without them."""
+        files = self._head_cell_files.get(layer)
+        if files is None:
+            return None
+        with self._lock:
+            if layer not in self._head_cell_arrays:
+                try:
+                    self._head_cell_arrays[layer] = tuple(np.load(p, allow_pickle=False) for p in files)
+                except Exception:  # noqa: BLE001 - truncated or rewritten since the header check
+                    raise self._damaged(f"its per-head cells for layer {layer} cannot be read") from None
+            return self._head_cell_arrays[layer]
 
     def _npy_header(self, rel: str, path: Path, what: str):
         try:
@@ -855,7 +952,11 @@ class Corpus:
     def _search(self, index, by: str, layer: int, query: np.ndarray, k: int, n_heads: int):
         info = self.meta["indexes"][by][layer]
         q = query[None, :]
-        if info["tier"] == cf.COMPRESSED and by == "heads" and n_heads < self.num_heads and "nprobe_one_head" in info:
+        nprobe = head_cells_nprobe(info, n_heads) if by == "heads" else None
+        cells = self._head_cells(layer) if nprobe is not None else None
+        if cells is not None:
+            s, r = search_head_cells(index, cells[0], cells[1], q, [selected_heads(query, self.num_heads)], nprobe, k)
+        elif info["tier"] == cf.COMPRESSED and by == "heads" and n_heads < self.num_heads and "nprobe_one_head" in info:
             import faiss
 
             # fewer heads: the IVF cells were made from all heads, so visit more of them

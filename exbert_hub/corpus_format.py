@@ -9,6 +9,9 @@ else spells them. A corpus is a folder that is also a valid Hugging Face *datase
     index/embedding-layer03/shard-00000.npy  exact tier: float16 [vectors of the shard, hidden], searched
                                       with a faiss.IndexFlatIP made from all shards' files
     index/heads-layer03.faiss         compressed tier: a FAISS index file (IVF + 6-bit codes)
+    index/heads-layer03.head-centroids.npy  compressed heads tier: float32 [heads, cells, head_dim], k-means
+                                      cells of EACH HEAD's own (unit) slice
+    index/heads-layer03.head-cells.npy      uint8/uint16 [heads, vectors]: each vector's cell in each head's cells
     vectors/heads-layer03/shard-00000.npy  optional (--keep-vectors, compressed tier): the float16 vectors
 
 These are ALL the files a reader opens (``CORPUS_PATTERNS``): a Hub corpus downloads only them, and every
@@ -63,7 +66,7 @@ KEPT_VECTORS_DIR = "vectors"
 # "*" also matches "/"): the card, the two tables' shards and the indexes of both tiers. Kept vectors
 # (--keep-vectors) and build leftovers are not needed for search and never downloaded.
 CORPUS_PATTERNS = [CARD_FILE, f"{SENTENCES_DIR}/*.parquet", f"{TOKENS_DIR}/*.parquet",
-                   f"{INDEX_DIR}/*.faiss", f"{INDEX_DIR}/*/*.npy"]
+                   f"{INDEX_DIR}/*.faiss", f"{INDEX_DIR}/*.npy", f"{INDEX_DIR}/*/*.npy"]
 MAX_CARD_BYTES = 4_000_000  # a card is a few KB; a larger README.md is not read
 
 KINDS = ("embedding", "heads")  # what a search compares: `by=` of Corpus.search
@@ -94,6 +97,13 @@ def index_file(kind: str, layer: int, tier: str) -> str:
     shard files (exact tier) or a FAISS index file (compressed tier)."""
     ext = {EXACT: "", COMPRESSED: ".faiss"}[tier]
     return f"{INDEX_DIR}/{index_stem(kind, layer)}{ext}"
+
+
+def head_cells_files(kind: str, layer: int) -> tuple[str, str]:
+    """(centroids, cells) files of the per-head cells of a compressed heads index: one-head and few-head
+    queries visit only the vectors whose selected heads fall in cells near the query's (card: ``head_cells``)."""
+    stem = index_stem(kind, layer)
+    return f"{INDEX_DIR}/{stem}.head-centroids.npy", f"{INDEX_DIR}/{stem}.head-cells.npy"
 
 
 def vectors_shard_name(shard: int) -> str:
@@ -187,7 +197,9 @@ CARD_FIELDS: dict[str, str] = {
     "source": "what the text came from (file, Hub dataset with config/split/column, or builtin)",
     "build": "builder settings: batch_size, max_sentences, max_tokens, min_words, shard_chars, ...",
     "counts": "documents, sentences, tokens, indexed vectors, skipped sentences",
-    "indexes": "per kind, per layer: tier, file, factory, nprobe, recall_at_50 (compressed tier), bytes",
+    "indexes": "per kind, per layer: tier, file, factory, nprobe, recall_at_50 (compressed tier), bytes; compressed "
+               "heads indexes also head_cells: {centroids, cells, cells_per_head, nprobe: {heads: cells visited per "
+               "selected head}, recall_at_50: {heads: measured}, max_heads}",
     "timings": "seconds spent reading+annotating, running the model, building indexes; tokens per second",
     "exbert_hub_version": "version of the library that built it",
 }
