@@ -7,13 +7,16 @@ only the link's or the last mask's).
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from ..errors import InputError
+from ..errors import ExbertError, InputError
 from .export import FORMATS, export
+
+log = logging.getLogger(__name__)
 
 FORMAT_LABELS = {".html": "HTML page (interactive, offline)", ".svg": "SVG (vector)", ".png": "PNG (2x)",
                  ".npz": "numbers (.npz)", ".json": "numbers (.json)"}
@@ -78,19 +81,23 @@ def export_controls(ctx, view: str):
 
     from ..errors import user_message
 
-    with gr.Row(equal_height=True, elem_classes=["xh-export-row"]):
+    # one compact line under the view (equal heights stretched the button to the file box's height)
+    with gr.Row(equal_height=False, elem_classes=["xh-export-row"]):
         fmt = gr.Dropdown(choices=[(label, ext) for ext, label in FORMAT_LABELS.items()], value=".html",
-                          label="Export this view as", scale=2, min_width=180, elem_id=f"xh-export-format-{view}")
-        btn = gr.Button("Export", size="sm", scale=0, min_width=90, elem_id=f"xh-export-{view}")
+                          label="Export this view as", scale=3, min_width=200, elem_id=f"xh-export-format-{view}")
+        with gr.Column(scale=1, min_width=100):
+            btn = gr.Button("Export", size="md", elem_id=f"xh-export-{view}")
         query = gr.Textbox(visible=False)
-        out = gr.File(label="Exported file", interactive=False, scale=3, elem_id=f"xh-export-file-{view}")
+        out = gr.File(label="Exported file", interactive=False, scale=4, height=80, elem_id=f"xh-export-file-{view}")
 
     def run(fmt_value, key, search):
+        # errors go to the app's banner, one line, like every other message (no toasts)
         try:
-            return str(export_for(ctx.store, key, view, fmt_value, search or ""))
+            return str(export_for(ctx.store, key, view, fmt_value, search or "")), ""
         except Exception as err:  # noqa: BLE001 - one line for the visitor, never a trace
-            raise gr.Error(user_message(err)) from None
+            log.warning("export of the %s view failed: %s", view, err, exc_info=not isinstance(err, ExbertError))
+            return None, ctx.banner(user_message(err))
 
-    btn.click(run, [fmt, ctx.key_state, query], out, js="(f, k, q) => [f, k, window.location.search]",
+    btn.click(run, [fmt, ctx.key_state, query], [out, ctx.message], js="(f, k, q) => [f, k, window.location.search]",
               api_visibility="private")
     return btn

@@ -129,7 +129,15 @@ def component_code(view: str) -> tuple[str, str, str]:
     from ..views.neuron_view import NeuronView
 
     cls = {"explorer": ExplorerView, "head": HeadView, "model": ModelView, "neuron": NeuronView}[check_view(view)]
-    comp = cls()
+    # Inside an event handler (the app's export button) Gradio turns a new component into a bare
+    # update without its templates: build it as outside one.
+    from gradio.context import LocalContext
+
+    token = LocalContext.in_event_listener.set(False)
+    try:
+        comp = cls()
+    finally:
+        LocalContext.in_event_listener.reset(token)
     return comp.html_template, comp.css_template, comp.js_on_load
 
 

@@ -11,6 +11,7 @@ from ..errors import ExbertError, InputError, user_message
 from ..inputs import as_int
 from ..service import summarize
 from ..views.explorer import DEFAULT_THRESHOLD, ExplorerView, explorer_payload, layer_payload
+from ..hub.app_export import export_controls
 from .base import AppContext, Tab, api_error, link_float, link_int
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,8 @@ class ExplorerTab(Tab):
     def build(self, ctx: AppContext) -> gr.Component:
         store = ctx.store
 
-        def fetch_layer(data, request: gr.Request = None) -> dict:
-            """Server function of the view: one layer of attention (uint8 base64) for {key, layer}."""
+        def explorer_layer(data, request: gr.Request = None) -> dict:
+            """Server function of the view (explorer.js calls it by this name): one layer of attention (uint8 base64) for {key, layer}."""
             try:
                 key, layer = (data[0], data[1]) if isinstance(data, (list, tuple)) else (data["key"], data["layer"])
                 return {"key": key, "layer": int(layer), "attention": layer_payload(store.get(str(key)), int(layer))}
@@ -32,7 +33,8 @@ class ExplorerTab(Tab):
                 log.warning("explorer layer fetch failed: %s", err, exc_info=not isinstance(err, ExbertError))
                 return {"error": user_message(err)}
 
-        self.view = ExplorerView(None, fetch_layer=fetch_layer, elem_id="xh-explorer")
+        self.view = ExplorerView(None, fetch_layer=explorer_layer, elem_id="xh-explorer")
+        export_controls(ctx, self.id)
         return self.view
 
     def value(self, ctx, key, analysis, engine, view):

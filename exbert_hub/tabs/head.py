@@ -7,6 +7,7 @@ import gradio as gr
 from ..inputs import as_int, as_text
 from ..service import StoreRef, attention_matrix, check_layer_head
 from ..views.head_view import HeadView, head_view_payload
+from ..hub.app_export import export_controls
 from .base import AppContext, Tab, api_error, clamp_view
 
 
@@ -27,7 +28,9 @@ class HeadTab(Tab):
     label = "Head view"
 
     def build(self, ctx: AppContext) -> gr.Component:
-        return HeadView(None, store=StoreRef(ctx.store), elem_id="xh-head-view")
+        view = HeadView(None, store=StoreRef(ctx.store), elem_id="xh-head-view")
+        export_controls(ctx, self.id)
+        return view
 
     def value(self, ctx, key, analysis, engine, view):
         layer, heads, _ = clamp_view(analysis, view)

@@ -6,6 +6,7 @@ import gradio as gr
 
 from ..service import StoreRef
 from ..views.model_view import ModelView, model_view_payload
+from ..hub.app_export import export_controls
 from .base import AppContext, Tab
 
 
@@ -14,7 +15,9 @@ class ModelTab(Tab):
     label = "Model view"
 
     def build(self, ctx: AppContext) -> gr.Component:
-        return ModelView(None, store=StoreRef(ctx.store), elem_id="xh-model-view")
+        view = ModelView(None, store=StoreRef(ctx.store), elem_id="xh-model-view")
+        export_controls(ctx, self.id)
+        return view
 
     def value(self, ctx, key, analysis, engine, view):
         return model_view_payload(analysis, key=key)

@@ -9,6 +9,7 @@ import numpy as np
 from ..inputs import as_int
 from ..service import StoreRef
 from ..views.neuron_view import NeuronView, neuron_view_payload
+from ..hub.app_export import export_controls
 from .base import AppContext, Tab, api_error, clamp_view
 from .head import layer_head_args
 
@@ -18,7 +19,9 @@ class NeuronTab(Tab):
     label = "Neuron view"
 
     def build(self, ctx: AppContext) -> gr.Component:
-        return NeuronView(None, store=StoreRef(ctx.store), elem_id="xh-neuron-view")
+        view = NeuronView(None, store=StoreRef(ctx.store), elem_id="xh-neuron-view")
+        export_controls(ctx, self.id)
+        return view
 
     def value(self, ctx, key, analysis, engine, view):
         layer, heads, token = clamp_view(analysis, view)
