@@ -52,8 +52,13 @@ def test_explorer_payload_is_compact_and_json_safe(tiny_engine):
     assert p["initial"] == {"layer": 1, "heads": [0, 3], "token": 2, "threshold": 1.0, "hide_special": False,
                             "weights": None}
     assert p["can_mask"] is True and p["causal"] is False and len(p["predictions"][2]) == 5
-    assert set(p["attention"]) == {"0", "1"}  # small: every layer sent
+    # small: every layer sent, and the rollout as the layer after the last (exbert_hub.analyses.rollout)
+    assert set(p["attention"]) == {"0", "1", "2"}
     np.testing.assert_allclose(decode_attention(p["attention"]["1"]), a.attentions[1], atol=0.01)
+    from exbert_hub.analyses.rollout import attention_rollout
+
+    rollout = attention_rollout(a)[-1]
+    np.testing.assert_allclose(decode_attention(p["attention"]["2"])[0], rollout, atol=0.01)
     # big inputs send only the shown layer
     lazy = explorer_payload(a, layer=1, all_layers=False)
     assert set(lazy["attention"]) == {"1"} and lazy["all_layers"] is False
