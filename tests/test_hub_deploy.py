@@ -88,7 +88,7 @@ def token(monkeypatch):
 def test_committed_spaces_folder_is_a_fresh_generation(tmp_path):
     fresh = space_folder(tmp_path / "space", SpaceConfig(model="bert-base-uncased"), wheel=False)
     committed = sorted(p.name for p in (REPO / "spaces").iterdir() if p.is_file())
-    assert committed == sorted(p.name for p in fresh.iterdir()) == ["README.md", "app.py", "requirements.txt"]
+    assert committed == sorted(p.name for p in fresh.iterdir()) == ["README.md", "app.py", "packages.txt", "requirements.txt"]
     for name in committed:
         assert (REPO / "spaces" / name).read_text() == (fresh / name).read_text(), (
             f"spaces/{name} is stale: run exbert-hub space deploy --model bert-base-uncased --dry-run --out spaces --no-wheel")
@@ -148,7 +148,8 @@ def test_deploy_creates_uploads_and_sets_variables(token, tmp_path):
     assert api.calls[4] == ("add_space_variable", ("me/exbert", "EXBERT_HUB_MODEL", "bert-base-uncased"), {"token": token})
     assert api.calls[5] == ("add_space_variable", ("me/exbert", "EXBERT_HUB_CORPUS", "me/corpus"), {"token": token})
     wheel = f"exbert_hub-{exbert_hub.__version__}-py3-none-any.whl"
-    assert sorted(api.uploaded) == sorted(["README.md", "app.py", "requirements.txt", wheel])
+    assert sorted(api.uploaded) == sorted(["README.md", "app.py", "packages.txt", "requirements.txt", wheel])
+    assert api.uploaded["packages.txt"] == b"chromium\n"  # SVG/PNG export draws in Chromium on the Space
     assert b"models:\n  - bert-base-uncased" in api.uploaded["README.md"]
     assert b"datasets:\n  - me/corpus" in api.uploaded["README.md"]
     with zipfile.ZipFile(tmp_path / "space" / wheel) as z:  # the package itself, with the views' assets

@@ -192,6 +192,8 @@ def space_folder(out: str | Path, config: SpaceConfig | None = None, *, wheel: b
     (out / "README.md").write_text(readme(config), encoding="utf-8")
     (out / "app.py").write_text(app_py(config), encoding="utf-8")
     (out / "requirements.txt").write_text(requirements(), encoding="utf-8")
+    # Debian packages the Space installs (the Hub reads packages.txt): Chromium draws SVG/PNG exports
+    (out / "packages.txt").write_text("chromium\n", encoding="utf-8")
     if wheel:
         for old in out.glob("exbert_hub-*.whl"):
             old.unlink()
