@@ -225,8 +225,9 @@
     dbox.append(dBar);
     S.distDiv = el("div", "xl-dist");
     dbox.append(S.distDiv);
-    if (!metrics.length) { S.distDiv.style.height = "auto"; S.distDiv.append(el("div", "xl-empty", "No distances: give the examples two spans (A and B).")); }
-    mid.append(dbox);
+    // without two spans there is nothing to plot: a one-line note instead of an empty panel
+    if (metrics.length) mid.append(dbox);
+    else root.append(el("div", "xh-hint xl-no-dist", "Distances per layer need two span columns (span A, span B) in the example set."));
     S.headBox = el("div", "xl-panel xl-head-box");
     mid.append(S.headBox);
     root.append(mid);

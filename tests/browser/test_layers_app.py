@@ -1,0 +1,143 @@
+"""The Layers tab inside the real app (tiny BERT), in Chromium: typed example lines are analysed and the
+scatter draws one point per non-special token of Python's analyze_examples, at the projection's
+coordinates; a deep link with the ly_* parameters restores the example set, layer, statistic, tracked
+example and opened head (through Tab.value and the view's address state)."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+
+from exbert_hub.analyses.heads import STATISTICS
+from exbert_hub.examples import analyze_examples, load_examples
+
+pytestmark = pytest.mark.browser
+
+LINES = ["The cat sat on the mat.", "A dog ran in the park.", "The bank raised its rates.",
+         "She sat by the river bank.", "Birds sing at dawn."]
+VIEW = "#xl-layers-view"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """analyze_examples' disk cache in a temporary folder for this module (not the user's)."""
+    old = os.environ.get("EXBERT_HUB_CACHE")
+    os.environ["EXBERT_HUB_CACHE"] = str(tmp_path_factory.mktemp("xl-app-cache"))
+    yield
+    if old is None:
+        os.environ.pop("EXBERT_HUB_CACHE", None)
+    else:
+        os.environ["EXBERT_HUB_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_engine):
+    """Python's own analysis of LINES with the app's model (the tiny BERT)."""
+    eng = tiny_engine("bert")
+    return analyze_examples(eng, load_examples(LINES), progress=False, spacy=None)
+
+
+def tracked_rows(r) -> np.ndarray:
+    """Indices of the analysis's rows the scatter draws (every non-special token)."""
+    return np.flatnonzero([not bool(r.special[e][t]) for e, t in zip(r.row_example, r.row_token)])
+
+
+def open_layers_tab(page, url: str):
+    page.goto(url)
+    page.wait_for_selector(".xb-root[data-ready='1']", timeout=60_000)
+    page.get_by_role("tab", name="Layers").click()
+    page.wait_for_selector("#xl-examples-box textarea")
+
+
+def ready(page):
+    page.wait_for_selector(f"{VIEW} .xl-root[data-ready='1']", timeout=120_000)
+
+
+def scatter(page, model: int = 0) -> list[dict]:
+    return page.evaluate(f"""() => {{
+        const gd = document.querySelector('{VIEW} .xl-scatter[data-model="{model}"]');
+        return gd.data.map(t => ({{x: Array.from(t.x || []), y: Array.from(t.y || [])}}));
+    }}""")
+
+
+def test_typed_lines_draw_every_token_of_the_analysis(page, explorer_app, cache, reference):
+    open_layers_tab(page, explorer_app.url)
+    page.fill("#xl-examples-box textarea", "\n".join(LINES))
+    page.click("#xl-run")
+    ready(page)
+    r = reference
+    rows = tracked_rows(r)
+    pts = scatter(page)
+    assert len(pts[0]["x"]) == len(pts[0]["y"]) == rows.size
+    # the last hidden state is shown first, at the PCA coordinates Python computed (uint16 transport)
+    want = r.projection("pca")[r.num_layers][rows]
+    span = np.ptp(want, axis=0)
+    np.testing.assert_allclose(pts[0]["x"], want[:, 0], atol=float(span[0]) / 30_000)
+    np.testing.assert_allclose(pts[0]["y"], want[:, 1], atol=float(span[1]) / 30_000)
+    # the tracked example (0) is drawn as stars: its non-special tokens
+    n0 = int(np.sum(r.row_example[rows] == 0))
+    assert len(pts[2]["x"]) == n0
+    status = page.locator("#xl-status").inner_text()
+    assert f"{len(LINES)} examples" in status and f"{rows.size} tracked tokens" in status
+    # the table lists every example; the address names the example set
+    assert page.locator(f"{VIEW} .xl-table tbody tr").count() == len(LINES)
+    assert "ly_examples=" in page.url
+    assert not page.errors
+
+
+def test_view_state_in_the_address_reopens_the_same_view(page, browser, explorer_app, cache, reference):
+    open_layers_tab(page, explorer_app.url)
+    page.fill("#xl-examples-box textarea", "\n".join(LINES))
+    page.click("#xl-run")
+    ready(page)
+    api = f"document.querySelector('{VIEW} .xl-root').__xl"
+    page.evaluate(f"async () => {{ await {api}.setLayer(1); {api}.setStatistic('entropy'); {api}.setExample(3); }}")
+    page.evaluate(f"() => {api}.openHead(1, 2)")
+    page.wait_for_selector(f"{VIEW} .xl-matrix.js-plotly-plot")
+    page.wait_for_function("() => location.search.includes('ly_head=1%2C2') || location.search.includes('ly_head=1,2')")
+    link = page.url
+    assert "tab=layers" in link and "ly_layer=1" in link and "ly_stat=entropy" in link and "ly_example=3" in link
+    # a new visitor opens the link: the same example set, layer, statistic, example and head
+    other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    try:
+        other.goto(link)
+        ready(other)
+        check_restored(other, reference, layer=1, stat="entropy", example=3, head=[1, 2])
+    finally:
+        other.context.close()
+
+
+def test_hand_written_deep_link_opens_the_layers_tab(page, explorer_app, cache, reference):
+    lines = quote("\n".join(LINES))
+    page.goto(explorer_app.url + f"?tab=layers&ly_examples={lines}&ly_layer=0&ly_stat=std&ly_example=2&ly_head=0,3")
+    ready(page)
+    check_restored(page, reference, layer=0, stat="std", example=2, head=[0, 3])
+    # the typed-lines box of the tab is not needed for a link: the view drew from the link alone
+    assert not page.errors
+
+
+def check_restored(page, r, *, layer: int, stat: str, example: int, head: list[int]):
+    state = page.evaluate(f"() => document.querySelector('{VIEW} .xl-root').__xl.state()")
+    assert (state["layer"], state["statistic"], state["example"], state["head"]) == (layer, stat, example, head)
+    page.wait_for_function(f"() => document.querySelector('{VIEW} .xl-scatter').dataset.layer === '{layer}'")
+    rows = tracked_rows(r)
+    pts = scatter(page)
+    assert len(pts[0]["x"]) == rows.size
+    want = r.projection("pca")[layer][rows]
+    np.testing.assert_allclose(pts[0]["x"], want[:, 0], atol=float(np.ptp(want[:, 0])) / 30_000)
+    assert len(pts[2]["x"]) == int(np.sum(r.row_example[rows] == example))
+    # the head summary shows the statistic's mean over all examples
+    page.wait_for_function(f"() => document.querySelector('{VIEW} .xl-summary').dataset.statistic === '{stat}'")
+    z = np.asarray(page.evaluate(f"() => document.querySelector('{VIEW} .xl-summary').data[0].z"), dtype=np.float64)
+    assert stat in STATISTICS
+    np.testing.assert_allclose(z, r.head_stats[stat].astype(np.float64).mean(axis=0), rtol=1e-5, atol=1e-7)
+    # the opened head is that head of the tracked example
+    page.wait_for_selector(f"{VIEW} .xl-matrix.js-plotly-plot")
+    mat = page.locator(f"{VIEW} .xl-matrix")
+    assert (mat.get_attribute("data-layer"), mat.get_attribute("data-head"), mat.get_attribute("data-example")) == (
+        str(head[0]), str(head[1]), str(example))
+    assert page.locator(f"{VIEW} .xl-example select").input_value() == str(example)
+    assert page.locator(f"{VIEW} .xl-table tbody tr").count() == len(LINES)
