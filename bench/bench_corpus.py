@@ -154,7 +154,7 @@ def throughput(args) -> dict:
     load_before = load_avg()
     t0 = time.perf_counter()
     build(model, args.source, str(out), max_sentences=args.sentences, batch_size=args.batch_size,
-          workers=args.workers, progress=False)
+          workers=args.workers, progress=False, stream_indexes=not args.two_pass)
     build_s = time.perf_counter() - t0
     meta = cf.read_card(out)
     tokens = meta["counts"]["tokens"]
@@ -172,6 +172,8 @@ def throughput(args) -> dict:
         "bare_tokens_per_s": round(tokens / bare_s, 1), "ratio": round(bare_s / build_s, 3),
         "spacy_alone_seconds": round(spacy_s, 2), "spacy_alone_over_bare_forward": round(spacy_s / bare_s, 3),
         "card_timings": meta["timings"], "index_tier": meta["indexes"]["embedding"][0]["tier"],
+        "indexes_streamed": not args.two_pass,
+        "recall_at_50": {f"{k}-{l}": st.get("recall_at_50") for k, per in meta["indexes"].items() for l, st in per.items()},
         "load_avg_before": load_before, "load_avg_after": load_avg(), "cpus": os.cpu_count(),
     }
 
@@ -538,6 +540,7 @@ def main() -> None:
     t.add_argument("--workers", type=int, default=1)
     t.add_argument("--repeats", type=int, default=3)
     t.add_argument("--out", default=str(ROOT / "bench/out/corpus-throughput"))
+    t.add_argument("--two-pass", action="store_true", help="vector files + indexes after the shards (the old way)")
     s = sub.add_parser("storage")
     s.add_argument("folders", nargs="+")
     r = sub.add_parser("reindex")

@@ -44,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--recall-queries", type=int, default=200, help="sampled queries: half tune nprobe, half measure recall@50")
     b.add_argument("--keep-vectors", action="store_true",
                    help="also keep every shard's float16 vectors in vectors/ (large; for analysis or re-indexing)")
+    b.add_argument("--two-pass-indexes", action="store_true",
+                   help="write every shard's vectors and build the compressed indexes after the shards (the old way); "
+                        "default: train on the first vectors and encode each shard as it arrives, no vector files")
     b.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                         spacy=args.spacy, max_sentences=args.max_sentences, batch_size=args.batch_size,
                         max_tokens=args.max_tokens, min_words=args.min_words, layers=args.layers, workers=args.workers,
                         shard_chars=args.shard_chars, exact_limit=args.exact_limit, index_factory=args.index_factory,
-                        recall_queries=args.recall_queries, keep_vectors=args.keep_vectors, overwrite=args.overwrite, progress=not args.quiet)
+                        recall_queries=args.recall_queries, keep_vectors=args.keep_vectors, overwrite=args.overwrite,
+                        stream_indexes=not args.two_pass_indexes, progress=not args.quiet)
             print(f"corpus written to {out}")
         else:
             from .publishing import publish

@@ -37,6 +37,7 @@ from . import annotate, indexing, sources, vectors
 log = logging.getLogger(__name__)
 
 DEFAULT_SPACY = "en_core_web_sm"
+STREAMING_FILE = "streaming.json"  # .build/streaming.json: the indexes are trained, shards go to codes
 DEFAULT_EXACT_LIMIT = 10_000  # vectors per index; above: compressed IVF-SQ6 index (~1/10 of exBERT's bytes, see indexing)
 PREFETCH = 4  # shards a spaCy worker may be given ahead of the model
 MAX_DOC_CHARS = 100_000  # longer documents are cut at whitespace (spaCy's memory grows with document length)
@@ -66,6 +67,7 @@ class BuildSettings:
     index_factory: str | None = None  # override the compressed tier's factory string
     recall_queries: int = 200  # half tune nprobe, half measure recall@50 (the card)
     keep_vectors: bool = False  # also keep the float16 vectors of every shard in vectors/ (for analysis, re-indexing)
+    stream_indexes: bool = True  # compressed tier: train on the first vectors, encode shards as they arrive
     overwrite: bool = False
     progress: bool = True
 
@@ -239,6 +241,10 @@ class Builder:
                              spacy=self.spacy_info["pipeline"] + "-" + str(self.spacy_info["version"]),
                              format_version=cf.FORMAT_VERSION)
         self.runner = vectors.VectorRunner(e, self.layers)
+        self.streams = {(kind, layer): indexing.IndexStream(self.out, kind, layer, self.num_heads, self.s.index_factory,
+                                                            self.s.recall_queries)
+                        for kind in cf.KINDS for layer in self.layers}
+        self._written: list[dict] = []  # shards finished (this run or an earlier one), for _maybe_train
 
     # --- stage 1: shards -----------------------------------------------------------------------------
     def _done_shards(self) -> dict[int, dict]:
@@ -304,6 +310,7 @@ class Builder:
                 shard, docs, worker = pending.popleft()
                 if shard in done:
                     info = done[shard]
+                    self._written.append(info)
                     self._remember(shard)
                     if cap is not None and progress.sentences + info["sentences"] > cap:
                         raise BuildError(
@@ -447,7 +454,8 @@ class Builder:
             emb_parts.append(vec.hidden[:, real])
             head_parts.append(vec.contexts[:, real])
         assert tid - payload["token_base"] == info["tokens"] and vrow - payload["vector_base"] == info["vectors"]
-        return {"sentences": srows, "tokens": trows, "embedding": emb_parts, "heads": head_parts}
+        return {"sentences": srows, "tokens": trows, "embedding": emb_parts, "heads": head_parts,
+                "vector_base": payload["vector_base"]}
 
     def _write_shard(self, info: dict, tables: dict) -> None:
         """Normalised float16 vectors and parquet tables of a shard, then its done marker. Runs in a writer
@@ -464,11 +472,44 @@ class Builder:
                            self.out / cf.tokens_file(shard))
             emb = vectors.normalise_embedding(np.concatenate(tables["embedding"], axis=1)).astype(np.float16)
             heads = vectors.normalise_heads(np.concatenate(tables["heads"], axis=1), self.num_heads).astype(np.float16)
+            streaming = self._streaming()
             for kind, arr in (("embedding", emb), ("heads", heads)):
                 for p, layer in enumerate(self.layers):
-                    _save_npy(arr[p], self.out / cf.build_vectors_dir(kind, layer) / cf.vectors_shard_name(shard))
+                    if streaming:  # the compressed tier: codes, no vector files
+                        self.streams[(kind, layer)].encode(shard, arr[p], tables["vector_base"])
+                    if not streaming or self.s.keep_vectors:
+                        _save_npy(arr[p], self.out / cf.build_vectors_dir(kind, layer) / cf.vectors_shard_name(shard))
         info = dict(info, seconds_write=round(time.time() - t0, 3))
         cf.write_json(self.out / cf.build_shard_done_file(shard), info)
+        self._written.append(info)
+        self._maybe_train()
+
+    # --- the compressed tier while the shards arrive --------------------------------------------------
+    def _streaming(self) -> bool:
+        """The indexes are trained: every later shard goes straight to codes (see indexing.IndexStream)."""
+        return (self.build_dir / STREAMING_FILE).exists()
+
+    def _maybe_train(self) -> None:
+        """Once the kept vectors exceed the exact limit and fill a training sample, train every index on
+        them, encode them, and drop their files (a corpus that stays smaller keeps the two-pass path)."""
+        if not self.s.stream_indexes or self._streaming():
+            return
+        shards = [i for i in sorted(self._written, key=lambda x: x["shard"]) if i["vectors"] > 0]
+        n = sum(i["vectors"] for i in shards)
+        sentences = sum(i["sentences"] for i in shards)
+        estimate = (int(self.s.max_sentences * n / max(sentences, 1)) if self.s.max_sentences else 16 * n)
+        nlist = indexing.default_nlist(max(estimate, n)) if not self.s.index_factory else 1024
+        if n <= self.s.exact_limit or n < min(indexing.MAX_TRAIN, 64 * nlist):
+            return
+        t0 = time.time()
+        numbers = [i["shard"] for i in shards]
+        for stream in self.streams.values():
+            stream.train(numbers, max(estimate, n))
+        cf.write_json(self.build_dir / STREAMING_FILE, {"trained_on_shards": numbers, "vectors": n,
+                                                        "estimate": estimate, "seconds": round(time.time() - t0, 2)})
+        if not self.s.keep_vectors:
+            for stream in self.streams.values():
+                shutil.rmtree(stream.vectors_dir, ignore_errors=True)
 
     # --- stage 2: indexes --------------------------------------------------------------------------
     def _index_stage(self, progress: Progress) -> dict:
@@ -484,7 +525,9 @@ class Builder:
                 indexes[kind][layer] = cf.read_json(marker)
                 continue
             src = self.out / cf.build_vectors_dir(kind, layer)
-            if tier == cf.EXACT:
+            if self._streaming():
+                stats = self.streams[(kind, layer)].finish([s["shard"] for s in shards])
+            elif tier == cf.EXACT:
                 # the shard files ARE the exact index: move them, no copy
                 dst = self.out / cf.index_file(kind, layer, tier)
                 if src.exists():

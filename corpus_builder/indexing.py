@@ -54,6 +54,7 @@ def default_nlist(n: int) -> int:
 DEFAULT_CODE = "SQ6"  # contexts (heads)
 EMBEDDING_CODE = "RaBitQ5"
 IVF_TRAIN_ITERATIONS = 10
+MAX_TRAIN = 200_000  # training vectors of an index at most
 ONE_HEAD_SCAN = 500_000  # vectors a one-head query may visit (about 35 ms of SQ6 codes on 2 cores)
 
 
@@ -262,7 +263,7 @@ def exact_stats(folder: Path, kind: str, layer: int) -> dict:
 
 def build_index(folder: Path, kind: str, layer: int, arrays: list[np.ndarray], *, num_heads: int,
                 factory: str | None = None, recall_queries: int = 200, seed: int = 0,
-                target: float = RECALL_TARGET, max_train: int = 200_000) -> dict:
+                target: float = RECALL_TARGET, max_train: int = MAX_TRAIN) -> dict:
     """Write the compressed index of one (kind, layer) into ``folder`` and return its stats for the card."""
     import faiss
 
@@ -342,3 +343,191 @@ def _head_cells(folder, layer, index, source, train_rows, queries, q_rows, k, nu
     out["max_heads"] = max([int(m) for m in out["nprobe"]] or [0])
     out["seconds"] = round(time.time() - t0, 2)
     return out
+
+
+# --- streaming: train on the first vectors, encode every later shard as it arrives ---------------------
+QUERY_SETS = ("all", "one", "three")  # recall queries of a heads index (one kind: "all" only)
+
+
+class IndexStream:
+    """A compressed index built while the shards arrive, without vector files and without a second pass.
+
+    Until ``train_n`` vectors have arrived, each shard's float16 vectors are kept in
+    ``.build/vectors/<stem>/`` (they ARE the exact tier if the corpus stays under the exact limit). Then
+    ``train`` fits the IVF cells, the codes and (heads) the per-head cells on those vectors, draws the recall
+    queries from them, and turns every kept shard into codes; each later shard goes straight to codes
+    (``encode``): ``.build/codes/<stem>/shard-N.npy`` (FAISS standalone codes, cell number included),
+    ``shard-N.cells.npy`` (per-head cells) and ``shard-N.truth.npz`` (the shard's exact top-k for every recall
+    query, so recall needs no vectors later). ``finish`` adds the codes to the trained index, tunes nprobe
+    and measures recall@50 on the held-out half of the queries: the same statistics as ``build_index``.
+    Every file is written under a temporary name; a shard counts once its done marker exists (the builder's).
+    """
+
+    def __init__(self, folder: Path, kind: str, layer: int, num_heads: int, factory: str | None,
+                 recall_queries: int, seed: int = 0):
+        self.folder, self.kind, self.layer, self.num_heads = Path(folder), kind, layer, num_heads
+        self.factory, self.recall_queries, self.seed = factory, recall_queries, seed
+        stem = cf.index_stem(kind, layer)
+        self.vectors_dir = self.folder / cf.build_vectors_dir(kind, layer)
+        self.codes_dir = self.folder / cf.BUILD_DIR / "codes" / stem
+        self.trained_file = self.folder / cf.BUILD_DIR / "trained" / f"{stem}.faiss"
+        self.extra_file = self.folder / cf.BUILD_DIR / "trained" / f"{stem}.npz"  # queries, head centroids
+        self._index = None
+        self._extra = None
+
+    @property
+    def trained(self) -> bool:
+        return self.trained_file.exists() and self.extra_file.exists()
+
+    def buffered(self, shards: list[int]) -> list[Path]:
+        return [self.vectors_dir / cf.vectors_shard_name(s) for s in shards]
+
+    def _load(self):
+        import faiss
+
+        if self._index is None:
+            self._index = faiss.read_index(str(self.trained_file))
+            with np.load(self.extra_file) as z:
+                self._extra = {k: z[k] for k in z.files}
+        return self._index, self._extra
+
+    def train(self, shards: list[int], total_estimate: int, max_train: int = MAX_TRAIN) -> None:
+        """Fit on the kept vectors of ``shards`` (rows in shard order), then encode them."""
+        import faiss
+
+        arrays = [np.load(p, mmap_mode="r") for p in self.buffered(shards)]
+        source = VectorSource(arrays)
+        rng = np.random.default_rng(self.seed)
+        n_est = max(total_estimate, source.n)
+        factory = self.factory or default_factory(n_est, source.dim, self.num_heads, self.kind)
+        index = faiss.index_factory(source.dim, factory, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.niter = IVF_TRAIN_ITERATIONS
+        n_train = min(source.n, max_train, ivf.nlist * 64)
+        train_rows = np.sort(rng.choice(source.n, size=n_train, replace=False))
+        sample = source.take(train_rows)
+        index.train(sample)
+        extra = {"factory": np.array(factory), "train_vectors": np.array(n_train)}
+        nq = min(self.recall_queries, source.n)
+        q_rows = np.sort(rng.choice(source.n, size=nq, replace=False))
+        queries = source.take(q_rows)
+        extra.update(q_rows=q_rows, q_all=queries)
+        if self.kind == "heads" and self.num_heads > 1:
+            hq = one_head_queries(queries, self.num_heads, rng)
+            tq, kept = few_head_queries(queries, self.num_heads, 3, rng) if self.num_heads > 3 else (queries[:0], [])
+            C = head_cells_count(n_est)
+            extra.update(q_one=hq, q_three=tq, q_three_heads=np.array(kept, dtype=np.int64).reshape(len(tq), -1),
+                         centroids=train_head_cells(sample[: C * 64], self.num_heads, C, self.seed))
+        self.trained_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.trained_file.with_name(self.trained_file.name + ".tmp")
+        faiss.write_index(index, str(tmp))
+        _save_npz(self.extra_file, extra)
+        os.replace(tmp, self.trained_file)  # last: "trained" means both files are whole
+        self._index, self._extra = None, None
+        base = 0
+        for s, a in zip(shards, arrays):
+            self.encode(s, np.asarray(a), base)
+            base += len(a)
+
+    def encode(self, shard: int, vectors: np.ndarray, first_row: int) -> None:
+        """Codes, per-head cells and exact top-k of the recall queries for one shard's vectors."""
+        import faiss
+
+        index, extra = self._load()
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.codes_dir.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{shard:05d}"
+        truth = {}
+        for q in QUERY_SETS:
+            queries = extra.get(f"q_{q}")
+            if queries is None or not len(queries) or not len(x):
+                continue
+            k = min(RECALL_K + 1, len(x))
+            s, r = faiss.knn(np.ascontiguousarray(queries), x, k, metric=faiss.METRIC_INNER_PRODUCT)
+            truth[f"{q}_scores"], truth[f"{q}_rows"] = s, r + first_row
+        if "centroids" in extra:
+            _save(self.codes_dir / f"{name}.cells.npy", assign_head_cells(extra["centroids"], x))
+        _save_npz(self.codes_dir / f"{name}.truth.npz", truth)
+        _save(self.codes_dir / f"{name}.npy", index.sa_encode(x) if len(x) else np.zeros((0, index.sa_code_size()), np.uint8))
+
+    def finish(self, shards: list[int], target: float = RECALL_TARGET) -> dict:
+        """Write the index (and per-head cells) into the corpus folder; its card entry."""
+        import faiss
+
+        t0 = time.time()
+        index, extra = self._load()
+        rel = cf.index_file(self.kind, self.layer, cf.COMPRESSED)
+        path = self.folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        n = 0
+        truth: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        cells = []
+        for s in shards:
+            codes = np.load(self.codes_dir / f"shard-{s:05d}.npy")
+            if len(codes):
+                index.add_sa_codes(codes, np.arange(n, n + len(codes), dtype=np.int64))
+            n += len(codes)
+            with np.load(self.codes_dir / f"shard-{s:05d}.truth.npz") as z:
+                for q in QUERY_SETS:
+                    if f"{q}_scores" in z.files:
+                        truth[q] = _merge_topk(truth.get(q), (z[f"{q}_scores"], z[f"{q}_rows"]), RECALL_K + 1)
+            if "centroids" in extra:
+                cells.append(np.load(self.codes_dir / f"shard-{s:05d}.cells.npy"))
+        ivf = faiss.extract_index_ivf(index)
+        q_rows = extra["q_rows"]
+        k = min(RECALL_K, n - 1)
+        exact = {q: without_self(truth[q][1], q_rows, k) for q in truth}
+        nq = len(q_rows)
+        stats: dict = {"tier": cf.COMPRESSED, "file": rel, "vectors": n, "dim": index.d, "factory": str(extra["factory"])}
+        nprobe, tuned, measured = _tune(index, extra["q_all"], exact["all"], q_rows, k, target)
+        stats.update(nlist=int(ivf.nlist), nprobe=nprobe, recall_at_50=round(measured, 4),
+                     recall_at_50_tuning=round(tuned, 4), recall_queries=nq - nq // 2,
+                     train_vectors=int(extra["train_vectors"]), streamed=True)
+        if "one" in exact:
+            cap = one_head_nprobe_cap(ivf.nlist, n)
+            hn, _, hmeasured = _tune(index, extra["q_one"], exact["one"], q_rows, k, target, max_nprobe=cap, tune=cap < ivf.nlist)
+            stats.update(nprobe_one_head=hn, recall_at_50_one_head=round(hmeasured, 4))
+            ivf.nprobe = nprobe
+        if cells:
+            centroids, cells_all = extra["centroids"], np.concatenate(cells, axis=1)
+            crel, hrel = cf.head_cells_files(self.kind, self.layer)
+            _save(self.folder / crel, centroids)
+            _save(self.folder / hrel, cells_all)
+            hc = {"centroids": crel, "cells": hrel, "files": [crel, hrel], "cells_per_head": int(centroids.shape[1]),
+                  "nprobe": {}, "recall_at_50": {}, "recall_at_50_tuning": {}}
+            from exbert_hub.corpus import selected_heads
+
+            sets = {1: (extra["q_one"], [selected_heads(q, self.num_heads) for q in extra["q_one"]]),
+                    3: (extra["q_three"], [list(map(int, r)) for r in extra["q_three_heads"]])}
+            for m, (qs, kept) in sets.items():
+                key = "one" if m == 1 else "three"
+                if key not in exact or not len(qs):
+                    continue
+                p, t_, m_ = tune_head_cells(index, centroids, cells_all, qs, kept, exact[key], q_rows, k, target)
+                hc["nprobe"][str(m)], hc["recall_at_50"][str(m)], hc["recall_at_50_tuning"][str(m)] = p, round(m_, 4), round(t_, 4)
+            hc["max_heads"] = max([int(m) for m in hc["nprobe"]] or [0])
+            stats["head_cells"] = hc
+        tmp = path.with_name(path.name + ".tmp")
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, path)
+        stats["bytes"] = path.stat().st_size + sum((self.folder / f).stat().st_size
+                                                   for f in (stats.get("head_cells") or {}).get("files", ()))
+        stats["seconds_finish"] = round(time.time() - t0, 2)
+        return stats
+
+
+def _merge_topk(a, b, k):
+    """Merge two (scores, rows) top lists [q, *] into the top ``k`` (largest scores first)."""
+    if a is None:
+        s, r = b
+    else:
+        s, r = np.concatenate([a[0], b[0]], axis=1), np.concatenate([a[1], b[1]], axis=1)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(r, order, axis=1)
+
+
+def _save_npz(path: Path, arrays: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)

@@ -1,0 +1,128 @@
+"""Compressed indexes built while the shards arrive (train on the first vectors, encode each later shard).
+
+The corpus is unchanged in content against the two-pass build (the same sentences, tokens, annotations
+and vectors), its indexes find the same neighbours as well (recall against exact search over the kept
+vectors, measured here with queries of our own), no vector file is written after the training, and a
+build killed (SIGKILL) after the training resumes to the same corpus.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exbert_hub import corpus_format as cf
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+DOCS = "builtin:python-docs"
+OPTS = dict(max_sentences=150, workers=0, progress=False, exact_limit=0, recall_queries=60, layers=[2], shard_chars=4000)
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    from corpus_builder import build, builder, indexing
+
+    saved, encoded, trained = [], [], []
+    real_save, real_encode, real_train = builder._save_npy, indexing.IndexStream.encode, indexing.IndexStream.train
+    builder._save_npy = lambda a, p: saved.append(p.name) or real_save(a, p)
+    indexing.IndexStream.encode = lambda self, s, *a: encoded.append(s) or real_encode(self, s, *a)
+    indexing.IndexStream.train = lambda self, shards, *a: trained.append(list(shards)) or real_train(self, shards, *a)
+    try:
+        root = tmp_path_factory.mktemp("stream")
+        streamed = build(MINILM, DOCS, str(root / "streamed"), **OPTS)
+        calls = {"saved": list(saved), "encoded": list(encoded), "trained": list(trained)}
+    finally:
+        builder._save_npy, indexing.IndexStream.encode, indexing.IndexStream.train = real_save, real_encode, real_train
+    two_pass = build(MINILM, DOCS, str(root / "two-pass"), stream_indexes=False, keep_vectors=True, **OPTS)
+    return streamed, two_pass, calls
+
+
+def _table(folder: Path, rel: str):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(sorted((folder / rel).glob("*.parquet"))).to_pydict()
+
+
+def test_no_vector_files_after_training(builds):
+    streamed, _, calls = builds
+    (first,) = {tuple(t) for t in calls["trained"]}  # every index trained once, on the same shards
+    assert len(calls["trained"]) == 2  # embedding and heads of layer 2
+    later = sorted(set(calls["encoded"]) - set(first))
+    assert later, "the build should go on after the training"
+    written = {int(name.split("-")[1].split(".")[0]) for name in calls["saved"]}
+    assert written == set(first)  # vector files only before the training
+    assert not (streamed / cf.KEPT_VECTORS_DIR).exists() and not (streamed / cf.BUILD_DIR).exists()
+    meta = cf.read_card(streamed)
+    assert all(st["streamed"] and st["tier"] == cf.COMPRESSED for per in meta["indexes"].values() for st in per.values())
+
+
+def test_same_content_as_the_two_pass_build(builds):
+    streamed, two_pass, _ = builds
+    for rel in (cf.SENTENCES_DIR, cf.TOKENS_DIR):
+        assert _table(streamed, rel) == _table(two_pass, rel)
+    a, b = cf.read_card(streamed), cf.read_card(two_pass)
+    assert a["counts"] == b["counts"]
+    for kind in cf.KINDS:
+        assert a["indexes"][kind][2]["vectors"] == b["indexes"][kind][2]["vectors"] == a["counts"]["vectors"]
+
+
+@pytest.mark.parametrize("kind", cf.KINDS)
+def test_recall_as_before(builds, kind):
+    """Recall@50 at each build's own nprobe, against exact search over the kept float16 vectors, with
+    200 corpus tokens as queries (their own row left out): the streamed index within 0.03 of the two-pass one."""
+    import faiss
+
+    from corpus_builder import indexing
+
+    streamed, two_pass, _ = builds
+    files = sorted((two_pass / cf.kept_vectors_dir(kind, 2)).glob("*.npy"))
+    X = np.concatenate([np.load(f) for f in files]).astype(np.float32)
+    rng = np.random.default_rng(7)
+    rows = rng.choice(len(X), size=200, replace=False)
+    truth = indexing.without_self(indexing.exact_topk(indexing.VectorSource([X]), X[rows], 51), rows, 50)
+    got = {}
+    for name, folder in (("streamed", streamed), ("two-pass", two_pass)):
+        info = cf.read_card(folder)["indexes"][kind][2]
+        index = faiss.read_index(str(folder / info["file"]))
+        faiss.extract_index_ivf(index).nprobe = info["nprobe"]
+        _, found = index.search(X[rows], 51)
+        got[name] = indexing.recall(indexing.without_self(found, rows, 50), truth)
+    assert got["streamed"] >= got["two-pass"] - 0.03, got
+    assert got["streamed"] >= 0.9, got
+
+
+def test_killed_after_training_resumes_to_the_same_corpus(builds, tmp_path):
+    streamed, _, calls = builds
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "corpus_builder", "build", "--model", MINILM, "--source", DOCS, "--out", str(out),
+           "--max-sentences", "150", "--workers", "0", "--exact-limit", "0", "--recall-queries", "60",
+           "--layers", "2", "--shard-chars", "4000", "--quiet"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    trained_on = max(calls["trained"][0])
+    marker = out / cf.build_shard_done_file(trained_on + 1)
+    deadline = time.time() + 600
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the build finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / cf.BUILD_DIR / "streaming.json").exists()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming" in done.stderr
+    for rel in (cf.SENTENCES_DIR, cf.TOKENS_DIR):
+        assert _table(out, rel) == _table(streamed, rel)
+    a, b = cf.read_card(out), cf.read_card(streamed)
+    assert a["counts"] == b["counts"]
+    for kind in cf.KINDS:
+        x, y = a["indexes"][kind][2], b["indexes"][kind][2]
+        assert x["vectors"] == y["vectors"] and x["nlist"] == y["nlist"]
+        assert abs(x["recall_at_50"] - y["recall_at_50"]) <= 0.03
