@@ -87,6 +87,7 @@
         example: ex, token: p.token_dtype === "uint32" ? u32(p.token) : u16(p.token), offsets: u32(p.offsets), text: p.text,
         colors, coords, stats, dist, byExample, predictions: m.predictions, probabilities: m.probabilities,
         statistics: m.statistics, canOpen: m.can_open, plot: null, pending: new Map(),
+        align: m.align ? { indptr: u32(m.align.indptr), indices: u32(m.align.indices) } : null,
       };
     });
     const ex = value.examples;
@@ -107,8 +108,7 @@
   function fromUrl() {
     const q = hub().urlParams();
     const int = (k, n) => { const v = parseInt(q.get(k), 10); return Number.isInteger(v) && v >= 0 && v < n ? v : null; };
-    const maxStates = Math.max(...S.models.map((m) => m.states));
-    const l = int("ly_layer", maxStates); if (l != null) S.layer = l;
+    const l = int("ly_layer", S.models[0].states); if (l != null) S.layer = l;
     const e = int("ly_example", S.n); if (e != null) S.example = e;
     const st = q.get("ly_stat"); if (st && S.models[0].statistics.includes(st)) S.statistic = st;
     const c = q.get("ly_color"); if (c && c in S.models[0].colors) S.color = c;
@@ -138,14 +138,13 @@
   }
 
   function build() {
-    const maxStates = Math.max(...S.models.map((m) => m.states));
     root.replaceChildren();
     const bar = el("div", "xl-toolbar xh-toolbar");
     // layer slider
     const lw = el("label", "xl-layer");
     lw.append(el("span", "xl-field-name", "Layer"));
     const slider = el("input", "xl-slider");
-    slider.type = "range"; slider.min = "0"; slider.max = String(maxStates - 1); slider.step = "1"; slider.value = String(S.layer);
+    slider.type = "range"; slider.min = "0"; slider.max = String(S.models[0].states - 1); slider.step = "1"; slider.value = String(S.layer);
     slider.setAttribute("aria-label", "Layer (0 = embeddings)");
     const lval = el("span", "xl-layer-value");
     lw.append(slider, lval);
@@ -177,16 +176,29 @@
     const scat = el("div", "xl-scatters" + (S.models.length > 1 ? " xl-two" : ""));
     S.models.forEach((m, i) => {
       const box = el("div", "xl-panel xl-scatter-box");
-      box.append(el("div", "xl-panel-title", (S.models.length > 1 ? (i ? "B: " : "A: ") : "") + m.name + " \u00b7 " + String(m.method || "").toUpperCase() + " of the tracked tokens"));
+      const title = el("div", "xl-panel-title xl-scatter-title");
+      title.append(el("span", "xl-model-name", (S.models.length > 1 ? (i ? "B: " : "A: ") : "") + m.name),
+        el("span", null, " \u00b7 " + String(m.method || "").toUpperCase() + " of the tracked tokens \u00b7 "));
+      m.layerEl = el("span", "xl-model-layer", "");  // this model's hidden state (B: matched by relative depth)
+      title.append(m.layerEl);
+      title.title = m.name;
+      box.append(title);
+      const wrap = el("div", "xl-scatter-wrap");
       const div = el("div", "xl-scatter");
       div.dataset.model = String(i);
-      box.append(div);
+      // the tokens aligned with the hovered / clicked one (the other model's words), drawn over the plot
+      m.overlay = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+      m.overlay.setAttribute("class", "xl-overlay");
+      m.overlay.setAttribute("aria-hidden", "true");
+      wrap.append(div, m.overlay);
+      box.append(wrap);
       scat.append(box);
       m.div = div;
     });
     S.legend = el("div", "xl-legend");
     scat.append(S.legend);
-    S.hint = el("div", "xh-hint", "Drag to lasso examples (box select and zoom in the plot's toolbar); double-click the plot to select all. Click a point to track its example.");
+    S.hint = el("div", "xh-hint", "Drag to lasso examples (box select and zoom in the plot's toolbar); double-click the plot to select all. Click a point to track its example."
+      + (S.models.length > 1 ? " Hovering or clicking a token rings the tokens of the same words in the other model." : ""));
     scat.append(S.hint);
     top.append(scat);
     // head summary
@@ -206,7 +218,8 @@
     S.summaryDiv = el("div", "xl-summary");
     hs.append(S.summaryDiv);
     hs.append(el("div", "xh-hint", "Mean over the selected examples. Click a cell to open that head for the tracked example."));
-    top.append(hs);
+    const two = S.models.length > 1;
+    if (!two) top.append(hs);  // two models: the scatters take the whole width, the summary goes below
     root.append(top);
 
     // distances and the opened head
@@ -225,12 +238,19 @@
     dbox.append(dBar);
     S.distDiv = el("div", "xl-dist");
     dbox.append(S.distDiv);
-    // without two spans there is nothing to plot: a one-line note instead of an empty panel
-    if (metrics.length) mid.append(dbox);
-    else root.append(el("div", "xh-hint xl-no-dist", "Distances per layer need two span columns (span A, span B) in the example set."));
     S.headBox = el("div", "xl-panel xl-head-box");
-    mid.append(S.headBox);
-    root.append(mid);
+    // without two spans there is nothing to plot: a one-line note instead of an empty panel
+    const noDist = el("div", "xh-hint xl-no-dist", "Distances per layer need two span columns (span A, span B) in the example set.");
+    if (two) {
+      const heads = el("div", "xl-row xl-heads-row");
+      heads.append(hs, S.headBox);
+      root.append(heads);
+      if (metrics.length) { mid.append(dbox); root.append(mid); } else root.append(noDist);
+    } else {
+      if (metrics.length) mid.append(dbox); else root.append(noDist);
+      mid.append(S.headBox);
+      root.append(mid);
+    }
 
     // table
     S.tableBox = el("div", "xl-panel xl-table-box");
@@ -280,7 +300,47 @@
     for (const e of S.selection) { const pts = m.byExample.get(e); if (pts) for (const i of pts) out.push(i); }
     return out.sort((a, b) => a - b);
   }
-  function layerOf(m) { return Math.min(S.layer, m.states - 1); }
+  // model B's hidden state at the same relative depth as A's (embeddings <-> embeddings, last <-> last):
+  // round(l * (SB - 1) / (SA - 1)) over the numbers of hidden states (layers_view.matched_layer)
+  function matchedLayer(l, sa, sb) { return sa <= 1 ? 0 : Math.floor(l * (sb - 1) / (sa - 1) + 0.5); }
+  function layerOf(m) { return m === S.models[0] ? S.layer : matchedLayer(S.layer, S.models[0].states, m.states); }
+  function layerText(l, m) { return l === 0 ? "0 \u00b7 embeddings" : l + " of " + (m.states - 1); }
+
+  // --- words in common between the two models (different tokenizers: by character offsets) -------------
+  function alignedOf(m, i) {
+    if (!m.align) return [];
+    const a = m.align, out = [];
+    for (let k = a.indptr[i]; k < a.indptr[i + 1]; k++) out.push(a.indices[k]);
+    return out;
+  }
+  // which points of model m to ring: the hovered (else the clicked) token in its own model, and in the
+  // other model the tokens of the same words
+  function marksFor(m) {
+    const f = S.focus || S.pin;
+    if (!f || S.models.length < 2) return [];
+    return f.model === m ? [f.point] : alignedOf(f.model, f.point);
+  }
+  function drawMarks() {
+    if (!S) return;
+    for (const m of S.models) {
+      const svg = m.overlay, gd = m.div, L = gd && gd._fullLayout;
+      if (!svg) continue;
+      svg.replaceChildren();
+      const pts = marksFor(m);
+      gd.dataset.marked = pts.join(",");
+      const c = m.coords.get(layerOf(m));
+      if (!L || !L.xaxis || !L.xaxis.l2p || !c || !pts.length) continue;
+      const own = (S.focus || S.pin).model === m;
+      for (const i of pts) {
+        const ring = document.createElementNS("http://www.w3.org/2000/svg", "circle");
+        ring.setAttribute("cx", String(L._size.l + L.xaxis.l2p(c.x[i])));
+        ring.setAttribute("cy", String(L._size.t + L.yaxis.l2p(c.y[i])));
+        ring.setAttribute("r", own ? "8" : "7");
+        ring.setAttribute("class", own ? "xl-mark-own" : "xl-mark-aligned");
+        svg.append(ring);
+      }
+    }
+  }
 
   function initScatter(m) {
     const layout = Object.assign(plotTheme(), {
@@ -302,11 +362,14 @@
     Plotly.newPlot(m.div, traces, layout, CONFIG);
     m.plot = m.div;
     m.div.on("plotly_hover", (ev) => hover(m, ev));
-    m.div.on("plotly_unhover", () => { S.tooltip.hidden = true; });
+    m.div.on("plotly_unhover", () => { S.tooltip.hidden = true; S.focus = null; drawMarks(); });
     m.div.on("plotly_click", (ev) => {
-      const p = ev.points && ev.points.find((q) => q.curveNumber === 0);
-      if (p) setExample(m.example[p.pointIndex]);
+      const i = pointOf(m, ev);
+      if (i == null) return;
+      setExample(m.example[i]);
+      trackToken(m, i);
     });
+    m.div.on("plotly_relayout", () => drawMarks());
     m.div.on("plotly_selected", (ev) => {
       // a click without a drag, an empty lasso, or plotly re-reporting after the view dropped its outline
       if (!ev || !ev.points || !ev.points.length || S.quiet) return;
@@ -319,10 +382,20 @@
     m.div.addEventListener("mouseleave", () => { S.tooltip.hidden = true; });
   }
 
+  // the point (index into m's points) of a plotly event: a dot, or a star of the tracked example
+  function pointOf(m, ev) {
+    const pts = (ev && ev.points) || [];
+    const dot = pts.find((q) => q.curveNumber === 0);
+    if (dot) return dot.pointIndex;
+    const star = pts.find((q) => q.curveNumber === 2);
+    const mine = star ? m.byExample.get(m.div.dataset.example === undefined ? S.example : Number(m.div.dataset.example)) : null;
+    return mine && star.pointIndex < mine.length ? mine[star.pointIndex] : null;
+  }
+
   function hover(m, ev) {
-    const p = ev.points && ev.points.find((q) => q.curveNumber === 0);
-    if (!p) return;
-    const i = p.pointIndex, e = m.example[i];
+    const i = pointOf(m, ev);
+    if (i == null) return;
+    const e = m.example[i];
     const tip = S.tooltip;
     tip.replaceChildren();
     tip.append(el("div", "xl-tip-token", xhLabel(m.text[i])));
@@ -342,6 +415,13 @@
     }
     meta.textContent = bits.join(" \u00b7 ");
     tip.append(meta);
+    if (S.models.length > 1) {
+      const other = S.models[1 - S.models.indexOf(m)];
+      const same = alignedOf(m, i).map((j) => xhLabel(other.text[j]));
+      tip.append(el("div", "xl-tip-meta", (other === S.models[1] ? "B" : "A") + ": " + (same.length ? same.join(" ") : "(no word in common)")));
+    }
+    S.focus = { model: m, point: i };
+    drawMarks();
     tip.hidden = false;
     const r = root.getBoundingClientRect();
     const x = (ev.event ? ev.event.clientX : r.left) - r.left + 14, y = (ev.event ? ev.event.clientY : r.top) - r.top + 14;
@@ -406,6 +486,7 @@
     } finally { setTimeout(() => { S.quiet = false; }, 0); }
     m.div.dataset.layer = String(layer);
     m.div.dataset.example = String(S.example);
+    drawMarks();
   }
 
   // --- the head summary ---------------------------------------------------------------------------
@@ -569,25 +650,30 @@
       }
       const names = Array.from(groups.keys()).sort();
       const means = {};
+      // a model of another depth is drawn at relative depth on A's layer axis (its own layer in the hover)
+      const sa = S.models[0].states, scale = L1 > 1 && L1 !== sa ? (sa - 1) / (L1 - 1) : 1;
+      const xs = Array.from({ length: L1 }, (_, l) => l * scale), own = Array.from({ length: L1 }, (_, l) => l);
+      const hov = scale === 1 ? undefined : "%{fullData.name}: %{y:.4g} (its layer %{customdata})<extra></extra>";
       names.forEach((g, gi) => {
         const es = groups.get(g);
         const y = [];
         for (let l = 0; l < L1; l++) { let s = 0; for (const e of es) s += d.data[e * L1 + l]; y.push(s / es.length); }
         means[g] = y;
-        traces.push({ type: "scatter", mode: "lines+markers", x: Array.from({ length: L1 }, (_, l) => l), y,
+        traces.push({ type: "scatter", mode: "lines+markers", x: xs, y, customdata: own, hovertemplate: hov,
           name: (S.models.length > 1 ? (mi ? "B " : "A ") : "") + g + " (" + es.length + ")",
           line: { color: colorOf(g, gi), width: 2, dash: mi ? "dot" : "solid" }, marker: { size: 5 } });
       });
       if (names.length === 2) {
         const [a, b] = names;
-        traces.push({ type: "scatter", mode: "lines", x: Array.from({ length: L1 }, (_, l) => l),
+        traces.push({ type: "scatter", mode: "lines", x: xs, customdata: own, hovertemplate: hov,
           y: means[a].map((v, l) => v - means[b][l]), name: (S.models.length > 1 ? (mi ? "B " : "A ") : "") + a + " \u2212 " + b,
           line: { color: "#6b7280", width: 1.5, dash: mi ? "dashdot" : "dash" } });
       }
     });
     const layout = Object.assign(plotTheme(), {
       margin: { l: 48, r: 8, t: 8, b: 36 }, hovermode: "x unified",
-      xaxis: { title: { text: "layer (0 = embeddings)" }, dtick: 1 },
+      xaxis: { title: { text: S.models.some((m) => m.states !== S.models[0].states)
+        ? "layer of A (0 = embeddings; B at the same relative depth)" : "layer (0 = embeddings)" }, dtick: 1 },
       yaxis: { title: { text: S.metric + " distance" }, zeroline: true },
       legend: { orientation: "h", y: -0.25 },
       shapes: [{ type: "line", x0: S.layer, x1: S.layer, yref: "paper", y0: 0, y1: 1, line: { color: "#f97316", width: 1.5, dash: "dot" } }],
@@ -666,7 +752,8 @@
     S.layer = Math.max(0, Math.min(l, Number(S.slider.max)));
     S.slider.value = String(S.layer);
     const m0 = S.models[0];
-    S.layerLabel.textContent = S.layer === 0 ? "0 \u00b7 embeddings" : S.layer + " of " + (m0.states - 1);
+    S.layerLabel.textContent = layerText(S.layer, m0) + (S.models.length > 1 ? " \u00b7 B: " + layerText(layerOf(S.models[1]), S.models[1]) : "");
+    for (const m of S.models) m.layerEl.textContent = "layer " + layerText(layerOf(m), m);
     root.dataset.layer = String(S.layer);
     if (!quiet) toUrl();
     if (!window.Plotly) return;
@@ -683,8 +770,15 @@
     drawLegend();
     toUrl();
   }
+  // a clicked token stays ringed (with the other model's tokens of the same words) until another example
+  function trackToken(m, i) {
+    S.pin = { model: m, point: i };
+    root.dataset.pinned = S.models.indexOf(m) + ":" + i;
+    drawMarks();
+  }
   function setExample(e) {
     if (!(e >= 0 && e < S.n)) return;
+    if (S.pin && S.pin.model.example[S.pin.point] !== e) { S.pin = null; delete root.dataset.pinned; }
     S.example = e;
     S.exampleSelect.value = String(e);
     root.dataset.example = String(e);
@@ -717,6 +811,7 @@
       setColor, setExample, setStatistic,
       select: (list) => selectExamples(list, true),
       openHead: (l, h) => openHead(l, h),
+      trackToken: (model, point) => { const m = S.models[model]; setExample(m.example[point]); trackToken(m, point); },
       state: () => ({ layer: S.layer, example: S.example, color: S.color, statistic: S.statistic,
         selection: selectionList(), head: S.head }),
     };

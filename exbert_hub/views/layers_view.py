@@ -28,6 +28,7 @@ package through a server function (no CDN, no server path in the page) and is ca
 from __future__ import annotations
 
 import base64
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -245,6 +246,81 @@ def distance_groups(data: LayersData, metric: str, examples: Sequence[int] | Non
 
 
 # --------------------------------------------------------------------------------------------------
+# two models: words in common (different tokenizers) and layers in common (different depths)
+# --------------------------------------------------------------------------------------------------
+WORD = re.compile(r"\w+|[^\w\s]")  # a word: a run of letters/digits/underscore, or one punctuation mark
+
+
+def example_text(data: LayersData, e: int) -> str:
+    """The string the points' offsets index for example ``e``: its text, or ``text + "\\n" + pair``."""
+    pair = data.pairs[e] if data.pairs is not None else None
+    return data.texts[e] + "\n" + pair if pair else data.texts[e]
+
+
+def token_words(text: str, offsets: np.ndarray) -> np.ndarray:
+    """int[T, 2]: for each character range ``[s, f)`` of ``offsets`` (int[T, 2]), the first and last
+    index of the words of ``text`` (``WORD`` matches, in order) it overlaps; (0, -1) when it overlaps
+    none (whitespace, or an empty range)."""
+    spans = np.asarray([m.span() for m in WORD.finditer(text)], dtype=np.int64).reshape(-1, 2)
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    first = np.searchsorted(spans[:, 1], offsets[:, 0], side="right")  # first word ending after s
+    last = np.searchsorted(spans[:, 0], offsets[:, 1], side="left") - 1  # last word starting before f
+    empty = (first > last) | (offsets[:, 1] <= offsets[:, 0])
+    out = np.stack([first, last], axis=1)
+    out[empty] = (0, -1)
+    return out
+
+
+def align_points(data: LayersData, source: int = 0, target: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Which points of model ``target`` show the same words as each point of model ``source``.
+
+    Tokens of two tokenizers are matched by word through their character offsets: point i of
+    ``source`` and point j of ``target`` are aligned when they belong to the same example and the
+    words (``WORD``) their character ranges overlap have one in common (so "un" + "##ha" + "##pp" +
+    "##iness" and "Ġun" + "ha" + "pp" + "ine" + "ss" of "unhappiness" all align with each other).
+    Returns CSR arrays ``(indptr int64[P_source + 1], indices int64[K])``: the target points of source
+    point i are ``indices[indptr[i]:indptr[i + 1]]``, in increasing order."""
+    a, b = data.model(source).points, data.model(target).points
+    ea, eb = np.asarray(a.example, dtype=np.int64), np.asarray(b.example, dtype=np.int64)
+    words_a = np.zeros((len(a), 2), dtype=np.int64)
+    words_b = np.zeros((len(b), 2), dtype=np.int64)
+    rows_b = {}
+    for e in np.unique(np.concatenate([ea, eb])):
+        text = example_text(data, int(e))
+        ia, ib = np.flatnonzero(ea == e), np.flatnonzero(eb == e)
+        words_a[ia] = token_words(text, np.asarray(a.offsets)[ia])
+        words_b[ib] = token_words(text, np.asarray(b.offsets)[ib])
+        rows_b[int(e)] = ib
+    counts = np.zeros(len(a) + 1, dtype=np.int64)
+    parts = []
+    for e, ib in rows_b.items():
+        ia = np.flatnonzero(ea == e)
+        if not ia.size or not ib.size:
+            continue
+        fa, la = words_a[ia, :1], words_a[ia, 1:]
+        fb, lb = words_b[ib, 0][None, :], words_b[ib, 1][None, :]
+        hit = (fb <= la) & (fa <= lb)  # [|ia|, |ib|]: the word intervals intersect (empty ones never do)
+        counts[ia + 1] = hit.sum(axis=1)
+        parts.append((ia, [ib[row] for row in hit]))
+    indptr = np.cumsum(counts)
+    indices = np.zeros(int(indptr[-1]), dtype=np.int64)
+    for ia, lists in parts:
+        for i, js in zip(ia, lists):
+            indices[indptr[i]:indptr[i + 1]] = js
+    return indptr, indices
+
+
+def matched_layer(layer: int, states_a: int, states_b: int) -> int:
+    """The hidden state of model B at the same relative depth as hidden state ``layer`` of model A.
+
+    ``states_*`` count the hidden states (embeddings + layers); embeddings match embeddings and the
+    last layer the last: ``round(layer * (states_b - 1) / (states_a - 1))`` (halves round up)."""
+    if states_a <= 1:
+        return 0
+    return int(np.floor(layer * (states_b - 1) / (states_a - 1) + 0.5))
+
+
+# --------------------------------------------------------------------------------------------------
 # encodings
 # --------------------------------------------------------------------------------------------------
 def _b64(arr: np.ndarray) -> str:
@@ -355,7 +431,8 @@ def layers_payload(
     "models": [{"name", "layers", "heads", "states", "method", "points": {n, example (b64 uint32[P]),
     token (b64 uint16/uint32[P]), offsets (b64 uint32[P*2]), text[P], colors: {name: encode_categories}},
     "coords": {str(layer): encode_coords}, "statistics": [names], "stats": {name: float32 [E, L, H]},
-    "distances": {metric: float32 [E, L + 1]}, "predictions", "probabilities"}], "layer", "statistic",
+    "distances": {metric: float32 [E, L + 1]}, "predictions", "probabilities", with two models "align":
+    {"indptr", "indices"} (b64 uint32, :func:`align_points` to the other model)}], "layer", "statistic",
     "example", "color", "head", "selection", "diff_ok"}``.
     """
     n = data.num_examples
@@ -391,6 +468,10 @@ def layers_payload(
             "probabilities": None if m.probabilities is None else [None if not np.isfinite(p) else float(p) for p in np.asarray(m.probabilities, dtype=np.float64)],
             "can_open": m.analyze is not None and key is not None,
         })
+    if len(data.models) == 2:  # hovering or tracking a token in one model marks the same words in the other
+        for i in (0, 1):
+            indptr, indices = align_points(data, i, 1 - i)
+            models[i]["align"] = {"indptr": _b64(indptr.astype("<u4")), "indices": _b64(indices.astype("<u4"))}
     colors = models[0]["points"]["colors"]
     if color is None or color not in colors:
         color = data.gold if data.gold in colors else ("span" if "span" in colors else next(iter(colors), None))

