@@ -127,8 +127,8 @@ def kept_and_projections(engine, ex, args) -> None:
         projections.project_layers(pts, "pca")
         t_pca = (time.perf_counter() - t) / pts.shape[0]
         print(f"PCA of {n} points: {t_pca:.3f} s per layer (aligned, {pts.shape[0]} layers)")
-        k = max(1, min(args.slow_layers, pts.shape[0]))
-        for method in ("umap", "tsne"):
+        k = max(0, min(args.slow_layers, pts.shape[0]))
+        for method in ("umap", "tsne") if k else ():
             times = []
             t = time.perf_counter()
             projections.project_layers(pts[:k], method, n_jobs=2, progress=lambda _l: times.append(time.perf_counter()))
