@@ -135,7 +135,7 @@ def winograd_result(minilm, tmp_path_factory):
 def test_hidden_states_and_statistics_equal_engine_analyze(minilm, winograd_result):
     r = winograd_result
     cfg = minilm.config
-    L, H = minilm.num_layers, minilm.num_heads
+    L = minilm.num_layers
     assert r.hidden.shape == (L + 1, r.num_rows, cfg.hidden_size)
     assert r.num_rows == sum(len(t) for t in r.tokens)  # track="all": every token
     for e in (0, 5, 31):
