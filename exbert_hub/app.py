@@ -17,13 +17,13 @@ import warnings
 import gradio as gr
 
 from . import engine as _engine
-from .analysis import ENCODER, MASKED_LM, Analysis, kind_phrase
+from .analysis import Analysis, kind_phrase
 from .budget import Budget
 from .errors import ExbertError, user_message
 from .inputs import as_text
 from .policy import Policy, is_remote
 from .resolve import DEFAULT_MODEL
-from .service import (STORE, AnalysisStore, Request, attention_matrix, get_engine, model_info,  # noqa: F401
+from .service import (PAIR_KINDS, STORE, AnalysisStore, Request, attention_matrix, get_engine, model_info,  # noqa: F401
                       summarize)
 from .tabs import TABS, AppContext, Tab
 from .tabs.base import api_error, banner, link_float, link_int, link_int_list
@@ -148,7 +148,7 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
             message: banner(" ".join(note), "info") if note else "",
             model_box: req.model,
             key_state: key,
-            pair_box: gr.update(visible=eng.kind in (MASKED_LM, ENCODER)),
+            pair_box: gr.update(visible=eng.kind in PAIR_KINDS),
             view_state: {k: v for k, v in (view or {}).items() if k != "keep_view"},
             shown_state: {tab: key},
             tab_state: tab,

@@ -13,10 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import engine as _engine
-from .analysis import ENCODER, MASKED_LM, Analysis
+from .analysis import CLASSIFIERS, ENCODER, MASKED_LM, Analysis
 from .budget import Budget, analysis_bytes, release_freed_memory
 from .errors import InputError
 from .policy import Policy
+
+# the kinds of model that read a sentence pair (B after A): encoders, masked LMs, classifiers (NLI...)
+PAIR_KINDS = (MASKED_LM, ENCODER, *CLASSIFIERS)
+
 
 def get_engine(model, *, policy: Policy | None = None, remote: bool = False) -> "_engine.Engine":
     """The engine of ``model``; with a policy, a visitor's name is checked before anything is loaded."""
@@ -33,12 +37,9 @@ def get_engine(model, *, policy: Policy | None = None, remote: bool = False) -> 
 
 
 def analysis_nbytes(a: Analysis) -> int:
-    """Bytes an analysis holds (what the store counts against its limit)."""
-    total = a.hidden_states.nbytes + (0 if a.decoder_hidden_states is None else a.decoder_hidden_states.nbytes)
-    for s in a.stacks.values():
-        total += s.attentions.nbytes + (0 if s.contexts is None else s.contexts.nbytes)
-        total += sum(x.nbytes for x in s.queries) + sum(x.nbytes for x in s.keys)
-    return int(total)
+    """Bytes an analysis holds (what the store counts against its limit): attention is computed on demand,
+    so this is its queries, keys, contexts and hidden states, never a dense T x T array."""
+    return int(a.nbytes)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class AnalysisStore:
                 self._items.move_to_end(key)
                 return key, self._items[key][0]
         eng = eng or get_engine(req.model)
-        pair = req.pair if req.pair and eng.kind in (MASKED_LM, ENCODER) else None
+        pair = req.pair if req.pair and eng.kind in PAIR_KINDS else None
         if self.budget is None:
             analysis = eng.analyze(req.text, pair=pair, mask=list(req.mask) or None, top_k=5, truncate=req.truncate)
         else:
@@ -131,6 +132,7 @@ class AnalysisStore:
 
 
 STORE = AnalysisStore()
+
 
 
 class StoreRef:
