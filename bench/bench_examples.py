@@ -6,8 +6,10 @@
    MiniLM. Reference: the bare batched forward passes of the SAME batches (``BatchRunner.forward``:
    ``model(**inputs, output_hidden_states=True)`` under inference_mode, padded inputs already built).
    Measured: ``analyze_examples(spacy=None)`` (forward with attentions + head statistics + kept rows) and
-   ``analyze_examples()`` with spaCy (POS/DEP/entity and grammar correlation). Runs alternate
-   (bare, analyze, bare, analyze...) and the ratio of medians is reported. Target <= 1.3.
+   ``analyze_examples()`` with spaCy (POS/DEP/entity and grammar correlation; spaCy in its worker
+   process beside the model, the default) and, for comparison, with spaCy in this process first
+   (``spacy_process=False``). Runs alternate (bare, analyze, bare, analyze...) and the ratio of medians
+   is reported. Target <= 1.3.
 2. Bytes kept per example (``ExamplesAnalysis.nbytes`` / E) and on disk (the cache folder / E).
 3. Projections of 20,000 tracked tokens per layer: PCA on every layer (target <= 1 s per layer),
    UMAP and t-SNE on ``--slow-layers`` layers (each started from the previous one), and the time to
@@ -79,7 +81,7 @@ def main() -> None:
     analyze_examples(engine, load_examples(texts[:50]), progress=False)  # warm up (spaCy load, first passes)
     bare(runner, encoded, plan)
 
-    t_bare, t_plain, t_spacy = [], [], []
+    t_bare, t_plain, t_spacy, t_inline = [], [], [], []
     for _ in range(args.repeats if args.part != "projections" else 0):
         t_bare.append(bare(runner, encoded, plan))
         t = time.perf_counter()
@@ -89,21 +91,28 @@ def main() -> None:
         t = time.perf_counter()
         analyze_examples(engine, ex, progress=False, batch_tokens=args.batch_tokens)
         t_spacy.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        analyze_examples(engine, ex, progress=False, batch_tokens=args.batch_tokens, spacy_process=False)
+        t_inline.append(time.perf_counter() - t)
     if args.part != "projections":
-        report(t_bare, t_plain, t_spacy)
+        report(t_bare, t_plain, t_spacy, t_inline)
     if args.part != "analyze":
         kept_and_projections(engine, ex, args)
 
 
-def report(t_bare, t_plain, t_spacy) -> None:
+def report(t_bare, t_plain, t_spacy, t_inline) -> None:
     b = statistics.median(t_bare)
     print(f"bare batched forward passes: median {b:.2f} s ({', '.join(f'{x:.2f}' for x in t_bare)})")
     print(f"analyze_examples(spacy=None): median {statistics.median(t_plain):.2f} s -> ratio {statistics.median(t_plain) / b:.2f}")
-    print(f"analyze_examples() with spaCy: median {statistics.median(t_spacy):.2f} s -> ratio {statistics.median(t_spacy) / b:.2f}")
+    print(f"analyze_examples() with spaCy (worker process): median {statistics.median(t_spacy):.2f} s -> ratio "
+          f"{statistics.median(t_spacy) / b:.2f}")
+    print(f"analyze_examples(spacy_process=False) (spaCy here first): median {statistics.median(t_inline):.2f} s -> ratio "
+          f"{statistics.median(t_inline) / b:.2f}")
     print(f"  best of each (the machine's other load hits every run differently): bare {min(t_bare):.2f} s, "
           f"spacy=None {min(t_plain):.2f} s -> {min(t_plain) / min(t_bare):.2f}, spaCy {min(t_spacy):.2f} s -> "
-          f"{min(t_spacy) / min(t_bare):.2f}")
-    print(f"  runs: spacy=None {', '.join(f'{x:.2f}' for x in t_plain)}; spaCy {', '.join(f'{x:.2f}' for x in t_spacy)}")
+          f"{min(t_spacy) / min(t_bare):.2f}, spaCy here {min(t_inline):.2f} s -> {min(t_inline) / min(t_bare):.2f}")
+    print(f"  runs: spacy=None {', '.join(f'{x:.2f}' for x in t_plain)}; spaCy {', '.join(f'{x:.2f}' for x in t_spacy)}; "
+          f"spaCy here {', '.join(f'{x:.2f}' for x in t_inline)}")
 
 
 def kept_and_projections(engine, ex, args) -> None:

@@ -14,10 +14,12 @@ a span is a character range, word indexes or a word of the text (see ``parse_spa
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -533,35 +535,174 @@ class _Parse:
     ent: list[str]
 
 
-def _parse(nlp, examples: ExampleSet, encoded: list[batching.Encoded]) -> list[_Parse]:
-    """spaCy over every text (and pair), aligned to the model's tokens with the corpus builder's align_words."""
+@dataclass
+class _DocWords:
+    """spaCy's non-space words of one text: character ranges in it, head word index, POS, DEP, entity type."""
+
+    starts: list[int]
+    ends: list[int]
+    heads: list[int]
+    pos: list[str]
+    dep: list[str]
+    ent: list[str]
+
+
+def _doc_words(doc) -> _DocWords:
+    """A spaCy Doc -> _DocWords (space tokens dropped; a head that is a space token points to itself)."""
+    words = [t for t in doc if not t.is_space]
+    index = {t.i: j for j, t in enumerate(words)}
+    return _DocWords([t.idx for t in words], [t.idx + len(t.text) for t in words],
+                     [index.get(t.head.i, j) for j, t in enumerate(words)],
+                     [t.pos_ for t in words], [t.dep_ for t in words], [t.ent_type_ for t in words])
+
+
+def _from_sentences(text: str, sentences: list) -> _DocWords | None:
+    """The corpus builder's sentences of one whole text (``corpus_builder.annotate.Sentence``, offsets into
+    each stripped sentence) -> _DocWords of the text, or None when they do not cover every non-space
+    character of it (the annotator's prose filter dropped a sentence, e.g. one of mostly digits)."""
+    out = _DocWords([], [], [], [], [], [])
+    cursor = covered = 0
+    for s in sentences:
+        base = text.find(s.text, cursor)
+        if base < 0:
+            return None
+        first = len(out.starts)
+        out.starts += [base + x for x in s.starts]
+        out.ends += [base + x for x in s.ends]
+        out.heads += [first + h for h in s.heads]  # spaCy's heads stay inside their sentence
+        out.pos += s.pos
+        out.dep += s.deps
+        out.ent += s.ent_types
+        cursor = base + len(s.text)
+        covered += sum(not c.isspace() for c in s.text)
+    return out if covered == sum(not c.isspace() for c in text) else None
+
+
+def _align(enc: batching.Encoded, docs: Sequence[tuple[str, _DocWords] | None]) -> _Parse:
+    """One example's words (text, then pair) onto its tokens with the corpus builder's align_words."""
     from corpus_builder.builder import align_words  # the one subword/word alignment of the project
 
-    docs = list(nlp.pipe(examples.texts, batch_size=256))
-    pair_docs = list(nlp.pipe(examples.pairs, batch_size=256)) if examples.pairs is not None else None
-    out = []
-    for e, enc in enumerate(encoded):
-        segs = enc.segments or [0] * len(enc)
-        token_words = np.full(len(enc), -1, dtype=np.int64)
-        heads, pos, dep, ent = [], [], [], []
-        for seg, doc in ((0, docs[e]), (1, None if pair_docs is None else pair_docs[e])):
-            if doc is None:
-                continue
-            base = len(heads)
-            words = [t for t in doc if not t.is_space]
-            index = {t.i: j for j, t in enumerate(words)}
-            text = doc.text
-            other = [sp or s != seg for sp, s in zip(enc.special, segs)]
-            aligned = align_words(enc.offsets, other, [t.idx for t in words], [t.idx + len(t.text) for t in words], len(text))
-            for i, w in enumerate(aligned):
-                if w >= 0 and not other[i]:
-                    token_words[i] = base + w
-            heads += [base + index.get(t.head.i, j) for j, t in enumerate(words)]
-            pos += [t.pos_ for t in words]
-            dep += [t.dep_ for t in words]
-            ent += [t.ent_type_ for t in words]
-        out.append(_Parse(token_words, np.asarray(heads, dtype=np.int64), pos, dep, ent))
-    return out
+    segs = enc.segments or [0] * len(enc)
+    token_words = np.full(len(enc), -1, dtype=np.int64)
+    heads, pos, dep, ent = [], [], [], []
+    for seg, item in enumerate(docs):
+        if item is None:
+            continue
+        text, w = item
+        base = len(heads)
+        other = [sp or s != seg for sp, s in zip(enc.special, segs)]
+        aligned = align_words(enc.offsets, other, w.starts, w.ends, len(text))
+        for i, k in enumerate(aligned):
+            if k >= 0 and not other[i]:
+                token_words[i] = base + k
+        heads += [base + h for h in w.heads]
+        pos += w.pos
+        dep += w.dep
+        ent += w.ent
+    return _Parse(token_words, np.asarray(heads, dtype=np.int64), pos, dep, ent)
+
+
+def _parse(nlp, examples: ExampleSet, encoded: list[batching.Encoded]) -> list[_Parse]:
+    """spaCy in this process over every text (and pair), aligned to the model's tokens."""
+    docs = [_doc_words(d) for d in nlp.pipe(examples.texts, batch_size=256)]
+    pair_docs = [_doc_words(d) for d in nlp.pipe(examples.pairs, batch_size=256)] if examples.pairs is not None else None
+    return [_align(enc, [(examples.texts[e], docs[e]),
+                         None if pair_docs is None else (examples.pairs[e], pair_docs[e])])
+            for e, enc in enumerate(encoded)]
+
+
+# spaCy worker processes kept between calls (one idle worker per pipeline), like load_pipeline's cache
+_IDLE_WORKERS: dict[str, Any] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+def _take_worker(pipeline: str):
+    from corpus_builder.annotate import Worker
+
+    with _WORKERS_LOCK:
+        w = _IDLE_WORKERS.pop(pipeline, None)
+    if w is not None and w.proc.poll() is None and w.pending == 0:
+        return w
+    return Worker(pipeline)
+
+
+def _give_back_worker(pipeline: str, worker) -> None:
+    with _WORKERS_LOCK:
+        keep = worker.pending == 0 and worker.proc.poll() is None and pipeline not in _IDLE_WORKERS
+        if keep:
+            _IDLE_WORKERS[pipeline] = worker
+    if not keep:
+        worker.close()
+
+
+@atexit.register
+def _close_workers() -> None:
+    with _WORKERS_LOCK:
+        workers = list(_IDLE_WORKERS.values())
+        _IDLE_WORKERS.clear()
+    for w in workers:
+        w.close()
+
+
+class _WorkerParses:
+    """spaCy in its own process (``corpus_builder.annotate.Worker``) while the model runs here.
+
+    The texts go to the worker in the order the batches will run, one request per batch, so the worker
+    parses batch i + 1 while the model computes batch i; ``get(e)`` waits only when the parse of example
+    e has not come back yet. A text whose sentences the annotator's prose filter dropped in part (see
+    ``_from_sentences``) is parsed again here, so the result is the in-process parse in every case.
+    """
+
+    def __init__(self, pipeline: str, examples: ExampleSet, encoded: list[batching.Encoded], plan: list[list[int]]):
+        self.pipeline, self.examples, self.encoded = pipeline, examples, encoded
+        self.worker = _take_worker(pipeline)
+        self.requests: list[list[int]] = []
+        self.parses: dict[int, _Parse] = {}
+        self.failed = False
+        pairs = examples.pairs
+        for batch in plan:
+            docs = [(i, examples.texts[e]) for i, e in enumerate(batch)]
+            if pairs is not None:
+                docs += [(len(batch) + i, pairs[e]) for i, e in enumerate(batch)]
+            self.worker.submit(docs, 0, MAX_TEXT_CHARS)  # no minimum of words; no text is longer
+            self.requests.append(batch)
+
+    def busy(self) -> bool:
+        return not self.worker.idle()
+
+    def get(self, e: int) -> _Parse:
+        while e not in self.parses:
+            batch = self.requests.pop(0)
+            try:
+                sentences = self.worker.result()
+            except Exception:
+                self.failed = True  # e.g. the pipeline did not load: that process is done
+                raise
+            per_doc: dict[int, list] = {}
+            for s in sentences:
+                per_doc.setdefault(s.document, []).append(s)
+            for i, x in enumerate(batch):
+                docs = []
+                for number, text in ((i, self.examples.texts[x]),
+                                     (len(batch) + i, None if self.examples.pairs is None else self.examples.pairs[x])):
+                    if text is None:
+                        docs.append(None)
+                        continue
+                    words = _from_sentences(text, per_doc.get(number, []))
+                    if words is None:
+                        from corpus_builder.annotate import load_pipeline
+
+                        words = _doc_words(load_pipeline(self.pipeline)(text))
+                    docs.append((text, words))
+                self.parses[x] = _align(self.encoded[x], docs)
+        return self.parses[e]
+
+    def close(self) -> None:
+        """Hand the worker back for the next call; stop it after an error or with requests left unread."""
+        if self.failed:
+            self.worker.close()
+        else:
+            _give_back_worker(self.pipeline, self.worker)
 
 
 def _span_tokens(examples: ExampleSet, e: int, enc: batching.Encoded) -> np.ndarray:
@@ -587,7 +728,7 @@ def cache_key(identity: dict, examples: ExampleSet, track: str, spacy: str | Non
 
 def analyze_examples(engine, examples: ExampleSet, *, track: str = "all", batch_tokens: int = 4096,
                      progress: bool = True, cache_dir: str | os.PathLike | None = None,
-                     spacy: str | None = "en_core_web_sm") -> ExamplesAnalysis:
+                     spacy: str | None = "en_core_web_sm", spacy_process: bool = True) -> ExamplesAnalysis:
     """Run every example through ``engine``'s model in padded batches (``exbert_hub.batching``, the corpus
     builder's path) and keep what the Layers plots need; never every attention matrix.
 
@@ -597,6 +738,9 @@ def analyze_examples(engine, examples: ExampleSet, *, track: str = "all", batch_
     cache_dir: a folder; the result is stored there under a key of (model name, Hub commit, a hash of
       weights, the example set's fingerprint, track, spaCy pipeline) and reopened instantly next time.
     spacy: the spaCy pipeline for POS / DEP / entity and the grammar correlation (None: skip them).
+    spacy_process: parse in a spaCy worker process (the corpus builder's ``annotate.Worker``, kept for
+      the next call) while the model runs here, batch by batch; False parses everything here first.
+      Both give the same annotations.
     """
     if not isinstance(examples, ExampleSet):
         raise InputError(f"examples must be an ExampleSet (see load_examples), got {type(examples).__name__}")
@@ -622,8 +766,9 @@ def analyze_examples(engine, examples: ExampleSet, *, track: str = "all", batch_
     for e, enc in enumerate(encoded):
         if len(enc) > limit:
             raise InputError(f"example {e} has {len(enc):,} tokens; {engine.name} takes at most {limit:,}: shorten it")
-    parses = None
-    if spacy:
+    plan = batching.plan_batches([len(x) for x in encoded], batch_tokens)
+    parses: list[_Parse] | None = None  # per example, once every parse is in
+    if spacy and not spacy_process:
         from corpus_builder.annotate import load_pipeline
 
         parses = _parse(load_pipeline(spacy), examples, encoded)
@@ -637,13 +782,22 @@ def analyze_examples(engine, examples: ExampleSet, *, track: str = "all", batch_
     stats = {name: np.full((E, L, H), np.nan, dtype=np.float32) for name in head_stats.STATISTICS}
     hidden_parts: list[np.ndarray | None] = [None] * E
     outputs: list[batching.ExampleOutput | None] = [None] * E
+    import torch
+
+    # CPU sharing (as the corpus builder does): while the spaCy worker is busy the model runs on one
+    # thread fewer, since oversubscribed OpenMP threads spin and slow both; then it gets them all back
+    threads = torch.get_num_threads()
+    worker = _WorkerParses(spacy, examples, encoded, plan) if spacy and spacy_process else None
     bar = tqdm(total=E, desc="examples", unit=" ex", disable=not progress, dynamic_ncols=True)
     try:
-        for batch in batching.plan_batches([len(x) for x in encoded], batch_tokens):
+        for batch in plan:
+            if worker is not None:
+                torch.set_num_threads(max(1, threads - 1) if worker.busy() else threads)
+
             def reduce(i: int, attn: np.ndarray, batch=batch) -> None:
                 e = batch[i]
                 special = np.asarray(encoded[e].special, dtype=bool)
-                p = parses[e] if parses is not None else None
+                p = worker.get(e) if worker is not None else None if parses is None else parses[e]
                 a = span_bits[e] & 1 > 0 if len(examples.span_names) >= 2 else None
                 b = span_bits[e] & 2 > 0 if len(examples.span_names) >= 2 else None
                 got = head_stats.head_statistics(attn, special, None if p is None else p.token_words,
@@ -658,8 +812,13 @@ def analyze_examples(engine, examples: ExampleSet, *, track: str = "all", batch_
                 out.hidden = None  # the rows we keep are copied; let the batch go
                 outputs[e] = out
             bar.update(len(batch))
+        if worker is not None:
+            parses = [worker.get(e) for e in range(E)]  # every answer read: the worker is idle again
     finally:
         bar.close()
+        torch.set_num_threads(threads)
+        if worker is not None:
+            worker.close()
 
     row_example = np.concatenate([np.full(int(k.sum()), e, dtype=np.int32) for e, k in enumerate(keep_rows)])
     row_token = np.concatenate([np.flatnonzero(k).astype(np.int32) for k in keep_rows])
