@@ -57,3 +57,30 @@ def test_alignment_reduces_layer_to_layer_displacement(method):
 def test_bad_method():
     with pytest.raises(ValueError, match="unknown projection"):
         projections.project_layers(np.zeros((2, 3, 4), np.float32), "mds")
+
+
+def test_pca_runs_on_one_blas_thread_and_restores_it(monkeypatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen = []
+    inner = projections._pca_2d
+
+    def spy(x):
+        seen.append([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"])
+        return inner(x)
+
+    monkeypatch.setattr(projections, "_pca_2d", spy)
+    x = drifting_layers(N=400)
+    with threadpool_limits(limits=2, user_api="blas"):  # what a 2-core machine starts with
+        before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        out = projections.project_layers(x, "pca")
+        after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert seen and all(s and set(s) == {1} for s in seen) and len(seen) == x.shape[0]
+    assert after == before
+    # the same numbers as a PCA by SVD on every layer (up to the alignment's rotation: compare distances)
+    for layer in range(x.shape[0]):
+        c = x[layer] - x[layer].mean(0)
+        ref = projections.normalise(c @ np.linalg.svd(c.astype(np.float64), full_matrices=False)[2][:2].T)
+        d_got = np.linalg.norm(out[layer][:50, None] - out[layer][None, :50], axis=-1)
+        d_ref = np.linalg.norm(ref[:50, None] - ref[None, :50], axis=-1)
+        np.testing.assert_allclose(d_got, d_ref, atol=1e-4)

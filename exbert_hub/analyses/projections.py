@@ -19,7 +19,10 @@ functions that use them.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 METHODS = ("pca", "umap", "tsne")
 
@@ -40,12 +43,24 @@ def procrustes(y: np.ndarray, target: np.ndarray) -> np.ndarray:
     return (y @ (u @ vt)).astype(np.float32)
 
 
+def one_blas_thread() -> contextlib.AbstractContextManager:
+    """numpy's BLAS on one thread inside the block (threadpoolctl; restored after it).
+
+    A 20,000 x 384 product is ~0.2 s on one core, but in a process that also ran torch (its own
+    OpenMP threads) on a busy machine, BLAS's default threads spin against them: 4.5 s measured."""
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def pca_2d(x: np.ndarray) -> np.ndarray:
     """float32[N, 2]: x[N, d] on its two principal axes (eigenvectors of the d x d scatter matrix).
 
-    The N x d product runs in float32 (a display projection; 20,000 x 384 is one sgemm), the small
-    d x d eigenproblem in float64."""
-    x = np.asarray(x, dtype=np.float32)
+    The N x d products run in float32 on one BLAS thread (``one_blas_thread``; a display projection:
+    20,000 x 384 is one sgemm), the small d x d eigenproblem in float64."""
+    with one_blas_thread():
+        return _pca_2d(np.asarray(x, dtype=np.float32))
+
+
+def _pca_2d(x: np.ndarray) -> np.ndarray:
     x = x - x.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
     cov = (x.T @ x).astype(np.float64)
     vals, vecs = np.linalg.eigh(cov)
