@@ -119,6 +119,16 @@
   function toUrl() {
     hub().setUrlParams({ ly_layer: S.layer, ly_stat: S.statistic, ly_example: S.example, ly_color: S.color,
       ly_head: S.head ? S.head.join(",") : null });
+    fixGradients();
+  }
+  // plotly fills colour bars with url(<page address>#gradient); once the address changes (deep-link
+  // parameters) those fills point at another page and the bars go blank: point them at this document
+  function fixGradients() {
+    for (const n of root.querySelectorAll(".js-plotly-plot [style*='url(']")) {
+      const f = n.style.fill;
+      const m = /url\(["']?[^"')]*#([^"')]+)["']?\)/.exec(f || "");
+      if (m) n.style.fill = "url(#" + m[1] + ")";
+    }
   }
 
   // --- layout --------------------------------------------------------------------------------------
@@ -190,7 +200,9 @@
       m.overlay = document.createElementNS("http://www.w3.org/2000/svg", "svg");
       m.overlay.setAttribute("class", "xl-overlay");
       m.overlay.setAttribute("aria-hidden", "true");
-      wrap.append(div, m.overlay);
+      m.canvas = el("canvas", "xl-points");
+      m.canvas.setAttribute("aria-hidden", "true");
+      wrap.append(m.canvas, div, m.overlay);
       box.append(wrap);
       scat.append(box);
       m.div = div;
@@ -344,13 +356,17 @@
 
   function initScatter(m) {
     const layout = Object.assign(plotTheme(), {
-      margin: { l: 36, r: 8, t: 8, b: 28 }, dragmode: "lasso", showlegend: false, hovermode: "closest",
+      margin: { l: 36, r: 8, t: 8, b: 28 }, dragmode: "lasso", showlegend: false, hovermode: false,
       xaxis: { zeroline: false, showgrid: true, gridcolor: "rgba(128,128,128,0.15)", automargin: true },
       yaxis: { zeroline: false, showgrid: true, gridcolor: "rgba(128,128,128,0.15)", automargin: true },
       uirevision: "keep",
     });
+    // trace 0 holds the points (x, y, marker.color, selectedpoints) but plotly does not draw it (hidden, so
+    // plotly makes no WebGL context at all): the canvas under the axes draws exactly these arrays. A
+    // scattergl redraw of 20k points took ~160-200 ms in software WebGL, the canvas a few ms
+    // (bench/bench_layers_browser.py); hover, click and lasso are computed here from the same arrays
     const traces = [
-      { type: "scattergl", mode: "markers", x: [], y: [], hoverinfo: "none", name: "tokens",
+      { type: "scatter", mode: "markers", x: [], y: [], hoverinfo: "none", name: "tokens", visible: false,
         marker: { size: 5, color: pointColors(m), opacity: 0.78, line: { width: 0 } },
         selected: { marker: { opacity: 0.9 } }, unselected: { marker: { opacity: 0.12 } } },
       { type: "scatter", mode: "lines", x: [], y: [], hoverinfo: "skip", name: "path",
@@ -361,40 +377,142 @@
     ];
     Plotly.newPlot(m.div, traces, layout, CONFIG);
     m.plot = m.div;
-    m.div.on("plotly_hover", (ev) => hover(m, ev));
-    m.div.on("plotly_unhover", () => { S.tooltip.hidden = true; S.focus = null; drawMarks(); });
-    m.div.on("plotly_click", (ev) => {
-      const i = pointOf(m, ev);
+    let pending = null, down = null;
+    const unhover = () => { S.tooltip.hidden = true; if (S.focus) { S.focus = null; drawMarks(); } };
+    m.div.addEventListener("mousemove", (ev) => {
+      if (ev.buttons) return;  // dragging a lasso
+      pending = ev;
+      if (m.hoverFrame) return;
+      m.hoverFrame = requestAnimationFrame(() => {
+        m.hoverFrame = 0;
+        const i = nearestPoint(m, pending.clientX, pending.clientY);
+        if (i == null) unhover(); else if (!S.focus || S.focus.model !== m || S.focus.point !== i) hover(m, i, pending);
+        else placeTip(pending);
+      });
+    });
+    m.div.addEventListener("mouseleave", unhover);
+    m.div.addEventListener("mousedown", (ev) => { down = [ev.clientX, ev.clientY]; });
+    m.div.addEventListener("click", (ev) => {
+      // plotly re-dispatches a click after a press without a drag; a lasso ends with a drag
+      if (down && Math.hypot(ev.clientX - down[0], ev.clientY - down[1]) > 4) return;
+      const i = nearestPoint(m, ev.clientX, ev.clientY);
       if (i == null) return;
       setExample(m.example[i]);
       trackToken(m, i);
     });
-    m.div.on("plotly_relayout", () => drawMarks());
+    m.div.on("plotly_relayout", () => { drawPoints(m); drawMarks(); });
     m.div.on("plotly_selected", (ev) => {
-      // a click without a drag, an empty lasso, or plotly re-reporting after the view dropped its outline
-      if (!ev || !ev.points || !ev.points.length || S.quiet) return;
+      // a click without a drag, or plotly re-reporting after the view dropped its outline
+      if (!ev || S.quiet) return;
+      const inside = insideSelection(m, ev);
+      if (inside == null) return;
       const exs = new Set();
-      for (const p of ev.points) if (p.curveNumber === 0) exs.add(m.example[p.pointIndex]);
-      selectExamples(Array.from(exs), true, m);
+      for (const i of inside) exs.add(m.example[i]);
+      if (exs.size) selectExamples(Array.from(exs), true, m);
     });
     m.div.on("plotly_deselect", () => { if (!S.quiet) selectExamples(null, true, m); });
     m.div.on("plotly_selecting", () => { S.tooltip.hidden = true; });
-    m.div.addEventListener("mouseleave", () => { S.tooltip.hidden = true; });
+    if (window.ResizeObserver) new ResizeObserver(() => { drawPoints(m); drawMarks(); }).observe(m.div);
   }
 
-  // the point (index into m's points) of a plotly event: a dot, or a star of the tracked example
-  function pointOf(m, ev) {
-    const pts = (ev && ev.points) || [];
-    const dot = pts.find((q) => q.curveNumber === 0);
-    if (dot) return dot.pointIndex;
-    const star = pts.find((q) => q.curveNumber === 2);
-    const mine = star ? m.byExample.get(m.div.dataset.example === undefined ? S.example : Number(m.div.dataset.example)) : null;
-    return mine && star.pointIndex < mine.length ? mine[star.pointIndex] : null;
+  // --- the canvas point layer: draws trace 0's x, y, marker.color and selectedpoints ----------------
+  const POINT_R = 2.5;  // marker size 5
+  // the pixels of one dot (radius r device pixels) with their anti-aliased coverage, 4x4 supersampled
+  function discOf(r) {
+    const out = [], R = Math.ceil(r);
+    for (let dy = -R; dy <= R; dy++) for (let dx = -R; dx <= R; dx++) {
+      let cov = 0;
+      for (let sy = 0; sy < 4; sy++) for (let sx = 0; sx < 4; sx++) {
+        const ox = dx + (sx + 0.5) / 4 - 0.5, oy = dy + (sy + 0.5) / 4 - 0.5;
+        if (ox * ox + oy * oy <= r * r) cov++;
+      }
+      if (cov) out.push(dx, dy, cov / 16);
+    }
+    return out;
+  }
+  const RGB = new Map();
+  function rgbOf(c) {
+    let v = RGB.get(c);
+    if (!v) { const h = /^#([0-9a-f]{6})$/i.exec(c); const n = h ? parseInt(h[1], 16) : 0x8a8f98; v = [n >> 16, (n >> 8) & 255, n & 255]; RGB.set(c, v); }
+    return v;
+  }
+  // One pass over the points writing straight into the canvas's pixels (source-over blending by hand):
+  // 20k dots in a few ms where 20k drawImage/arc calls take 30-70 ms in a software-rendered canvas.
+  function drawPoints(m) {
+    const gd = m.div, L = gd && gd._fullLayout, t = gd && gd.data && gd.data[0];
+    if (!L || !L.xaxis || !L.xaxis.range || !t || !m.canvas) return;
+    const dpr = window.devicePixelRatio || 1, sz = L._size, cv = m.canvas;
+    const w = Math.max(1, Math.round(sz.w * dpr)), h = Math.max(1, Math.round(sz.h * dpr));
+    if (cv.width !== w || cv.height !== h) { cv.width = w; cv.height = h; m.pixels = null; }
+    cv.style.left = sz.l + "px"; cv.style.top = sz.t + "px"; cv.style.width = sz.w + "px"; cv.style.height = sz.h + "px";
+    const g = cv.getContext("2d");
+    if (!m.pixels) { m.pixels = g.createImageData(w, h); m.disc = discOf(POINT_R * dpr); }
+    const px = m.pixels.data, disc = m.disc;
+    px.fill(0);
+    const x = t.x, y = t.y, n = x ? x.length : 0;
+    const colors = t.marker.color, sel = t.selectedpoints;
+    const chosen = sel ? new Uint8Array(n) : null;
+    if (sel) for (const i of sel) chosen[i] = 1;
+    const xa = L.xaxis, ya = L.yaxis, x0 = xa.range[0], y1 = ya.range[1];
+    const kx = w / (xa.range[1] - x0), ky = h / (ya.range[0] - y1);
+    for (const pass of sel ? [2, 1] : [0]) {  // unselected first, selected on top
+      const alpha = pass === 0 ? 0.78 : pass === 1 ? 0.9 : 0.12;
+      for (let i = 0; i < n; i++) {
+        if (sel && (chosen[i] ? 1 : 2) !== pass) continue;
+        const cx = Math.round((x[i] - x0) * kx), cy = Math.round((y[i] - y1) * ky);
+        if (cx < -4 || cy < -4 || cx > w + 4 || cy > h + 4) continue;
+        const [r, gr, b] = rgbOf(colors[i]);
+        for (let k = 0; k < disc.length; k += 3) {
+          const qx = cx + disc[k], qy = cy + disc[k + 1];
+          if (qx < 0 || qy < 0 || qx >= w || qy >= h) continue;
+          const o = (qy * w + qx) * 4, sa = alpha * disc[k + 2], da = px[o + 3] / 255, oa = sa + da * (1 - sa);
+          const f = sa / oa, d = 1 - f;
+          px[o] = r * f + px[o] * d; px[o + 1] = gr * f + px[o + 1] * d; px[o + 2] = b * f + px[o + 2] * d; px[o + 3] = oa * 255;
+        }
+      }
+    }
+    g.putImageData(m.pixels, 0, 0);
+    gd.dataset.drawn = String(n);
+  }
+  // index of the point nearest to the mouse (within 8 px; the later one wins ties: it is drawn on top)
+  function nearestPoint(m, cx, cy) {
+    const gd = m.div, L = gd._fullLayout, t = gd.data && gd.data[0];
+    if (!L || !L.xaxis || !t || !t.x || !t.x.length) return null;
+    const r = gd.getBoundingClientRect(), sz = L._size;
+    const px = cx - r.left - sz.l, py = cy - r.top - sz.t;
+    if (px < -8 || py < -8 || px > sz.w + 8 || py > sz.h + 8) return null;
+    const xa = L.xaxis, ya = L.yaxis, x0 = xa.range[0], y1 = ya.range[1];
+    const kx = sz.w / (xa.range[1] - x0), ky = sz.h / (ya.range[0] - y1);
+    let best = null, bd = 64;
+    for (let i = 0; i < t.x.length; i++) {
+      const dx = (t.x[i] - x0) * kx - px, dy = (t.y[i] - y1) * ky - py, d = dx * dx + dy * dy;
+      if (d <= bd) { bd = d; best = i; }
+    }
+    return best;
+  }
+  // the points inside a lasso (ev.lassoPoints) or box (ev.range), in data coordinates; null: neither
+  function insideSelection(m, ev) {
+    const t = m.div.data[0], out = [];
+    if (ev.range && ev.range.x && ev.range.y) {
+      const [xa, xb] = ev.range.x.slice().sort((a, b) => a - b), [ya, yb] = ev.range.y.slice().sort((a, b) => a - b);
+      for (let i = 0; i < t.x.length; i++) if (t.x[i] >= xa && t.x[i] <= xb && t.y[i] >= ya && t.y[i] <= yb) out.push(i);
+      return out;
+    }
+    const poly = ev.lassoPoints;
+    if (!poly || !poly.x || poly.x.length < 3) return null;
+    const px = poly.x, py = poly.y, k = px.length;
+    for (let i = 0; i < t.x.length; i++) {
+      const x = t.x[i], y = t.y[i];
+      let inside = false;
+      for (let a = 0, b = k - 1; a < k; b = a++) {
+        if ((py[a] > y) !== (py[b] > y) && x < (px[b] - px[a]) * (y - py[a]) / (py[b] - py[a]) + px[a]) inside = !inside;
+      }
+      if (inside) out.push(i);
+    }
+    return out;
   }
 
-  function hover(m, ev) {
-    const i = pointOf(m, ev);
-    if (i == null) return;
+  function hover(m, i, ev) {
     const e = m.example[i];
     const tip = S.tooltip;
     tip.replaceChildren();
@@ -423,8 +541,11 @@
     S.focus = { model: m, point: i };
     drawMarks();
     tip.hidden = false;
-    const r = root.getBoundingClientRect();
-    const x = (ev.event ? ev.event.clientX : r.left) - r.left + 14, y = (ev.event ? ev.event.clientY : r.top) - r.top + 14;
+    placeTip(ev);
+  }
+  function placeTip(ev) {
+    const tip = S.tooltip, r = root.getBoundingClientRect();
+    const x = (ev ? ev.clientX : r.left) - r.left + 14, y = (ev ? ev.clientY : r.top) - r.top + 14;
     tip.style.left = Math.min(x, r.width - 340) + "px";
     tip.style.top = y + "px";
   }
@@ -479,11 +600,13 @@
     const lay = {};
     if (!m.frame || m.frame.join() !== frame.join()) { lay["xaxis.range"] = frame[0]; lay["yaxis.range"] = frame[1]; m.frame = frame; }
     if (m.div.layout && m.div.layout.selections && m.div.layout.selections.length) lay.selections = [];
+    const pts = m.div.data[0];
+    pts.x = c.x; pts.y = c.y; pts.selectedpoints = sel;
     S.quiet = true;
     try {
-      await Plotly.update(m.div, { x: [c.x, t.px, t.x], y: [c.y, t.py, t.y], text: [null, null, t.text], selectedpoints: [sel, null, null] },
-        lay, [0, 1, 2]);
+      await Plotly.update(m.div, { x: [t.px, t.x], y: [t.py, t.y], text: [null, t.text] }, lay, [1, 2]);
     } finally { setTimeout(() => { S.quiet = false; }, 0); }
+    drawPoints(m);
     m.div.dataset.layer = String(layer);
     m.div.dataset.example = String(S.example);
     drawMarks();
@@ -551,6 +674,7 @@
     const fresh = !S.summaryDiv.classList.contains("js-plotly-plot");
     if (fresh) S.summaryDiv.replaceChildren();
     await Plotly.react(S.summaryDiv, [trace], layout, CONFIG);
+    fixGradients();
     if (fresh) {
       S.summaryDiv.on("plotly_click", (ev) => {
         const p = ev.points && ev.points[0];
@@ -766,7 +890,7 @@
     S.color = name;
     S.colorSelect.value = name;
     root.dataset.color = name;
-    for (const m of S.models) if (m.plot && m.colors[name]) Plotly.restyle(m.div, { "marker.color": [pointColors(m)] }, [0]);
+    for (const m of S.models) if (m.plot && m.colors[name]) { m.div.data[0].marker.color = pointColors(m); drawPoints(m); }
     drawLegend();
     toUrl();
   }
@@ -811,6 +935,8 @@
       setColor, setExample, setStatistic,
       select: (list) => selectExamples(list, true),
       openHead: (l, h) => openHead(l, h),
+      coords: (model, layer) => S.models[model].coords.get(layer) || null,  // decoded {x, y} (benchmarks)
+      redrawPoints: () => S.models.forEach(drawPoints),
       trackToken: (model, point) => { const m = S.models[model]; setExample(m.example[point]); trackToken(m, point); },
       state: () => ({ layer: S.layer, example: S.example, color: S.color, statistic: S.statistic,
         selection: selectionList(), head: S.head }),

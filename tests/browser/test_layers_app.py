@@ -80,6 +80,15 @@ def test_typed_lines_draw_every_token_of_the_analysis(page, explorer_app, cache,
     # the tracked example (0) is drawn as stars: its non-special tokens
     n0 = int(np.sum(r.row_example[rows] == 0))
     assert len(pts[2]["x"]) == n0
+    # the points are drawn on the canvas under the axes: opaque where a point is, one per token
+    gd = f"document.querySelector('{VIEW} .xl-scatter[data-model=\"0\"]')"
+    assert page.evaluate(f"() => {gd}.dataset.drawn") == str(rows.size)
+    k = int(np.argmax(want[:, 0]))
+    alpha = page.evaluate(f"""() => {{ const gd = {gd}, L = gd._fullLayout, cv = gd.parentNode.querySelector('canvas.xl-points');
+        const d = window.devicePixelRatio || 1, t = gd.data[0];
+        const px = Math.round(L.xaxis.l2p(t.x[{k}]) * d), py = Math.round(L.yaxis.l2p(t.y[{k}]) * d);
+        return cv.getContext('2d').getImageData(px, py, 1, 1).data[3]; }}""")
+    assert alpha > 150
     status = page.locator("#xl-status").inner_text()
     assert f"{len(LINES)} examples" in status and f"{rows.size} tracked tokens" in status
     # the table lists every example; the address names the example set
@@ -212,7 +221,8 @@ def test_two_tokenizers_hovering_a_token_rings_the_same_words_in_the_other_model
         page.wait_for_function(f"() => !document.querySelector('{VIEW} .xl-scatter[data-model=\"{1 - s}\"]').dataset.marked")
     # a tracked token stays ringed in both models: "un" of "unhappiness" -> every BPE piece of the word
     i = next(k for k, (t, e) in enumerate(zip(a.text, a.example)) if t == "un" and e == 0)
-    page.evaluate(f"() => document.querySelector('{VIEW} .xl-root').__xl.trackToken(0, {i})")
+    x, y = point_pixel(page, 0, i)
+    page.mouse.click(x, y)  # a click on the token (a star: example 0 is the tracked one)
     page.wait_for_function(f"() => document.querySelector('{VIEW} .xl-scatter[data-model=\"1\"]').dataset.marked")
     assert marked(page, 0) == [i]
     assert [b.text[j] for j in marked(page, 1)] == ["un", "ha", "pp", "ine", "ss"]
