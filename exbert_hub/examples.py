@@ -50,7 +50,8 @@ class ExampleSet:
     """E examples: texts (and optional pairs), label columns and spans.
 
     ``labels[column][e]``: a JSON scalar (str, int, float, bool or None).
-    ``spans[name][e]``: (start, end) character range in ``texts[e]`` (end exclusive), or None.
+    ``spans[name][e]``: (start, end) character range (end exclusive), or None: in ``texts[e]``, or in
+    ``pairs[e]`` where ``span_segments[name][e]`` is 1 (no entry for a span column: all in the text).
     ``span_names``: the span columns in the order given (span A, span B for intensities and distances).
     """
 
@@ -59,6 +60,7 @@ class ExampleSet:
     labels: dict[str, list] = field(default_factory=dict)
     spans: dict[str, list[tuple[int, int] | None]] = field(default_factory=dict)
     source: str = "list"  # what it was loaded from, for display (a file's name, never its folder)
+    span_segments: dict[str, list[int]] = field(default_factory=dict)  # 0: in the text, 1: in the pair
 
     def __post_init__(self):
         self.fingerprint = self._fingerprint()
@@ -70,11 +72,19 @@ class ExampleSet:
     def span_names(self) -> list[str]:
         return list(self.spans)
 
+    def span_segment(self, name: str, e: int) -> int:
+        """0 when span ``name`` of example ``e`` is in the text, 1 when it is in the pair."""
+        segs = self.span_segments.get(name)
+        return int(segs[e]) if segs else 0
+
     def _fingerprint(self) -> str:
         """sha256 (first 16 hex digits) of the content: texts, pairs, labels and spans, not the source."""
-        blob = json.dumps({"texts": self.texts, "pairs": self.pairs, "labels": self.labels,
-                           "spans": {k: [list(s) if s else None for s in v] for k, v in self.spans.items()}},
-                          sort_keys=True, ensure_ascii=False, default=str)
+        content = {"texts": self.texts, "pairs": self.pairs, "labels": self.labels,
+                   "spans": {k: [list(s) if s else None for s in v] for k, v in self.spans.items()}}
+        pair_spans = {k: v for k, v in self.span_segments.items() if any(v)}
+        if pair_spans:  # only then: sets without pair spans keep their fingerprints (and caches)
+            content["span_segments"] = pair_spans
+        blob = json.dumps(content, sort_keys=True, ensure_ascii=False, default=str)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
     def to_rows(self) -> list[dict]:
@@ -84,7 +94,9 @@ class ExampleSet:
             if self.pairs is not None:
                 row["pair"] = self.pairs[e]
             row.update({k: v[e] for k, v in self.labels.items()})
-            row.update({k: (list(v[e]) if v[e] else None) for k, v in self.spans.items()})
+            for k, v in self.spans.items():
+                span = {"start": v[e][0], "end": v[e][1], "pair": True} if v[e] and self.span_segment(k, e) else v[e]
+                row[k] = list(span) if isinstance(span, tuple) else span
             rows.append(row)
         return rows
 
@@ -208,6 +220,51 @@ def _read_file(path: Path, cap: int) -> tuple[list[dict], int | None]:
     return rows, len(rows)
 
 
+_SPLIT = re.compile(r"([\w.-]+)(?:\[(\d*):(\d*)\])?")  # "train", "train[:500]", "validation[100:300]"
+
+
+def _hub_rows(source: str, config: str | None, split: str, cap: int) -> tuple[list, int | None, str]:
+    """Up to ``cap`` rows of a Hub dataset's split, reading no more of it than that.
+
+    A split name with an optional row range (``train``, ``train[:500]``, ``train[100:300]``) is streamed
+    (``streaming=True``: only the files and row groups holding the first rows are read), so a split
+    over the limit is refused after ``cap`` rows instead of after downloading all of it. Other splits
+    (percentages, "train+test") and datasets that cannot stream load with ``split`` cut to ``cap`` rows
+    where its form allows (``train[:cap]``: datasets then reads only that slice into memory).
+    Returns (rows, total or None when above cap, description)."""
+    import itertools
+
+    import datasets
+
+    shown = f"{source}" + (f"/{config}" if config else "") + f" [{split}]"
+
+    def failed(err: Exception) -> InputError:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        return InputError(f"could not load the dataset {source!r} (config {config!r}, split {split!r}): {first}")
+
+    m = _SPLIT.fullmatch(split.replace(" ", ""))
+    if m:
+        name, start, stop = m.group(1), int(m.group(2) or 0), int(m.group(3)) if m.group(3) else None
+        want = cap if stop is None else max(0, min(cap, stop - start))
+        try:
+            stream = datasets.load_dataset(source, config, split=name, streaming=True)
+            rows = list(itertools.islice(stream, start, start + want))
+        except Exception:  # noqa: BLE001 - some datasets do not stream: load the slice below
+            rows = None
+        if rows is not None:
+            asked = cap if stop is None else stop - start
+            return rows, (None if len(rows) == cap and asked >= cap else len(rows)), shown
+        split = f"{name}[{start}:{start + want}]"
+    try:
+        ds = datasets.load_dataset(source, config, split=split)
+    except Exception as err:  # noqa: BLE001 - one line for every failure of the Hub or the loader
+        raise failed(err) from None
+    total = len(ds)
+    if m and total == cap:
+        total = None  # cut to cap rows: there may be more
+    return ds.select(range(min(total or cap, cap))).to_list(), total, shown
+
+
 def _rows(source, cap: int, split: str | None, config: str | None) -> tuple[list, int | None, str]:
     """(rows, total rows or None when above cap, description) of any accepted source."""
     from .corpus import Corpus
@@ -228,15 +285,7 @@ def _rows(source, cap: int, split: str | None, config: str | None) -> tuple[list
 
         if not is_hub_id(source):
             raise InputError(f"{source[:80]!r} is neither a Hub dataset id nor a .jsonl/.json/.csv/.parquet file")
-        import datasets
-
-        try:
-            ds = datasets.load_dataset(source, config, split=split or "train")
-        except Exception as err:  # noqa: BLE001 - one line for every failure of the Hub or the loader
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise InputError(f"could not load the dataset {source!r} (config {config!r}, split {split or 'train'!r}): {first}") from None
-        total = len(ds)
-        return ds.select(range(min(total, cap))).to_list(), total, f"{source}" + (f"/{config}" if config else "") + f" [{split or 'train'}]"
+        return _hub_rows(source, config, split or "train", cap)
     raise InputError(f"examples must be a Hub dataset id, a file, a list of strings or a corpus, not a {type(source).__name__}")
 
 
@@ -245,11 +294,15 @@ def load_examples(source, text: str = "text", pair: str | None = None, labels: S
                   config: str | None = None) -> ExampleSet:
     """Read an example set.
 
-    source: a Hub dataset id (``datasets.load_dataset(source, config, split=split or "train")``), a local
-      .jsonl/.json/.csv/.parquet file, a list of strings (column "text") or of dicts, or a loaded Corpus.
+    source: a Hub dataset id (``datasets.load_dataset(source, config, split=split or "train")``, read
+      no further than limit + 1 rows: see ``_hub_rows``), a local .jsonl/.json/.csv/.parquet file, a
+      list of strings (column "text") or of dicts, or a loaded Corpus.
     text / pair: the columns of the text and of an optional second sentence (sentence B).
     labels: any columns to colour or group by (gold label, domain, ...), kept as they are.
     spans: columns holding spans of the text (``parse_span``); the first two are span A and span B.
+      A span in the pair: name the column "pair:<column>" (every span of that column is in the pair),
+      or give the value as a dict with "pair": true ({"pair": true, "text": "it"}, {"pair": true,
+      "start": 0, "end": 3}, {"pair": true, "words": [2]}): it is counted in the pair's characters/words.
     limit: the most examples accepted (1 to MAX_EXAMPLES); a bigger set is refused, not cut: pick a
       smaller split (e.g. ``split="train[:2000]"``) or raise the limit.
 
@@ -277,14 +330,20 @@ def load_examples(source, text: str = "text", pair: str | None = None, labels: S
         if not isinstance(r, dict):
             raise InputError(f"example {i} is a {type(r).__name__}; each example must be a string or an object of columns")
     columns = list(rows[0])
-    wanted = [text] + ([pair] if pair else []) + labels + spans
+    # "pair:<column>" names a column whose spans are all in the pair (unless a column has that very name)
+    span_columns = {c: (c[5:], 1) if isinstance(c, str) and c.startswith("pair:") and c not in columns else (c, 0)
+                    for c in spans}
+    wanted = [text] + ([pair] if pair else []) + labels + [col for col, _ in span_columns.values()]
     for col in wanted:
         if col not in columns:
             raise InputError(f"the column {str(col)[:40]!r} is not in {description!r}; its columns are: "
                              + ", ".join(map(str, columns))[:300])
     texts, pairs = [], [] if pair else None
     label_cols: dict[str, list] = {c: [] for c in labels}
-    span_cols: dict[str, list] = {c: [] for c in spans}
+    span_cols: dict[str, list] = {span_columns[c][0]: [] for c in spans}
+    span_segs: dict[str, list[int]] = {span_columns[c][0]: [] for c in spans}
+    if len(span_cols) < len(spans):
+        raise InputError(f"span columns must differ: {', '.join(map(str, spans))[:100]} name a column twice")
     for i, r in enumerate(rows):
         missing = [c for c in wanted if c not in r]
         if missing:
@@ -308,9 +367,31 @@ def load_examples(source, text: str = "text", pair: str | None = None, labels: S
                 raise InputError(f"example {i}: the label column {col!r} holds a {type(value).__name__}; labels must be "
                                  "text, numbers, true/false or empty")
             label_cols[col].append(value)
-        for col in spans:
-            span_cols[col].append(parse_span(r[col], texts[-1], what=f"example {i}, span {col!r}"))
-    return ExampleSet(texts=texts, pairs=pairs, labels=label_cols, spans=span_cols, source=description)
+        for col, segment in span_columns.values():
+            value, in_pair = _pair_flag(r[col])
+            segment = segment or in_pair
+            what = f"example {i}, span {col!r}" + (" (in the pair)" if segment else "")
+            if segment and pairs is None:
+                raise InputError(f"{what} is in the pair, but no pair column was given: pass pair=<its column>")
+            span_cols[col].append(parse_span(value, pairs[-1] if segment else texts[-1], what=what))
+            span_segs[col].append(segment)
+    return ExampleSet(texts=texts, pairs=pairs, labels=label_cols, spans=span_cols, source=description,
+                      span_segments={k: v for k, v in span_segs.items() if any(v)})
+
+
+def _pair_flag(value) -> tuple[Any, int]:
+    """(the span value without its "pair" key, 1 when it had "pair": true else 0); CSV cells hold JSON."""
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value, 0  # parse_span names the bad JSON
+    if isinstance(value, dict) and "pair" in value:
+        flag = value["pair"]
+        if not isinstance(flag, bool):
+            raise InputError(f'a span\'s "pair" must be true or false, got {str(flag)[:20]}')
+        return {k: v for k, v in value.items() if k != "pair"}, int(flag)
+    return value, 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -706,7 +787,7 @@ class _WorkerParses:
 
 
 def _span_tokens(examples: ExampleSet, e: int, enc: batching.Encoded) -> np.ndarray:
-    """uint8[T]: bit s set when token overlaps span s (text tokens only, specials never)."""
+    """uint8[T]: bit s set when token overlaps span s (tokens of the span's segment: text or pair; specials never)."""
     bits = np.zeros(len(enc), dtype=np.uint8)
     segs = enc.segments or [0] * len(enc)
     for s, name in enumerate(examples.span_names[:8]):
@@ -714,8 +795,9 @@ def _span_tokens(examples: ExampleSet, e: int, enc: batching.Encoded) -> np.ndar
         if span is None:
             continue
         a, b = span
+        want = examples.span_segment(name, e)
         for i, ((ts, te), sp, seg) in enumerate(zip(enc.offsets, enc.special, segs)):
-            if not sp and seg == 0 and ts < b and te > a:
+            if not sp and seg == want and ts < b and te > a:
                 bits[i] |= np.uint8(1 << s)
     return bits
 
