@@ -8,7 +8,12 @@ Stages, each resumable after a kill (even SIGKILL):
    sentence and token tables go to ``data/`` and its float16 vectors to ``.build/vectors/``, each file
    written under a temporary name and renamed; ``.build/shards/NNNNN.json`` is written LAST and marks
    the shard finished. A restarted build skips finished shards and redoes the others.
-2. Indexes, one per (kind, layer), each marked finished by ``.build/indexes/<name>.json``.
+   Once the vectors pass the exact limit and fill a training sample, every compressed index is trained
+   on them (``indexing.IndexStream``; ``.build/streaming.json`` marks it done) and from then on each
+   shard's vectors go straight to FAISS codes, per-head cells and the exact top-k of the recall queries:
+   no vector files, no second pass (``stream_indexes=False``: the two-pass way, vector files first).
+2. Indexes, one per (kind, layer), each marked finished by ``.build/indexes/<name>.json`` (streamed: the
+   codes added to the trained index, nprobe tuned, recall measured from the stored top-k).
 3. The dataset card (README.md); then ``.build/`` is deleted. A folder with a card and no ``.build`` is a
    finished corpus.
 """

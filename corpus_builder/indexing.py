@@ -24,6 +24,15 @@ and recall@50 against exact search is measured on a separate held-out sample and
 dataset card. For ``heads`` indexes it is also tuned and measured for one-head queries (the other heads
 zeroed): the cells are made from all heads, so such queries need more of them; their nprobe is capped
 so a search visits at most ``ONE_HEAD_SCAN`` vectors.
+
+Per-head cells (compressed heads indexes): each head also has k-means cells of its own unit slices
+(``head_cells_count`` per head, one or two bytes per vector and head); queries on 1 to 3 heads score only
+the vectors whose selected heads fall in the query's nearest cells (``exbert_hub.corpus.search_head_cells``),
+with nprobe tuned and recall@50 measured for 1 and 3 heads (card ``head_cells``).
+
+Streaming (``IndexStream``): the builder trains each index on the first vectors past the exact limit and
+encodes every later shard as it arrives; recall is measured from each shard's exact top-k of the sampled
+queries, so no vector is read twice.
 """
 
 from __future__ import annotations
@@ -139,6 +148,7 @@ def one_head_queries(queries: np.ndarray, num_heads: int, rng: np.random.Generat
 
 
 # --- per-head cells (one-head and few-head queries; see exbert_hub.corpus.head_cell_candidates) ------------
+SATURATION_MARGIN = 0.005  # head cells: nprobe reaches within this of the recall of visiting every cell
 HEAD_CELL_HEADS = (1, 3)  # query head counts whose cells-per-head nprobe is tuned and measured (the card)
 
 
@@ -196,7 +206,9 @@ def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k,
         _, found = search_head_cells(index, centroids, cells, queries[sl], kept[sl], p, k + 1)
         return recall(without_self(found, self_rows[sl], k), truth[sl])
 
-    measured: dict[int, float] = {}
+    measured: dict[int, float] = {len(candidates) - 1: measure(candidates[-1], slice(0, half))}
+    # the codes' precision caps recall (every cell visited); past that cap more cells only cost time
+    target = min(target, measured[len(candidates) - 1] - SATURATION_MARGIN)
     lo, hi = 0, len(candidates) - 1
     while lo < hi:
         mid = (lo + hi) // 2
