@@ -14,6 +14,9 @@
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py search bench/out/docstrings-corpus --queries 300
     # (after changing index defaults: rebuild the indexes from the kept vectors, same code as the builder)
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py reindex bench/out/docstrings-corpus
+    # one-head / three-head / all-heads search at 1M beside exact search (builder's index code, reader's search)
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py vectors1m        # bench/out/vec1m, no spaCy
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py heads --layer 1 --n 1000000 --queries 100
     # how the index codes were chosen: recall@50 / bytes / build time of factory strings on 50k kept vectors
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py codes bench/out/docstrings-corpus --layer 4
 
@@ -105,7 +108,7 @@ def bare_forward_seconds(engine, folder: Path, batch_size: int) -> tuple[float, 
         runner = vectors.VectorRunner(engine, [0])
         for b in range(0, len(order), batch_size):
             batch = [encoded[i] for i in order[b:b + batch_size]]
-            inputs, lengths = runner._inputs(batch)
+            inputs, lengths = runner.inputs(batch)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 engine.model(**inputs)
@@ -209,7 +212,7 @@ def overlap(args) -> dict:
     encoded = vectors.encode(engine, texts)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
     runner = vectors.VectorRunner(engine, [0])
-    batches = [runner._inputs([encoded[i] for i in order[b:b + args.batch_size]])[0]
+    batches = [runner.inputs([encoded[i] for i in order[b:b + args.batch_size]])[0]
                for b in range(0, len(order), args.batch_size)]
     threads = torch.get_num_threads()
 
@@ -439,6 +442,47 @@ def search(args) -> dict:
     return results
 
 
+def vectors1m(args) -> dict:
+    """>= 1M real MiniLM token vectors of layers 1 and 4 (unit embeddings, per-head unit contexts, float16)
+    for ``heads``, without spaCy: the docstrings text split at sentence ends, repeats dropped, specials not
+    kept, the builder's own batched path (``VectorRunner``) and normalisations; 4,096 sentences per shard."""
+    import re
+
+    import exbert_hub
+    from corpus_builder import vectors
+
+    out = Path(args.out)
+    engine = exbert_hub.load(MINILM)
+    layers = [1, 4]
+    runner = vectors.VectorRunner(engine, layers)
+    text = Path(args.text).read_text(encoding="utf-8")
+    sents = list(dict.fromkeys(s.strip() for p in text.split("\n\n") for s in re.split(r"(?<=[.!?])\s+", p)
+                               if len(s.split()) >= 3))
+    n, shard, t0 = 0, 0, time.perf_counter()
+    for start in range(0, len(sents), 4096):
+        enc = sorted((e for e in vectors.encode(engine, sents[start:start + 4096]) if len(e.ids) <= 128), key=len)
+        parts = {(k, l): [] for k in ("embedding", "heads") for l in layers}
+        for b in range(0, len(enc), 32):
+            batch = enc[b:b + 32]
+            for e, v in zip(batch, runner.run(batch, [""] * len(batch))):
+                real = ~np.asarray(e.special)
+                for p, l in enumerate(layers):
+                    parts[("embedding", l)].append(v.hidden[p][real])
+                    parts[("heads", l)].append(v.contexts[p][real])
+        for (kind, l), chunks in parts.items():
+            x = np.concatenate(chunks)
+            x = vectors.normalise_embedding(x) if kind == "embedding" else vectors.normalise_heads(x, engine.num_heads)
+            d = out / f"{kind}-layer{l:02d}"
+            d.mkdir(parents=True, exist_ok=True)
+            np.save(d / f"shard-{shard:05d}.npy", x.astype(np.float16))
+        n += sum(len(c) for c in parts[("embedding", layers[0])])
+        shard += 1
+        print(json.dumps({"shard": shard, "vectors": n, "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+        if n >= args.vectors:
+            break
+    return {"bench": "vectors1m", "out": str(out), "vectors": n, "shards": shard}
+
+
 def heads_at_scale(args) -> dict:
     """One-head, three-head and all-heads search at >= 1M real vectors, side by side with exact search.
 
@@ -560,6 +604,10 @@ def main() -> None:
     q.add_argument("folder")
     q.add_argument("--queries", type=int, default=300)
     q.add_argument("--seed", type=int, default=0)
+    v = sub.add_parser("vectors1m")
+    v.add_argument("--text", default=str(ROOT / "bench/out/docstrings.txt"))
+    v.add_argument("--out", default=str(ROOT / "bench/out/vec1m"))
+    v.add_argument("--vectors", type=int, default=1_050_000)
     hs = sub.add_parser("heads")
     hs.add_argument("--vectors", default=str(ROOT / "bench/out/vec1m"))
     hs.add_argument("--layer", type=int, default=1)
@@ -584,6 +632,8 @@ def main() -> None:
         result = overlap(args)
     elif args.cmd == "codes":
         result = codes(args)
+    elif args.cmd == "vectors1m":
+        result = vectors1m(args)
     elif args.cmd == "heads":
         result = heads_at_scale(args)
     else:
