@@ -551,6 +551,49 @@ class ExamplesAnalysis:
         self._projections[key] = proj
         return proj
 
+    def query_key_projection(self, layer: int, head: int, method: str = "pca", select: Sequence[int] | None = None,
+                             engine=None, seed: int = 0, **params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """AttentionViz's joint view of one head: (float32[n, 2] queries, float32[n, 2] keys, int[n] rows).
+
+        The query and the key of every tracked row of the ``select``ed examples (all by default) in head
+        (``layer``, ``head``), recomputed per example by ``engine.analyze`` (queries and keys are never
+        stored), laid out and projected together by ``analyses.projections.project_query_key``.
+        Cached in memory per (layer, head, method, selection, seed, params)."""
+        from .analyses import projections
+
+        if method not in projections.METHODS:
+            raise InputError(f"unknown projection {str(method)[:40]!r}: use one of {', '.join(projections.METHODS)}")
+        if not 0 <= layer < self.num_layers:
+            raise InputError(f"layer {layer} is out of range: the model has layers 0 to {self.num_layers - 1}")
+        if not 0 <= head < self.num_heads:
+            raise InputError(f"head {head} is out of range: each layer has heads 0 to {self.num_heads - 1}")
+        chosen = list(range(len(self))) if select is None else sorted({int(e) for e in select})
+        for e in chosen:
+            self._check_example(e)
+        key = json.dumps({"qk": [layer, head], "method": method, "select": chosen, "seed": seed, **params},
+                         sort_keys=True, default=str)
+        if key in self._projections:
+            return self._projections[key]
+        engine = engine or self._engine
+        if engine is None:
+            raise InputError("this analysis was opened without its model: pass engine= (the same model)")
+        qs, ks, rows = [], [], []
+        for e in chosen:
+            r = self.rows_of(e)
+            if not r.size:
+                continue
+            pair = None if self.examples.pairs is None else self.examples.pairs[e]
+            q, k = engine.analyze(self.examples.texts[e], pair=pair).query_key(layer, head)
+            t = self.row_token[r]
+            qs.append(q[t])
+            ks.append(k[t])
+            rows.append(r)
+        if not rows:
+            raise InputError("the selected examples have no tracked tokens")
+        q2, k2 = projections.project_query_key(np.concatenate(qs), np.concatenate(ks), method, seed=seed, **params)
+        self._projections[key] = (q2, k2, np.concatenate(rows))
+        return self._projections[key]
+
     # --- one example's attention, on demand -------------------------------------------------------
     def attention(self, example: int, layer: int, head: int, engine=None) -> np.ndarray:
         """float32[T, T]: one head of one example, recomputed by ``engine.analyze`` (never stored)."""

@@ -132,3 +132,41 @@ def project_layers(points: np.ndarray, method: str = "pca", *, aligned: bool = T
 def displacement(proj: np.ndarray) -> np.ndarray:
     """float32[layers - 1]: mean distance a point moves from layer l to l + 1 (``proj``: [layers, N, 2])."""
     return np.sqrt(((proj[1:] - proj[:-1]) ** 2).sum(axis=-1)).mean(axis=-1).astype(np.float32)
+
+
+# --- AttentionViz: the queries and keys of one head in one picture ------------------------------
+def query_key_layout(queries: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AttentionViz's (Yeh et al. 2023) preparation of one head's queries float32[N, d] and keys
+    float32[M, d] for a joint projection: float32[N, d], float32[M, d].
+
+    1. translation: the keys are moved so that their mean is the queries' mean (k + mean(q) - mean(k)).
+       Each query's scores all shift by the same q . c, so its softmax attention is unchanged;
+    2. scaling: queries times s, keys divided by s, with s = sqrt(mean |k| / mean |q|) taken after the
+       translation, so both have the same mean norm; every q . k is unchanged.
+    Without them queries and keys usually form two far-apart clouds and a projection shows only that.
+    """
+    q = np.asarray(queries, dtype=np.float64)
+    k = np.asarray(keys, dtype=np.float64)
+    k = k + (q.mean(axis=0) - k.mean(axis=0))
+    nq, nk = np.linalg.norm(q, axis=1).mean(), np.linalg.norm(k, axis=1).mean()
+    s = np.sqrt(nk / nq) if nq > 0 and nk > 0 else 1.0
+    return (q * s).astype(np.float32), (k / s).astype(np.float32)
+
+
+def project_query_key(queries: np.ndarray, keys: np.ndarray, method: str = "pca", *, seed: int = 0,
+                      **params) -> tuple[np.ndarray, np.ndarray]:
+    """float32[N, 2], float32[M, 2]: one head's queries and keys (``query_key_layout``) projected jointly
+    (one PCA / UMAP / t-SNE of the N + M points, centred and scaled to unit RMS radius), so a query
+    lies near the keys it attends to most."""
+    if method not in METHODS:
+        raise ValueError(f"unknown projection {method!r}: use one of {', '.join(METHODS)}")
+    q, k = query_key_layout(queries, keys)
+    x = np.concatenate([q, k])
+    if method == "pca" or len(x) < 5:
+        y = pca_2d(x)
+    elif method == "umap":
+        y = _umap(x, None, seed, params)
+    else:
+        y = _tsne(x, None, seed, params)
+    y = normalise(y)
+    return y[: len(q)], y[len(q):]
