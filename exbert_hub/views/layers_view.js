@@ -187,10 +187,10 @@
     S.models.forEach((m, i) => {
       const box = el("div", "xl-panel xl-scatter-box");
       const title = el("div", "xl-panel-title xl-scatter-title");
-      title.append(el("span", "xl-model-name", (S.models.length > 1 ? (i ? "B: " : "A: ") : "") + m.name),
-        el("span", null, " \u00b7 " + String(m.method || "").toUpperCase() + " of the tracked tokens \u00b7 "));
+      // the layer before the method: a long model name may cut the end of the title
       m.layerEl = el("span", "xl-model-layer", "");  // this model's hidden state (B: matched by relative depth)
-      title.append(m.layerEl);
+      title.append(m.layerEl, el("span", null, " \u00b7 " + String(m.method || "").toUpperCase() + " of the tracked tokens \u00b7 "),
+        el("span", "xl-model-name", (S.models.length > 1 ? (i ? "B: " : "A: ") : "") + m.name));
       title.title = m.name;
       box.append(title);
       const wrap = el("div", "xl-scatter-wrap");
@@ -370,7 +370,7 @@
         marker: { size: 5, color: pointColors(m), opacity: 0.78, line: { width: 0 } },
         selected: { marker: { opacity: 0.9 } }, unselected: { marker: { opacity: 0.12 } } },
       { type: "scatter", mode: "lines", x: [], y: [], hoverinfo: "skip", name: "path",
-        line: { color: "rgba(60,60,60,0.45)", width: 1.2 } },
+        line: { color: "rgba(60,60,60,0.25)", width: 1 } },
       { type: "scatter", mode: "markers+text", x: [], y: [], text: [], textposition: "top center", hoverinfo: "none",
         name: "tracked", cliponaxis: false, textfont: { size: 12 },
         marker: { symbol: "star", size: 14, color: "#111827", line: { color: "#ffffff", width: 1.2 } } },
@@ -877,7 +877,7 @@
     S.slider.value = String(S.layer);
     const m0 = S.models[0];
     S.layerLabel.textContent = layerText(S.layer, m0) + (S.models.length > 1 ? " \u00b7 B: " + layerText(layerOf(S.models[1]), S.models[1]) : "");
-    for (const m of S.models) m.layerEl.textContent = "layer " + layerText(layerOf(m), m);
+    for (const m of S.models) m.layerEl.textContent = "Layer " + layerText(layerOf(m), m);
     root.dataset.layer = String(S.layer);
     if (!quiet) toUrl();
     if (!window.Plotly) return;

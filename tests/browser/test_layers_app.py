@@ -263,10 +263,39 @@ def test_two_depths_the_slider_matches_layers_by_relative_depth(page, explorer_a
         label = page.locator(f"{VIEW} .xl-layer-value").inner_text()
         want_b = "0 \u00b7 embeddings" if lb == 0 else f"{lb} of 2"
         assert label.endswith("B: " + want_b), label
-        assert page.locator(f"{VIEW} .xl-scatter-box:nth-child(2) .xl-model-layer").inner_text() == "layer " + want_b
+        assert page.locator(f"{VIEW} .xl-scatter-box:nth-child(2) .xl-model-layer").inner_text() == "Layer " + want_b
         xy = scatter(page, 1)[0]
         want = rb.projection("pca")[lb][rows_b]
         np.testing.assert_allclose(xy["x"], want[:, 0], atol=float(np.ptp(want[:, 0])) / 30_000)
         seen.append(lb)
     assert seen == [0, 0, 1, 1, 1, 2, 2]
+    assert not page.errors
+
+
+def test_a_labelled_file_with_spans_draws_distances_per_group(page, explorer_app, cache, tiny_engine):
+    """The operator's own file (Winograd pairs, pronoun/candidate spans): the distance plot draws each
+    label group's mean distance per layer, as Python's ExamplesAnalysis.span_distances computes it."""
+    from pathlib import Path
+
+    f = Path(__file__).resolve().parents[1] / "fixtures" / "examples" / "winograd.jsonl"
+    open_layers_tab(page, explorer_app.url)
+    page.get_by_label("Hub dataset or file").check()
+    page.fill("#xl-examples-box textarea", str(f))
+    page.fill("#xl-label-cols input, #xl-label-cols textarea", "label")
+    page.fill("#xl-span-cols input, #xl-span-cols textarea", "pronoun, candidate")
+    page.click("#xl-run")
+    ready(page)
+    ex = load_examples(str(f), labels=["label"], spans=["pronoun", "candidate"])
+    r = analyze_examples(tiny_engine("bert"), ex, progress=False, spacy=None)
+    want = r.span_distances("cosine", group_by="label")
+    page.wait_for_selector(f"{VIEW} .xl-dist.js-plotly-plot")
+    traces = page.evaluate(f"() => document.querySelector('{VIEW} .xl-dist').data.map(t => [t.name, Array.from(t.y)])")
+    got = {name.split(" (")[0]: y for name, y in traces if " (" in name}
+    assert set(got) == set(want)
+    for g, arr in want.items():
+        np.testing.assert_allclose(got[g], arr, rtol=1e-5, atol=1e-6)
+    assert page.locator(f"{VIEW} .xl-table tbody tr").count() == len(ex)
+    # the layer marker follows the slider
+    page.evaluate(f"() => document.querySelector('{VIEW} .xl-root').__xl.setLayer(1)")
+    page.wait_for_function(f"() => document.querySelector('{VIEW} .xl-dist').layout.shapes[0].x0 === 1")
     assert not page.errors
