@@ -401,7 +401,7 @@ def logit_lens(
     products, rescored in float32, the top-k ids certified exact (rows that cannot be certified are
     recomputed in float32); probabilities have exact numerators and a normaliser whose rest-of-vocabulary
     part comes from the bfloat16 products (see _fast_block; SmolLM2 at 1k tokens: relative error median
-    5e-7, 99th percentile 1.5e-3, worst 2.7% on flat rows). The last layer is always float32 (it is the
+    5e-7, 99th percentile 1.5e-3, worst seen 2.7% on a flat row). The last layer is always float32 (it is the
     model's own prediction). ``fast=False``: everything in float32.
     """
     top_k = _check_top_k(top_k)
