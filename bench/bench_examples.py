@@ -111,6 +111,12 @@ def report(t_bare, t_plain, t_spacy, t_inline) -> None:
     print(f"  best of each (the machine's other load hits every run differently): bare {min(t_bare):.2f} s, "
           f"spacy=None {min(t_plain):.2f} s -> {min(t_plain) / min(t_bare):.2f}, spaCy {min(t_spacy):.2f} s -> "
           f"{min(t_spacy) / min(t_bare):.2f}, spaCy here {min(t_inline):.2f} s -> {min(t_inline) / min(t_bare):.2f}")
+    # the machine's load drifts over minutes: each analyze run over the bare run just before it
+    pairs = [(p / t_bare[2 * i], s / t_bare[2 * i + 1], n / t_bare[2 * i + 1])
+             for i, (p, s, n) in enumerate(zip(t_plain, t_spacy, t_inline))]
+    print("  paired ratios (analyze / the bare passes just before), median: spacy=None "
+          f"{statistics.median(x[0] for x in pairs):.2f}, spaCy worker {statistics.median(x[1] for x in pairs):.2f}, "
+          f"spaCy here {statistics.median(x[2] for x in pairs):.2f}")
     print(f"  runs: spacy=None {', '.join(f'{x:.2f}' for x in t_plain)}; spaCy {', '.join(f'{x:.2f}' for x in t_spacy)}; "
           f"spaCy here {', '.join(f'{x:.2f}' for x in t_inline)}")
 
