@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,3 +140,15 @@ def test_app_export_keeps_the_address_state(bert, tmp_path):
         export_for(store, "no-such-key", "head", ".html")
     with pytest.raises(InputError, match="export format"):
         export_for(store, key, "head", ".exe")
+
+
+def test_png_export_works_where_an_asyncio_loop_runs(bert, tmp_path):
+    """In a notebook the kernel's asyncio loop runs in the caller's thread; Playwright's sync API refuses
+    to start there, so the export draws in a thread of its own."""
+    import asyncio
+
+    async def inside_a_loop():
+        return exbert_hub.export(bert, "head", tmp_path / "in-loop.png", layer=1)
+
+    path = asyncio.run(inside_a_loop())
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -82,6 +82,16 @@ def export(analysis: Analysis, view: str, path: str | os.PathLike, *, scale: flo
     return path
 
 
+def _loop_running() -> bool:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def render_static(analysis: Analysis, view: str, state: ViewState, *, svg: bool = True, png: bool = False,
                   scale: float = 2.0, width: int = 1100, timeout_ms: int = 60_000,
                   browser: Any = None) -> tuple[str | None, bytes | None]:
@@ -90,6 +100,14 @@ def render_static(analysis: Analysis, view: str, state: ViewState, *, svg: bool 
     The page is opened from a temporary file with every other request refused (none is expected).
     browser: a Playwright ``Browser`` to use (default: Chromium launched for this call and closed).
     """
+    if browser is None and _loop_running():
+        # a notebook's kernel runs an asyncio loop in this thread, where Playwright's sync API refuses to
+        # start: draw in a thread of its own
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(render_static, analysis, view, state, svg=svg, png=png, scale=scale,
+                               width=width, timeout_ms=timeout_ms).result()
     if browser is None:
         from playwright.sync_api import sync_playwright
 
