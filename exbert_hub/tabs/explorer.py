@@ -10,7 +10,7 @@ from ..analysis import CAUSAL_LM, kind_phrase
 from ..errors import ExbertError, InputError, user_message
 from ..inputs import as_int
 from ..service import summarize
-from ..views.explorer import DEFAULT_THRESHOLD, ExplorerView, explorer_payload, layer_payload
+from ..views.explorer import DEFAULT_THRESHOLD, ExplorerView, explorer_payload, layer_payload, rows_payload
 from ..hub.app_export import export_controls
 from .base import AppContext, Tab, api_error, link_float, link_int
 
@@ -28,6 +28,12 @@ class ExplorerTab(Tab):
             """Server function of the view (explorer.js calls it by this name): one layer of attention (uint8 base64) for {key, layer}."""
             try:
                 key, layer = (data[0], data[1]) if isinstance(data, (list, tuple)) else (data["key"], data["layer"])
+                block = data.get("block") if isinstance(data, dict) else None
+                row = data.get("row") if isinstance(data, dict) else None
+                if block is not None or row is not None:  # long inputs: a sparse block of rows, or one row
+                    return {"key": key, "layer": int(layer),
+                            "rows": rows_payload(store.get(str(key)), int(layer),
+                                                 None if block is None else int(block), None if row is None else int(row))}
                 return {"key": key, "layer": int(layer), "attention": layer_payload(store.get(str(key)), int(layer))}
             except Exception as err:  # noqa: BLE001 - reported in the view, never as a trace
                 log.warning("explorer layer fetch failed: %s", err, exc_info=not isinstance(err, ExbertError))

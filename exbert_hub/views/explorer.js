@@ -48,6 +48,10 @@
     message: "",
     pendingMask: false,
     allLines: false,      // the user asked for every line that passes the threshold (no per-token cap)
+    long: false,          // long input: rows come in sparse blocks as they scroll into view (rows.py)
+    blockRows: 64,
+    blocks: {},           // layer -> Map(block -> {r0, r1, indptr, idx, val, mass})
+    blockFetching: {},    // "layer|block" -> true
   };
   let ui = null;
   let rafId = 0;
@@ -69,6 +73,8 @@
     S.T = value.tokens.length; S.H = value.num_heads; S.L = value.num_layers;
     S.layers = {};
     S.fetching = {};
+    S.long = !!value.long; S.blockRows = value.block_rows || 64;
+    S.blocks = {}; S.blockFetching = {}; S.exact = new Map();
     S.fetchError = null;
     for (const k of Object.keys(value.attention || {})) {
       try { S.layers[+k] = XH.decodeAttention(value.attention[k]); } catch (err) { console.error(err); }
@@ -130,6 +136,7 @@
   }
 
   function ensureLayer(layer) {
+    if (S.long && S.p) { ensureBlocks(layer); return true; }
     if (S.layers[layer] || !S.p) return true;
     if (S.fetching[layer]) return false;
     if (!server || typeof server.explorer_layer !== "function") {
@@ -154,6 +161,129 @@
   }
 
   // ---------------------------------------------------------------------------------------------
+  // long inputs: sparse row blocks (exbert_hub/views/rows.py), fetched for the rows in view
+  // ---------------------------------------------------------------------------------------------
+  // the token positions whose rows are in the scroll area's view (visible rows, hidden specials skipped)
+  function rowsInView() {
+    const rowH = S.rowH, top = ui && ui.scroll ? ui.scroll.scrollTop : 0, h = (ui && ui.scroll && ui.scroll.clientHeight) || 640;
+    const a = Math.max(0, Math.floor(top / rowH)), b = Math.min(S.vis.length, Math.ceil((top + h) / rowH));
+    return S.vis.slice(a, b);
+  }
+  function decodeBlock(p) {
+    const b = (s) => XH.base64ToBytes(s);
+    const ib = b(p.indptr), xb = b(p.indices), vb = b(p.values), mb = b(p.special_mass);
+    return { r0: p.r0, r1: p.r1, n: p.r1 - p.r0,
+      indptr: new Uint32Array(ib.buffer, ib.byteOffset, ib.byteLength / 4),
+      idx: new Uint16Array(xb.buffer, xb.byteOffset, xb.byteLength / 2),
+      val: new Float32Array(vb.buffer, vb.byteOffset, vb.byteLength / 4),
+      mass: new Float32Array(mb.buffer, mb.byteOffset, mb.byteLength / 4) };
+  }
+  // fetch the blocks holding the rows in view (and the active token's) that are not here yet
+  function ensureBlocks(layer) {
+    if (!S.long || !S.p || !ui) return;
+    const want = new Set(rowsInView().map((i) => Math.floor(i / S.blockRows)));
+    const active = S.frozen || S.hover;
+    if (active && active.side === "left") { want.add(Math.floor(active.pos / S.blockRows)); ensureExact(layer, active.pos); }
+    const have = S.blocks[layer] || (S.blocks[layer] = new Map());
+    for (const blk of want) {
+      const k = layer + "|" + blk;
+      if (have.has(blk) || S.blockFetching[k]) continue;
+      if (!server || typeof server.explorer_layer !== "function") { S.fetchError = "the server cannot be reached"; return; }
+      S.blockFetching[k] = true;
+      const key = S.p.key;
+      server.explorer_layer({ key: key, layer: layer, block: blk }).then((res) => {
+        if (!S.p || S.p.key !== key) return;
+        delete S.blockFetching[k];
+        if (!res || res.error) { S.fetchError = (res && res.error) || "could not load rows"; redraw(); return; }
+        have.set(blk, decodeBlock(res.rows));
+        root.dataset.blocks = String(Object.values(S.blocks).reduce((n, m) => n + m.size, 0));
+        if (layer === S.layer) { S.edges = null; schedule(); }
+      }).catch((err) => { delete S.blockFetching[k]; S.fetchError = "could not load rows: " + err; schedule(); });
+    }
+  }
+  // the active token's row in full (every weight of every head, float32[H * T]), fetched once
+  function ensureExact(layer, i) {
+    const k = layer + "|" + i;
+    if (S.exact.has(k) || S.blockFetching["row|" + k] || !server || typeof server.explorer_layer !== "function") return;
+    S.blockFetching["row|" + k] = true;
+    const key = S.p.key;
+    server.explorer_layer({ key: key, layer: layer, row: i }).then((res) => {
+      delete S.blockFetching["row|" + k];
+      if (!S.p || S.p.key !== key || !res || res.error) return;
+      const b = XH.base64ToBytes(res.rows.b64);
+      S.exact.set(k, new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4));
+      if (S.combo) S.combo.rows.delete(i);
+      if (layer === S.layer) { S.edges = null; schedule(); }
+    }).catch(() => { delete S.blockFetching["row|" + k]; });
+  }
+  // head h's kept weights of row i: {idx, val, a, e, mass} (entries a..e-1), or null when not loaded
+  function headRow(h, i) {
+    const m = S.blocks[S.layer];
+    const blk = m && m.get(Math.floor(i / S.blockRows));
+    if (!blk) return null;
+    const r = h * blk.n + (i - blk.r0);
+    return { idx: blk.idx, val: blk.val, a: blk.indptr[r], e: blk.indptr[r + 1], mass: blk.mass[r] };
+  }
+  function headVal(h, i, j) {
+    const r = headRow(h, i);
+    if (!r) return 0;
+    let lo = r.a, hi = r.e - 1;
+    while (lo <= hi) { const mid = (lo + hi) >> 1, x = r.idx[mid]; if (x === j) return r.val[mid]; if (x < j) lo = mid + 1; else hi = mid - 1; }
+    return 0;
+  }
+  function headRowSum(h, i) {
+    const r = headRow(h, i);
+    const s = S.hideSpecial && r ? 1 - r.mass : 1;
+    return s > 1e-9 ? s : 1;
+  }
+  // the drawn (combined) row i, keys by weight descending: {idx: Int32Array, val: Float32Array}, null if not loaded
+  function combinedRow(i) {
+    const c = combined();
+    if (c.rows.has(i)) return c.rows.get(i);
+    const acc = new Map();
+    const exact = S.exact.get(S.layer + "|" + i), T = S.T;
+    if (exact) {  // the whole row: every weight, as the engine computed it
+      for (const h of S.heads) {
+        const w = Math.max(0, +S.weights[h] || 0);
+        if (!w) continue;
+        let s = 0;
+        for (let j = 0; j < T; j++) if (!(S.hideSpecial && S.p.special[j])) s += exact[h * T + j];
+        const f = w / (s > 1e-9 ? s : 1);
+        for (let j = 0; j < T; j++) {
+          const v = exact[h * T + j];
+          if (v > 0 && !(S.hideSpecial && S.p.special[j])) acc.set(j, (acc.get(j) || 0) + v * f);
+        }
+      }
+      const keys = Array.from(acc.keys()).sort((a, b) => acc.get(b) - acc.get(a));
+      const out = { idx: Int32Array.from(keys), val: Float32Array.from(keys, (j) => acc.get(j) / (c.wsum || 1)), exact: true };
+      c.rows.set(i, out);
+      return out;
+    }
+    for (const h of S.heads) {
+      const w = Math.max(0, +S.weights[h] || 0);
+      if (!w) continue;
+      const r = headRow(h, i);
+      if (!r) return null;
+      const f = w / headRowSum(h, i);
+      for (let t = r.a; t < r.e; t++) {
+        const j = r.idx[t];
+        if (S.hideSpecial && S.p.special[j]) continue;
+        acc.set(j, (acc.get(j) || 0) + r.val[t] * f);
+      }
+    }
+    const keys = Array.from(acc.keys()).sort((a, b) => acc.get(b) - acc.get(a));
+    const out = { idx: Int32Array.from(keys), val: Float32Array.from(keys, (j) => acc.get(j) / (c.wsum || 1)) };
+    c.rows.set(i, out);
+    return out;
+  }
+  function combinedVal(i, j) {
+    const r = combinedRow(i);
+    if (!r) return 0;
+    for (let t = 0; t < r.idx.length; t++) if (r.idx[t] === j) return r.val[t];
+    return 0;
+  }
+
+  // ---------------------------------------------------------------------------------------------
   // computation
   // ---------------------------------------------------------------------------------------------
   function visibleTokens() {
@@ -168,6 +298,7 @@
 
   // Per head: row sums over visible keys (to renormalise), row maxima, column means.
   function headStats() {
+    if (S.long) return longStats();
     if (S.stats && S.stats.layer === S.layer && S.stats.hide === S.hideSpecial) return S.stats;
     const att = S.layers[S.layer];
     const T = S.T, H = S.H, vis = S.vis, n = vis.length, lut = att.lut, data = att.data;
@@ -199,6 +330,35 @@
     return S.stats;
   }
 
+  // long inputs: the same statistics over the loaded rows in view (column means: of those rows)
+  function longStats() {
+    const T = S.T, H = S.H, rows = rowsInView().filter((i) => headRow(0, i));
+    const sig = S.layer + "|" + S.hideSpecial + "|" + (rows[0] || 0) + "|" + rows.length;
+    if (S.stats && S.stats.sig === sig) return S.stats;
+    const visMask = new Uint8Array(T);
+    for (const i of S.vis) visMask[i] = 1;
+    const rowSum = new Float32Array(H * T).fill(1), rowMax = new Float32Array(H * T), colMean = new Float32Array(H * T);
+    for (let h = 0; h < H; h++) {
+      for (const i of rows) {
+        const r = headRow(h, i), s = headRowSum(h, i);
+        rowSum[h * T + i] = s;
+        let m = 0;
+        for (let t = r.a; t < r.e; t++) {
+          const j = r.idx[t];
+          if (!visMask[j]) continue;
+          const v = r.val[t] / s;
+          if (v > m) m = v;
+          colMean[h * T + j] += v / rows.length;
+        }
+        rowMax[h * T + i] = m;
+      }
+    }
+    let colPeak = 0;
+    for (let k = 0; k < colMean.length; k++) if (colMean[k] > colPeak) colPeak = colMean[k];
+    S.stats = { sig, layer: S.layer, hide: S.hideSpecial, rowSum, rowMax, colMean, colPeak: colPeak || 1, visMask };
+    return S.stats;
+  }
+
   function comboKey() {
     return [S.layer, S.hideSpecial, Array.from(S.heads).sort((a, b) => a - b).join("."), S.weights.join(".")].join("|");
   }
@@ -207,6 +367,13 @@
   function combined() {
     const key = comboKey();
     if (S.combo && S.combo.key === key) return S.combo;
+    if (S.long) {
+      let wsum = 0;
+      for (const h of S.heads) wsum += Math.max(0, +S.weights[h] || 0);
+      S.combo = { key, wsum, rows: new Map() };
+      S.edges = null;
+      return S.combo;
+    }
     const att = S.layers[S.layer], st = headStats();
     const T = S.T, lut = att.lut, data = att.data, vis = S.vis, visMask = st.visMask;
     const M = new Float32Array(T * T);
@@ -237,6 +404,7 @@
   // Lines: for each source token, its largest weights until `threshold` of its total is drawn.
   // With an active (hovered/frozen) token: only its lines (into it: the same rule on its column).
   function computeEdges() {
+    if (S.long) return edgesFrom(longEdges());
     const c = combined(), T = S.T, M = c.M, th = S.threshold;
     const active = S.frozen || S.hover;
     const src = [], dst = [], wts = [];
@@ -269,6 +437,46 @@
         perToken = cap;
       }
     }
+    return edgesFrom({ src, dst, wts, passing, perToken });
+  }
+
+  // long inputs: the lines of the loaded rows in view (or of the active token), by the same rule
+  function longEdges() {
+    const c = combined(), th = S.threshold, active = S.frozen || S.hover;
+    const src = [], dst = [], wts = [];
+    let passing = 0, perToken = Infinity;
+    if (c.wsum > 0) {
+      if (active && active.side === "right") {
+        const j = active.pos, col = [];
+        let total = 0;
+        for (const i of rowsInView()) { const v = combinedVal(i, j); if (v > 0) { col.push([i, v]); total += v; } }
+        col.sort((a, b) => b[1] - a[1]);
+        let acc = 0;
+        for (const [i, v] of col) {
+          if (acc >= th * total - 1e-9 && acc > 0) break;
+          acc += v; src.push(i); dst.push(j); wts.push(v);
+        }
+      } else {
+        const rows = active ? [active.pos] : rowsInView();
+        const cap = active || S.allLines ? Infinity : Math.max(2, Math.floor(LINE_BUDGET / Math.max(1, rows.length)));
+        for (const i of rows) {
+          const r = combinedRow(i);
+          if (!r) continue;
+          let acc = 0, k = 0;
+          for (let t = 0; t < r.idx.length; t++) {
+            if (acc >= th - 1e-6 && acc > 0) break;
+            const v = r.val[t]; acc += v; passing++;
+            if (k++ < cap) { src.push(i); dst.push(r.idx[t]); wts.push(v); }
+          }
+        }
+        perToken = cap;
+      }
+    }
+    return { src, dst, wts, passing, perToken };
+  }
+
+  function edgesFrom(x) {
+    const { src, dst, wts, passing, perToken } = x;
     let n = src.length, capped = 0;
     let order = range(n);
     if (n > MAX_LINES) {
@@ -579,7 +787,10 @@
         if (t) maskToken(+t.dataset.pos);
       });
     }
-    ui.scroll.addEventListener("scroll", () => { if (S.renderer === "canvas" || true) scheduleCanvas(); }, { passive: true });
+    ui.scroll.addEventListener("scroll", () => {
+      // long inputs: other rows are in view now (their lines, their blocks)
+      if (S.long) { S.edges = null; S.stats = null; schedule(); } else scheduleCanvas();
+    }, { passive: true });
   }
 
   function toggleHead(h) {
@@ -639,7 +850,8 @@
     if (layoutColumns(false)) { S.edges = null; }
     syncControls();
     const active = S.frozen || S.hover;
-    if (!S.layers[S.layer]) {
+    if (S.long) ensureBlocks(S.layer);
+    if (!layerReady()) {
       clearLines();
       setStatus(S.fetchError ? "Layer " + S.layer + ": " + S.fetchError : "Loading layer " + S.layer + "\u2026");
       root.dataset.lines = "0";
@@ -672,7 +884,14 @@
     ds.active = active ? active.side + ":" + active.pos : "";
     ds.threshold = String(S.threshold);
     ds.key = S.p.key || "";
+    // the active token's lines "src:dst:weight" (tests read what is drawn)
+    let hl = "";
+    ds.exact = S.long && active && active.side === "left" && S.exact.has(S.layer + "|" + active.pos) ? "1" : "";
+    if (active && E.n <= 20000) { const parts = []; for (let m = 0; m < E.n; m++) parts.push(E.src[m] + ":" + E.dst[m] + ":" + E.w[m]); hl = parts.join(","); }
+    ds.hoverLines = hl;
   }
+
+  function layerReady() { return S.long ? !S.fetchError : !!S.layers[S.layer]; }
 
   // Under the panel: how many lines are drawn when each token's are capped, and a way to see all.
   function showLineNote(E, active) {
@@ -781,9 +1000,15 @@
 
   // Value of head h's square at token `pos` on a side (see the help text in the side panel).
   function stripValue(side, pos, h) {
-    if (!S.layers[S.layer]) return null;
+    if (!layerReady()) return null;
     const st = headStats(), att = S.layers[S.layer], T = S.T;
     const active = S.frozen || S.hover;
+    if (S.long) {
+      if (side === "right" && active && active.side === "left") return headVal(h, active.pos, pos) / headRowSum(h, active.pos);
+      if (side === "right") return st.colMean[h * T + pos] / st.colPeak;
+      if (active && active.side === "right") return st.visMask[active.pos] ? headVal(h, pos, active.pos) / headRowSum(h, pos) : 0;
+      return st.rowMax[h * T + pos];
+    }
     if (side === "right") {
       if (active && active.side === "left") {
         const i = active.pos;
@@ -800,7 +1025,7 @@
   }
 
   function drawStrips() {
-    if (!S.layers[S.layer]) return;
+    if (!layerReady()) return;
     const rowH = S.rowH, cw = S.cellW, pad = rowH > 16 ? 2 : 1;
     for (const [canvas, side] of [[ui.stripLCanvas, "left"], [ui.stripRCanvas, "right"]]) {
       const { g, viewH, top } = fitCanvas(canvas, S.stripW);
@@ -822,11 +1047,22 @@
   function highlightTokens(active) {
     const p = S.p, T = S.T;
     const M = S.combo ? S.combo.M : null;
+    // long inputs: the active row as a dense vector (the right column), the active column per row
+    let focusRow = null;
+    if (S.long && S.combo && active && active.side === "left") {
+      focusRow = new Float32Array(T);
+      const r = combinedRow(active.pos);
+      if (r) for (let t = 0; t < r.idx.length; t++) focusRow[r.idx[t]] = r.val[t];
+    }
+    const inView = S.long && active && active.side === "right" ? new Set(rowsInView()) : null;
     for (const col of [ui.colL, ui.colR]) {
       for (const d of col.children) {
         const pos = +d.dataset.pos, side = d.dataset.side;
         let v = 0;
-        if (active && M) {
+        if (active && S.long && S.combo) {
+          if (active.side === "left" && side === "right") v = focusRow[pos];
+          else if (active.side === "right" && side === "left" && inView.has(pos)) v = combinedVal(pos, active.pos);
+        } else if (active && M) {
           if (active.side === "left" && side === "right") v = M[active.pos * T + pos];
           else if (active.side === "right" && side === "left") v = M[pos * T + active.pos];
         }

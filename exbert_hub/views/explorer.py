@@ -14,9 +14,11 @@ from typing import Callable, Sequence
 import gradio as gr
 import numpy as np
 
-from ..analysis import CAUSAL_LM, MASKED_LM, Analysis
+from ..analysis import MASKED_LM, Analysis
 from ..errors import InputError
 from . import asset, common_head, sequence_continuations
+from .neuron_view import is_causal
+from .rows import BLOCK_ROWS, block_payload, is_long, row_payload
 from .transport import encode_attention
 
 # Below this many attention bytes (layers * heads * tokens^2) every layer is sent at once; above it
@@ -55,13 +57,19 @@ def explorer_payload(
     layer, heads, token, threshold, hide_special, weights: the view to open (deep links).
     key: the id under which the app keeps this analysis (the browser sends it back to fetch layers
     and to mask tokens). all_layers: send every layer (default: when they fit in ALL_LAYERS_BYTES).
+
+    Long inputs (one dense layer over rows.LONG_LAYER_BYTES) with a key: no attention in the payload
+    (``"long": True``); the browser fetches sparse blocks of the rows in view (:func:`rows_payload`).
     """
     att = analysis.attentions  # float32[L, H, T, T]
     num_layers, num_heads, t = int(att.shape[0]), int(att.shape[1]), int(att.shape[2])
     layer = int(min(max(int(layer), 0), num_layers - 1))
+    long = key is not None and is_long(analysis.main_stack)
     if all_layers is None:
         all_layers = att.size <= ALL_LAYERS_BYTES
-    layers = range(num_layers) if all_layers else [layer]
+    all_layers = bool(all_layers) and not long
+    layers = [] if long else range(num_layers) if all_layers else [layer]
+    rollout = t <= MAX_ROLLOUT_TOKENS and not long
     preds = None
     if analysis.predictions is not None:
         preds = [[[str(w), round(float(p), 6)] for w, p in row] for row in analysis.predictions]
@@ -87,11 +95,13 @@ def explorer_payload(
         "masked": [int(x) for x in analysis.masked],
         "num_layers": num_layers,
         "num_heads": num_heads,
-        "causal": analysis.kind == CAUSAL_LM,
+        "causal": is_causal(analysis),
         "can_mask": bool(analysis.kind == MASKED_LM if can_mask is None else can_mask),
         "attention": {**{str(i): encode_attention(att[i]) for i in layers},
-                      **({str(num_layers): rollout_layer(analysis)} if all_layers and t <= MAX_ROLLOUT_TOKENS else {})},
-        "rollout": t <= MAX_ROLLOUT_TOKENS,  # layer index num_layers is the attention rollout (analyses/rollout.py)
+                      **({str(num_layers): rollout_layer(analysis)} if all_layers and rollout else {})},
+        "rollout": rollout,  # layer index num_layers is the attention rollout (analyses/rollout.py)
+        "long": long,
+        "block_rows": BLOCK_ROWS,
         "all_layers": bool(all_layers),
         "predictions": preds,
         "prediction_note": analysis.prediction_note,
@@ -130,6 +140,14 @@ def layer_payload(analysis: Analysis, layer: int) -> dict:
     if not 0 <= int(layer) < att.shape[0]:
         raise IndexError(f"layer {layer} is out of range: the model has {att.shape[0]} layers")
     return encode_attention(np.asarray(att[int(layer)]))
+
+
+def rows_payload(analysis: Analysis, layer: int, block: int | None = None, row: int | None = None) -> dict:
+    """Rows ``block * BLOCK_ROWS ...`` of one layer of the main stack, sparse (see :mod:`.rows`), or with
+    ``row`` that one row of every head in full (rows.row_payload): the lazy fetches of long inputs."""
+    if row is not None:
+        return row_payload(analysis, analysis.main_stack.name, layer, row)
+    return block_payload(analysis, analysis.main_stack.name, layer, block)
 
 
 class ExplorerView(gr.HTML):

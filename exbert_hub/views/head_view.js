@@ -171,6 +171,7 @@ function xhLinePanel(parent, opts) {
   // entries with a visible weight, sorted by opacity bucket (1..255), built once per series
   function sparse(s) {
     if (s._sparse) return s._sparse;
+    if (s.rows) return (s._sparse = sparseRows(s));
     const n = s.nq * s.nk, data = s.data, off = s.offset;
     const bucket = new Uint8Array(256);
     if (s.lut) for (let q = 0; q < 256; q++) bucket[q] = Math.max(0, Math.min(255, Math.round(s.lut[q] * 255)));
@@ -188,7 +189,27 @@ function xhLinePanel(parent, opts) {
     s._sparse = { starts, idx };
     return s._sparse;
   }
+  // a series of sparse rows (long inputs): s.rows.get(i) -> {idx, val, a, e} | null, s.rows.loaded() -> rows
+  function sparseRows(s) {
+    const counts = new Uint32Array(257), rows = s.rows.loaded();
+    for (const i of rows) { const r = s.rows.get(i); for (let t = r.a; t < r.e; t++) counts[Math.min(255, Math.round(r.val[t] * 255))]++; }
+    const starts = new Uint32Array(257);
+    for (let b = 1; b < 256; b++) starts[b + 1] = starts[b] + counts[b];
+    const idx = new Uint32Array(starts[256]), pos = starts.slice();
+    for (const i of rows) {
+      const r = s.rows.get(i);
+      for (let t = r.a; t < r.e; t++) { const b = Math.min(255, Math.round(r.val[t] * 255)); if (b) idx[pos[b]++] = i * s.nk + r.idx[t]; }
+    }
+    return { starts, idx };
+  }
   function weight(s, i, j) {
+    if (s.rows) {
+      const r = s.rows.get(i);
+      if (!r) return 0;
+      let lo = r.a, hi = r.e - 1;
+      while (lo <= hi) { const m = (lo + hi) >> 1, x = r.idx[m]; if (x === j) return r.val[m]; if (x < j) lo = m + 1; else hi = m - 1; }
+      return 0;
+    }
     const v = s.data[s.offset + i * s.nk + j];
     return s.lut ? s.lut[v] : v;
   }
@@ -310,6 +331,8 @@ function xhLinePanel(parent, opts) {
     const W = st.width, H = st.height, top = scroller.scrollTop, rh = st.rowH, dpr = st.dpr || 1;
     const Wd = canvas.width, Hd = canvas.height;
     let lines = 0;
+    // long inputs: the owner loads the rows in view (and redraws when they arrive)
+    if (panel.onview) panel.onview(Math.max(0, Math.floor(top / rh)), Math.ceil((top + (H || scroller.clientHeight || 640)) / rh));
     if (!Wd || !Hd) { st.lines = 0; return 0; }
     if (!acc || acc.length !== Wd * Hd * 4) acc = new Float32Array(Wd * Hd * 4);
     else acc.fill(0);
@@ -435,6 +458,7 @@ function xhLinePanel(parent, opts) {
       stack: value.stack, layer: value.layer || 0,
       heads: new Set(value.heads || []), pairFilter: value.pair_filter || "all",
       pairStart: value.pair_start, lineBudget: value.line_budget, pin: null,
+      long: !!value.long, blockRows: value.block_rows || 64,
     };
     // in the app the address holds the selection the other views made (the payload may be older)
     fromUrl(!!window.exbertHub.ready);
@@ -454,7 +478,7 @@ function xhLinePanel(parent, opts) {
   function fromUrl(full) {
     const XH = window.exbertHub, info = stackInfo();
     if (!XH.urlSelection || info.query_seq !== "input") return false;
-    const sel = XH.urlSelection(info.layers, info.heads, S.sequences[info.query_seq].tokens.length);
+    const sel = XH.urlSelection(info.layers + (info.rollout ? 1 : 0), info.heads, S.sequences[info.query_seq].tokens.length);
     let changed = false;
     if (sel.layer != null && sel.layer !== S.layer) { S.layer = sel.layer; changed = true; }
     if (sel.heads != null || full) {
@@ -482,6 +506,8 @@ function xhLinePanel(parent, opts) {
     layerLab.append(xhEl("span", "xh-field-name", "Layer"));
     const layerSel = xhEl("select", "xh-layer");
     for (let l = 0; l < info.layers; l++) layerSel.append(new Option(String(l), String(l)));
+    // the attention rollout across the stack's layers, as the layer after the last
+    if (info.rollout) { const o = new Option("rollout", String(info.layers)); o.title = "attention rollout across all layers"; layerSel.append(o); }
     layerSel.value = String(S.layer);
     layerSel.addEventListener("change", () => { S.layer = Number(layerSel.value); show(); toUrl(); });
     S.layerSel = layerSel;
@@ -497,7 +523,7 @@ function xhLinePanel(parent, opts) {
       sel.addEventListener("change", () => {
         S.stack = sel.value;
         const inf = stackInfo();
-        S.layer = Math.min(S.layer, inf.layers - 1);
+        S.layer = Math.min(S.layer, inf.layers - (inf.rollout ? 0 : 1));
         S.heads = new Set(Array.from({ length: inf.heads }, (_, h) => h));
         build();
         show();
@@ -600,7 +626,78 @@ function xhLinePanel(parent, opts) {
     root.dataset.pinned = panel && panel.state.pinned ? panel.state.pinned.side + ":" + panel.state.pinned.index : "";
   }
 
+  // --- long inputs: sparse blocks of rows (rows.py), fetched as they scroll into view -----------
+  const fetchingBlocks = new Set();
+  function blocksOf(stack, layer) {
+    const ck = cacheKey(stack, layer);
+    if (!cache.has(ck)) cache.set(ck, new Map());
+    return cache.get(ck);
+  }
+  function decodeBlock(p) {
+    const ib = xhB64(p.indptr), xb = xhB64(p.indices), vb = xhB64(p.values);
+    return { r0: p.r0, r1: p.r1, n: p.r1 - p.r0,
+      indptr: new Uint32Array(ib.buffer, ib.byteOffset, ib.byteLength / 4),
+      idx: new Uint16Array(xb.buffer, xb.byteOffset, xb.byteLength / 2),
+      val: new Float32Array(vb.buffer, vb.byteOffset, vb.byteLength / 4) };
+  }
+  function needBlocks(a, b) {
+    if (!S || !S.long) return;
+    const stack = S.stack, layer = S.layer, blocks = blocksOf(stack, layer), want = new Set();
+    for (let blk = Math.floor(a / S.blockRows); blk * S.blockRows < b; blk++) want.add(blk);
+    const pin = panel && panel.state.pinned;
+    if (pin && pin.side === "left") want.add(Math.floor(pin.index / S.blockRows));
+    const nq = S.sequences[stackInfo().query_seq].tokens.length;
+    for (const blk of want) {
+      const k = cacheKey(stack, layer) + "|" + blk;
+      if (blk * S.blockRows >= nq || blocks.has(blk) || fetchingBlocks.has(k)) continue;
+      if (!S.key || !server || !server.head_view_layer) { S.status.textContent = "These rows cannot be fetched (no server)."; return; }
+      fetchingBlocks.add(k);
+      const key = S.key;
+      server.head_view_layer({ key, stack, layer, block: blk }).then((res) => {
+        fetchingBlocks.delete(k);
+        if (!S || S.key !== key) return;
+        if (!res || res.error) { S.status.textContent = "Could not load rows: " + (res ? res.error : "no answer"); return; }
+        blocks.set(blk, decodeBlock(res.rows));
+        root.dataset.blocks = String((Number(root.dataset.blocks) || 0) + 1);
+        if (stack === S.stack && layer === S.layer) showLong();
+      }).catch((err) => { fetchingBlocks.delete(k); S.status.textContent = "Could not load rows: " + err; });
+    }
+  }
+  function showLong() {
+    const info = stackInfo(), blocks = blocksOf(S.stack, S.layer), br = S.blockRows;
+    const nq = S.sequences[info.query_seq].tokens.length, nk = S.sequences[info.key_seq].tokens.length;
+    S.status.textContent = "Long text (" + nq.toLocaleString("en-US") + " tokens): the lines of the rows in view are " +
+      "drawn, loaded as you scroll; weights under 0.002 are left out.";
+    const series = [];
+    for (let h = 0; h < info.heads; h++) {
+      const rows = {
+        get(i) {
+          const blk = blocks.get(Math.floor(i / br));
+          if (!blk) return null;
+          const r = h * blk.n + (i - blk.r0);
+          return { idx: blk.idx, val: blk.val, a: blk.indptr[r], e: blk.indptr[r + 1] };
+        },
+        loaded() { const out = []; for (const blk of blocks.values()) for (let i = blk.r0; i < blk.r1; i++) out.push(i); return out; },
+      };
+      series.push({ head: h, color: xhHeadColor(h), rows, nq, nk, visible: S.heads.has(h) });
+    }
+    panel.onview = needBlocks;
+    panel.setSeries(series);
+    if (S.pin != null && !panel.state.pinned) applyPin();
+    panel.redraw();
+    report();
+    if (blocks.size) {
+      root.dataset.drawn = String((Number(root.dataset.drawn) || 0) + 1);
+      root.dataset.drawnAt = String(performance.now());
+      const mark = root.dataset.drawn;
+      requestAnimationFrame(() => requestAnimationFrame(() => {
+        if (root.dataset.drawn === mark) root.dataset.paintedAt = String(performance.now());
+      }));
+    }
+  }
+
   async function show() {
+    if (S.long) { showLong(); return; }
     const ck = cacheKey(S.stack, S.layer);
     let att = cache.get(ck);
     if (!att) {

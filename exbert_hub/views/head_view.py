@@ -27,6 +27,7 @@ import numpy as np
 from ..analysis import Analysis
 from ..errors import ExbertError
 from . import asset, common_head, sequence_continuations
+from .rows import BLOCK_ROWS, block_payload, is_long
 from .transport import decode_attention, encode_attention
 
 PAIR_FILTERS = ("all", "a->a", "b->b", "a->b", "b->a")
@@ -190,13 +191,39 @@ def sequences_payload(analysis: Analysis) -> dict:
     return out
 
 
+# the attention rollout multiplies T x T matrices per layer (T^3 work): offered up to this many tokens
+MAX_ROLLOUT_TOKENS = 2048
+
+
+def has_rollout(st) -> bool:
+    """Whether a stack offers the attention rollout as the layer after its last (square, not long)."""
+    return st.name != "cross" and st.q_len == st.k_len <= MAX_ROLLOUT_TOKENS and not is_long(st)
+
+
 def stacks_payload(analysis: Analysis) -> list[dict]:
-    """``[{"name", "layers", "heads", "query_seq", "key_seq"}]`` in the analysis' order."""
+    """``[{"name", "layers", "heads", "query_seq", "key_seq", "rollout"}]`` in the analysis' order; with
+    ``rollout`` the layer index ``layers`` is the stack's attention rollout (analyses/rollout.py)."""
     out = []
     for name, st in analysis.stacks.items():
         q, k = stack_sequences(name)
-        out.append({"name": name, "layers": st.num_layers, "heads": st.num_heads, "query_seq": q, "key_seq": k})
+        out.append({"name": name, "layers": st.num_layers, "heads": st.num_heads, "query_seq": q, "key_seq": k,
+                    "rollout": has_rollout(st)})
     return out
+
+
+def rollout_layer(analysis: Analysis, stack: str) -> np.ndarray:
+    """float32[heads, T, T]: the rollout of the whole stack, the same for every head (any head selection
+    shows the rollout itself)."""
+    from ..analyses.rollout import attention_rollout
+
+    st = analysis.stack(stack)
+    r = attention_rollout(analysis, stack)[-1]
+    return np.broadcast_to(r, (st.num_heads,) + r.shape)
+
+
+def _layer_weights(analysis: Analysis, stack: str, layer: int) -> np.ndarray:
+    st = analysis.stack(stack)
+    return rollout_layer(analysis, stack) if layer == st.num_layers else st.attentions[layer]
 
 
 def resolve_stack(analysis: Analysis, stack: str | None) -> str:
@@ -271,7 +298,7 @@ def head_view_payload(
     """
     stack = resolve_stack(analysis, stack)
     st = analysis.stack(stack)
-    layer = _check_index(layer, st.num_layers, "layer")
+    layer = _check_index(layer, st.num_layers + has_rollout(st), "layer")
     heads = list(range(st.num_heads)) if heads is None else [_check_index(h, st.num_heads, "head") for h in heads]
     pair_filter = str(pair_filter).lower().replace(" ", "")
     if pair_filter not in PAIR_FILTERS:
@@ -279,7 +306,9 @@ def head_view_payload(
     per_layer = int(np.prod(st.attentions.shape[1:]))
     # without a key the browser cannot fetch layers later: send them all
     fits = per_layer * st.num_layers <= prefetch_bytes
-    layers = range(st.num_layers) if fits or key is None else [layer]
+    # long inputs: no layer is sent, the browser fetches sparse blocks of the rows in view (rows.py)
+    long = key is not None and any(is_long(s) for s in analysis.stacks.values())
+    layers = [] if long else range(st.num_layers) if fits or key is None else [layer] if layer < st.num_layers else []
     return {
         "view": "head",
         "key": key,
@@ -292,15 +321,18 @@ def head_view_payload(
         "pair_filter": pair_filter,
         "line_budget": int(line_budget),
         "pair_start": analysis.pair_start if stack in ("self", "encoder") else None,
-        "attention": {stack: {str(i): encode_layer(st.attentions[i]) for i in layers}},
+        "attention": {stack: {str(i): encode_layer(st.attentions[i]) for i in layers}
+                      | ({str(layer): encode_layer(rollout_layer(analysis, stack))} if layer == st.num_layers else {})},
+        "long": long,
+        "block_rows": BLOCK_ROWS,
     }
 
 
 def head_view_layer_payload(analysis: Analysis, stack: str, layer: int) -> dict:
     """One layer for the head view's lazy fetch: ``{"stack", "layer", "attention": encode_layer payload [H, q, k]}``."""
     st = analysis.stack(stack)
-    layer = _check_index(layer, st.num_layers, "layer")
-    return {"stack": stack, "layer": layer, "attention": encode_layer(st.attentions[layer])}
+    layer = _check_index(layer, st.num_layers + has_rollout(st), "layer")
+    return {"stack": stack, "layer": layer, "attention": encode_layer(_layer_weights(analysis, stack, layer))}
 
 
 class HeadView(gr.HTML):
@@ -319,8 +351,14 @@ class HeadView(gr.HTML):
         store_ref = self.store
 
         def head_view_layer(request: dict) -> dict:
-            """Server function: ``{"key", "stack", "layer"}`` -> one layer (see head_view_layer_payload)."""
+            """Server function: ``{"key", "stack", "layer"}`` -> one layer (see head_view_layer_payload);
+            with ``"block"``: that block of rows, sparse (long inputs, rows.block_payload)."""
             try:
+                if request.get("block") is not None:
+                    return {"stack": str(request.get("stack")), "layer": int(request.get("layer")),
+                            "block": int(request.get("block")),
+                            "rows": block_payload(store_ref.get(request.get("key")), str(request.get("stack")),
+                                                  int(request.get("layer")), int(request.get("block")))}
                 return head_view_layer_payload(store_ref.get(request.get("key")), str(request.get("stack")),
                                                int(request.get("layer")))
             except (KeyError, ValueError, TypeError, ExbertError) as err:

@@ -33,9 +33,14 @@ from .head_view import (
 )
 
 
-def is_causal(analysis: Analysis, stack: str) -> bool:
-    """Whether ``stack`` is causal self-attention (a causal LM's, or an encoder-decoder's decoder)."""
-    return stack == "decoder" or (stack == "self" and analysis.kind == CAUSAL_LM)
+def is_causal(analysis: Analysis, stack: str | None = None) -> bool:
+    """Whether ``stack`` (default: the main one) is causal self-attention, from the mask the model used
+    (``mask_specs``): a Llama sequence classifier is causal although it is no causal LM. Stacks whose
+    weights the model materialised carry no description: decoders, and causal LMs' self-attention."""
+    st = analysis.stack(stack)
+    if st.mask_specs:
+        return all(m.kind == "causal" for m in st.mask_specs)
+    return st.name == "decoder" or (st.name == "self" and analysis.kind == CAUSAL_LM)
 
 
 def _stack_meta(analysis: Analysis) -> list[dict]:
