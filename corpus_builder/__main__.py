@@ -47,6 +47,17 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--two-pass-indexes", action="store_true",
                    help="write every shard's vectors and build the compressed indexes after the shards (the old way); "
                         "default: train on the first vectors and encode each shard as it arrives, no vector files")
+    b.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run spaCy and the model on a Ray cluster (Ray Data): --ray alone starts a local cluster; "
+                        "--ray ADDRESS joins a running one (auto, ray://head:10001, head:6379). Needs exbert-hub[ray]")
+    b.add_argument("--ray-actors", type=int, default=None,
+                   help="model actors (default: one per GPU, else half the cluster's CPUs / --ray-cpus-per-actor)")
+    b.add_argument("--ray-gpus-per-actor", type=float, default=None, help="GPUs per model actor (default 1 when the cluster has GPUs, else 0)")
+    b.add_argument("--ray-cpus-per-actor", type=float, default=1.0, help="CPUs per model actor (default 1; its torch threads)")
+    b.add_argument("--ray-spacy-actors", type=int, default=None,
+                   help="spaCy actors, one CPU each (default: the cluster's CPUs the model actors leave)")
+    b.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs of the local cluster that --ray alone starts (default all)")
+    b.add_argument("--ray-object-store-memory", type=int, default=None, help="object store bytes of that local cluster")
     b.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -73,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                         max_tokens=args.max_tokens, min_words=args.min_words, layers=args.layers, workers=args.workers,
                         shard_chars=args.shard_chars, exact_limit=args.exact_limit, index_factory=args.index_factory,
                         recall_queries=args.recall_queries, keep_vectors=args.keep_vectors, overwrite=args.overwrite,
-                        stream_indexes=not args.two_pass_indexes, progress=not args.quiet)
+                        stream_indexes=not args.two_pass_indexes, progress=not args.quiet, ray=args.ray,
+                        ray_actors=args.ray_actors, ray_gpus_per_actor=args.ray_gpus_per_actor,
+                        ray_cpus_per_actor=args.ray_cpus_per_actor, ray_spacy_actors=args.ray_spacy_actors, ray_num_cpus=args.ray_num_cpus,
+                        ray_object_store_memory=args.ray_object_store_memory)
             print(f"corpus written to {out}")
         else:
             from .publishing import publish

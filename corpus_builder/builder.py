@@ -29,7 +29,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -75,6 +75,16 @@ class BuildSettings:
     stream_indexes: bool = True  # compressed tier: train on the first vectors, encode shards as they arrive
     overwrite: bool = False
     progress: bool = True
+    # Ray (corpus_builder.ray_build): None = this machine; "local" = start a local cluster; else the address
+    # of a running cluster ("auto", "ray://head:10001", "head:6379"). Not part of identity(): a build
+    # started on Ray can be resumed without it and the other way round (the result is the same)
+    ray: str | None = None
+    ray_actors: int | None = None  # model actors (default: one per GPU, else half the CPUs / ray_cpus_per_actor)
+    ray_gpus_per_actor: float | None = None  # default: 1 when the cluster has GPUs, else 0
+    ray_cpus_per_actor: float = 1.0
+    ray_spacy_actors: int | None = None  # spaCy actors, one CPU each (default: the CPUs the model actors leave)
+    ray_num_cpus: int | None = None  # CPUs of a local cluster (default: all of this machine's)
+    ray_object_store_memory: int | None = None  # bytes, local cluster (default: Ray's, 30% of the memory)
 
     def identity(self) -> dict:
         """What must not change between a build and its resumption."""
@@ -180,6 +190,51 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class ShardWork:
+    """One shard as the builder's consumer gets it, in shard order. A finished shard has only ``shard``
+    and ``documents``; otherwise its spaCy sentences, every sentence's encoding (the model's tokens) and
+    ``model(keep)``: the vectors of the sentences ``keep`` (indices into ``sents``), computed then (this
+    machine) or looked up (a Ray actor ran every sentence that fits max_tokens)."""
+
+    shard: int
+    documents: int
+    sents: list = field(default_factory=list)
+    encoded: list = field(default_factory=list)
+    model: Callable[[list[int]], list] | None = None
+    seconds_spacy: float = 0.0
+    seconds_model: float | None = None  # None: timed around model()
+    threads: int | None = None  # torch threads of the forward passes (None: this process's)
+    batch_check: float | None = None  # check_batched's figure, on the first shard with sentences
+    fallback_reason: str | None = None  # set when that check sent the model to engine.analyze
+
+
+def check_batched(engine, runner: vectors.VectorRunner, sents: list[annotate.Sentence], max_tokens: int) -> float:
+    """Compare the batched path with engine.analyze on 4 sentences of different lengths (so padding is
+    exercised) before trusting it for the whole build; a failed check turns ``runner`` to engine.analyze."""
+    texts = [s.text for s in sents[:200]]
+    encoded = vectors.encode(engine, texts)
+    fits = sorted((len(e.ids), t) for t, e in zip(texts, encoded) if len(e.ids) <= max_tokens)
+    n = len(fits)
+    sample = list(dict.fromkeys(fits[i][1] for i in sorted({0, n // 3, (2 * n) // 3, n - 1}) if n))
+    check = vectors.check_against_engine(runner, sample)
+    if not runner.batched:
+        log.warning("building one sentence at a time through engine.analyze: %s", runner.fallback_reason)
+    return check
+
+
+def forward(runner: vectors.VectorRunner, encoded: list, texts: list[str], batch_size: int) -> list:
+    """Vectors (BatchVectors) of every sentence, in the given order; the model runs them in length-sorted batches."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+    out: list = [None] * len(encoded)
+    bs = max(1, batch_size)
+    for b in range(0, len(order), bs):
+        idx = order[b:b + bs]
+        for i, vec in zip(idx, runner.run([encoded[i] for i in idx], [texts[i] for i in idx])):
+            out[i] = vec
+    return out
+
+
 class Builder:
     def __init__(self, settings: BuildSettings):
         self.s = settings
@@ -273,14 +328,72 @@ class Builder:
         return annotate.annotate(self.s.spacy, docs, self.s.min_words)
 
     def _shard_stage(self, progress: Progress) -> None:
-        done = self._done_shards()
+        """Consume the shards in order: finished ones are counted, the others selected (repeats and long
+        sentences left out, the cap applied), turned into tables and written. They are produced on this
+        machine (``_local_works``) or on a Ray cluster (``ray_build.ray_works``, with ``ray`` set)."""
         from tqdm.auto import tqdm
 
+        done = self._done_shards()
+        if self.s.ray is not None:
+            from . import ray_build
+
+            works = ray_build.ray_works(self, done)
+        else:
+            works = self._local_works(done)
         bar = tqdm(desc="sentences", unit=" sent", disable=not self.s.progress, total=self.s.max_sentences, dynamic_ncols=True)
         tok_bar = tqdm(desc="tokens", unit=" tok", disable=not self.s.progress, dynamic_ncols=True)
-        workers = [annotate.Worker(self.s.spacy) for _ in range(max(0, self.s.workers))]
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-writer")
+        writing: Future | None = None
+        cap = self.s.max_sentences
+        try:
+            for work in works:
+                if work.shard in done:
+                    info = done[work.shard]
+                    self._written.append(info)
+                    self._remember(work.shard)
+                    if cap is not None and progress.sentences + info["sentences"] > cap:
+                        raise BuildError(
+                            f"{self.out} already holds more than --max-sentences {cap} sentences from an earlier run; "
+                            "raise --max-sentences or pass --overwrite to start again")
+                else:
+                    if work.batch_check is not None:
+                        self.batch_check = work.batch_check
+                    if work.fallback_reason is not None:  # the batched path failed its check where the model ran
+                        self.runner.batched, self.runner.fallback_reason = False, work.fallback_reason
+                    info, payload = self._run_shard(work, progress)
+                    if writing is not None:
+                        writing.result()  # at most one shard waits for the disk; errors surface here
+                    t1 = time.time()
+                    tables = self._tables(info, payload)
+                    info["seconds_tables"] = round(time.time() - t1, 3)
+                    writing = writer.submit(self._write_shard, info, tables)
+                progress.sentences += info["sentences"]
+                progress.tokens += info["tokens"]
+                progress.vectors += info["vectors"]
+                progress.skipped_long += info["skipped_long"]
+                progress.duplicates += info.get("duplicates", 0)
+                progress.documents += info["documents"]
+                progress.shards.append(info)
+                bar.update(info["sentences"])
+                tok_bar.update(info["tokens"])
+                if cap is not None and progress.sentences >= cap:
+                    break
+            if writing is not None:
+                writing.result()
+        finally:
+            close = getattr(works, "close", None)
+            if close is not None:
+                close()  # stops the producer (spaCy workers, a Ray pipeline) when the cap ends the build early
+            writer.shutdown(wait=True)
+            bar.close()
+            tok_bar.close()
+
+    def _local_works(self, done: dict[int, dict]) -> Iterator["ShardWork"]:
+        """The shards of this machine, in order: spaCy in worker processes (up to PREFETCH shards ahead),
+        the model in this thread when the consumer asks for a shard's vectors."""
         import torch
 
+        workers = [annotate.Worker(self.s.spacy) for _ in range(max(0, self.s.workers))]
         # CPU sharing: while a spaCy worker is busy the model runs on one thread fewer (oversubscribed
         # OpenMP threads spin and slow everyone); once spaCy is ahead and idle, it gets every thread
         threads = torch.get_num_threads()
@@ -288,16 +401,10 @@ class Builder:
         pending: deque[tuple[int, list, annotate.Worker | None]] = deque()
         checked = False
         turn = 0
-        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-writer")
-        writing: Future | None = None
         try:
             shard_iter = _shards(self.source.documents(), self.shard_chars)
             exhausted = False
             while True:
-                cap = self.s.max_sentences
-                if cap is not None and progress.sentences >= cap:
-                    break
-                # keep the spaCy workers up to PREFETCH shards ahead of the model
                 while not exhausted and len(pending) < len(workers) * PREFETCH + 1:
                     try:
                         shard, docs = next(shard_iter)
@@ -314,99 +421,66 @@ class Builder:
                     break
                 shard, docs, worker = pending.popleft()
                 if shard in done:
-                    info = done[shard]
-                    self._written.append(info)
-                    self._remember(shard)
-                    if cap is not None and progress.sentences + info["sentences"] > cap:
-                        raise BuildError(
-                            f"{self.out} already holds more than --max-sentences {cap} sentences from an earlier run; "
-                            "raise --max-sentences or pass --overwrite to start again")
-                else:
-                    t0 = time.time()
-                    sents = worker.result() if worker is not None else self._annotate_inline(docs)
-                    t_spacy = time.time() - t0
-                    if not checked and sents:
-                        self._check_batched(sents)
-                        checked = True
-                    busy = any(not w.idle() for w in workers)
-                    torch.set_num_threads(shared if busy else threads)
-                    info, payload = self._run_shard(shard, sents, progress, len(docs), t_spacy)
-                    info["threads"] = torch.get_num_threads()
-                    if writing is not None:
-                        writing.result()  # at most one shard waits for the disk; errors surface here
-                    t1 = time.time()
-                    tables = self._tables(info, payload)
-                    info["seconds_tables"] = round(time.time() - t1, 3)
-                    writing = writer.submit(self._write_shard, info, tables)
-                progress.sentences += info["sentences"]
-                progress.tokens += info["tokens"]
-                progress.vectors += info["vectors"]
-                progress.skipped_long += info["skipped_long"]
-                progress.duplicates += info.get("duplicates", 0)
-                progress.documents += info["documents"]
-                progress.shards.append(info)
-                bar.update(info["sentences"])
-                tok_bar.update(info["tokens"])
-            if writing is not None:
-                writing.result()
+                    yield ShardWork(shard, len(docs))
+                    continue
+                t0 = time.time()
+                sents = worker.result() if worker is not None else self._annotate_inline(docs)
+                t_spacy = time.time() - t0
+                check = None
+                if not checked and sents:
+                    check = check_batched(self.engine, self.runner, sents, self.max_tokens)
+                    checked = True
+                encoded = vectors.encode(self.engine, [s.text for s in sents]) if sents else []
+
+                def model(keep: list[int], encoded=encoded, sents=sents) -> list[vectors.BatchVectors]:
+                    torch.set_num_threads(shared if any(not w.idle() for w in workers) else threads)
+                    return forward(self.runner, [encoded[i] for i in keep], [sents[i].text for i in keep],
+                                   self.s.batch_size)
+
+                yield ShardWork(shard, len(docs), sents, encoded, model, seconds_spacy=t_spacy, batch_check=check)
         finally:
             torch.set_num_threads(threads)
-            writer.shutdown(wait=True)
             for w in workers:
                 w.close()
-            bar.close()
-            tok_bar.close()
 
-    def _check_batched(self, sents: list[annotate.Sentence]) -> None:
-        """Compare the batched path with engine.analyze on 4 sentences of different lengths (so padding is
-        exercised) before trusting it for the whole build."""
-        texts = [s.text for s in sents[:200]]
-        encoded = vectors.encode(self.engine, texts)
-        fits = sorted((len(e.ids), t) for t, e in zip(texts, encoded) if len(e.ids) <= self.max_tokens)
-        n = len(fits)
-        sample = list(dict.fromkeys(fits[i][1] for i in sorted({0, n // 3, (2 * n) // 3, n - 1}) if n))
-        self.batch_check = vectors.check_against_engine(self.runner, sample)
-        if not self.runner.batched:
-            log.warning("building one sentence at a time through engine.analyze: %s", self.runner.fallback_reason)
+    def _select(self, sents: list[annotate.Sentence], lengths: list[int], progress: Progress) -> tuple[list[int], dict]:
+        """Which sentences of a shard go in (indices, in order), and the counts of those left out.
 
-    def _run_shard(self, shard: int, sents: list[annotate.Sentence], progress: Progress, n_docs: int,
-                   t_spacy: float) -> tuple[dict, dict]:
-        """The model part of a shard (this thread): (info with row counts, payload for _write_shard)."""
-        t0 = time.time()
-        # a sentence seen before (in this or an earlier shard) is left out: repeated boilerplate would
-        # otherwise fill the top hits with copies of one match
+        A sentence seen before (in this or an earlier shard) is left out: repeated boilerplate would
+        otherwise fill the top hits with copies of one match; then sentences over max_tokens; then what
+        exceeds --max-sentences."""
         unique = []
-        for sent in sents:
+        for i, sent in enumerate(sents):
             key = _sentence_key(sent.text)
             if key not in self._seen:
                 self._seen.add(key)
-                unique.append(sent)
-        duplicates = len(sents) - len(unique)
-        sents = unique
-        encoded = vectors.encode(self.engine, [s.text for s in sents]) if sents else []
-        keep = [i for i, e in enumerate(encoded) if len(e.ids) <= self.max_tokens]
-        skipped = len(sents) - len(keep)
-        truncated = False
+                unique.append(i)
+        keep = [i for i in unique if lengths[i] <= self.max_tokens]
+        counts = {"duplicates": len(sents) - len(unique), "skipped_long": len(unique) - len(keep), "truncated": False}
         if self.s.max_sentences is not None:
             room = max(0, self.s.max_sentences - progress.sentences)
-            truncated = len(keep) > room
+            counts["truncated"] = len(keep) > room
             keep = keep[:room]
-        sents = [sents[i] for i in keep]
-        encoded = [encoded[i] for i in keep]
+        return keep, counts
 
-        # the model, in length-sorted batches
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
-        per_sentence: list = [None] * len(encoded)
-        bs = max(1, self.s.batch_size)
-        for b in range(0, len(order), bs):
-            idx = order[b:b + bs]
-            texts = [sents[i].text for i in idx]
-            for i, vec in zip(idx, self.runner.run([encoded[i] for i in idx], texts)):
-                per_sentence[i] = vec
-        info = {"shard": shard, "sentences": len(sents), "tokens": sum(len(e.ids) for e in encoded),
-                "vectors": sum(len(e.ids) - sum(e.special) for e in encoded), "skipped_long": skipped,
-                "documents": n_docs, "duplicates": duplicates, "truncated": truncated, "seconds_model": round(time.time() - t0, 3),
-                "seconds_spacy_wait": round(t_spacy, 3)}
+    def _run_shard(self, work: "ShardWork", progress: Progress) -> tuple[dict, dict]:
+        """The sentences a shard keeps and their vectors: (info with row counts, payload for _write_shard)."""
+        t0 = time.time()
+        keep, counts = self._select(work.sents, [len(e.ids) for e in work.encoded], progress)
+        sents = [work.sents[i] for i in keep]
+        encoded = [work.encoded[i] for i in keep]
+        per_sentence = work.model(keep)
+        threads = work.threads
+        if threads is None:
+            import torch
+
+            threads = torch.get_num_threads()
+        seconds_model = work.seconds_model if work.seconds_model is not None else time.time() - t0
+        info = {"shard": work.shard, "sentences": len(sents), "tokens": sum(len(e.ids) for e in encoded),
+                "vectors": sum(len(e.ids) - sum(e.special) for e in encoded), "skipped_long": counts["skipped_long"],
+                "documents": work.documents, "duplicates": counts["duplicates"], "truncated": counts["truncated"],
+                "seconds_model": round(seconds_model, 3), "seconds_spacy_wait": round(work.seconds_spacy, 3),
+                "threads": threads}
         payload = {"sents": sents, "encoded": encoded, "vectors": per_sentence, "sentence_base": progress.sentences,
                    "token_base": progress.tokens, "vector_base": progress.vectors}
         return info, payload
