@@ -17,6 +17,7 @@ import numpy as np
 from ..analysis import MASKED_LM, Analysis
 from ..errors import InputError
 from . import asset, common_head, sequence_continuations
+from ..generation import generated_flags
 from .neuron_view import is_causal
 from .rows import BLOCK_ROWS, block_payload, is_long, row_payload
 from .transport import encode_attention
@@ -93,6 +94,7 @@ def explorer_payload(
         "continues": sequence_continuations(analysis.input),  # word pieces that continue the previous word
         "segments": [int(x) for x in analysis.segments],
         "masked": [int(x) for x in analysis.masked],
+        "generated": [bool(x) for x in generated_flags(analysis)],  # tokens the model generated (generation.py)
         "num_layers": num_layers,
         "num_heads": num_heads,
         "causal": is_causal(analysis),

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..analysis import Analysis
 from ..errors import ExbertError
+from ..generation import generated_flags
 from . import asset, common_head, sequence_continuations
 from .rows import BLOCK_ROWS, block_payload, is_long
 from .transport import decode_attention, encode_attention
@@ -188,6 +189,8 @@ def sequences_payload(analysis: Analysis) -> dict:
             "segments": [int(x) for x in np.asarray(seq.segments)],
             "continues": sequence_continuations(seq),  # word pieces that continue the previous word
         }
+        if name == "input":  # tokens the model generated (generation.py): marked in the views
+            out[name]["generated"] = [bool(x) for x in generated_flags(analysis)]
     return out
 
 

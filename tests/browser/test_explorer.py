@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
@@ -327,4 +328,62 @@ def test_smollm2_at_1000_tokens_is_readable(page, explorer_app):
     s = state(page)
     assert s["token"] == "400" and s["sideTitle"].startswith("Next token after") and len(s["preds"]) == 5
     assert page.locator(".xb-col-right .xb-tok[data-pos='401']").get_attribute("class").count("xb-future") == 1
+    assert not page.errors
+
+
+# --- generated tokens and the head view's rollout, on a page of the two views alone ----------------------
+@pytest.fixture(scope="module")
+def views_page_app(tiny):
+    import gradio as gr
+    from serving import launch_on_free_port
+
+    import exbert_hub
+    from exbert_hub import ModelCache
+    from exbert_hub.generation import generate
+    from exbert_hub.views import common_head
+    from exbert_hub.views.explorer import ExplorerView, explorer_payload
+    from exbert_hub.views.head_view import AnalysisStore, HeadView
+
+    eng = exbert_hub.load(str(tiny("llama")), cache=ModelCache())
+    g = generate(eng, "The cat sat on the", max_new_tokens=4)
+    store = AnalysisStore()
+    with gr.Blocks() as demo:
+        btn = gr.Button("show", elem_id="show")
+        ex = ExplorerView(None, elem_id="ex")
+        hv = HeadView(None, store=store, elem_id="hv")
+        btn.click(lambda: (explorer_payload(g.analysis, all_layers=True), hv.payload(g.analysis)), None, [ex, hv])
+    launch_on_free_port(demo, head=common_head())
+    yield SimpleNamespace(url=demo.local_url, g=g)
+    demo.close()
+
+
+def test_generated_tokens_marked_and_head_view_rollout(page, views_page_app):
+    from exbert_hub.analyses.rollout import attention_rollout
+
+    g = views_page_app.g
+    page.goto(views_page_app.url)
+    page.click("#show")
+    page.wait_for_selector("#ex .xb-root[data-ready='1']")
+    page.wait_for_function("() => +document.querySelector('#hv .xh-hv').dataset.lines > 0")
+    want = [i for i, x in enumerate(g.generated) if x]
+    assert want
+    for side in ("left", "right"):
+        got = page.evaluate(f"() => Array.from(document.querySelectorAll('#ex .xb-col-{side} .xb-tok.xb-generated')).map(d => +d.dataset.pos)")
+        assert got == want
+        got = page.evaluate(f"() => Array.from(document.querySelectorAll('#hv .xh-{side} .xh-tok.xh-generated')).map(d => +d.dataset.index)")
+        assert got == want
+    # the head view's last layer entry is the rollout: pinned on the last token, the lit tokens follow its row
+    n_layers = g.analysis.num_layers
+    page.select_option("#hv select.xh-layer", str(n_layers))
+    page.wait_for_function(f"() => document.querySelector('#hv .xh-hv').dataset.layer === '{n_layers}'")
+    assert page.locator(f"#hv select.xh-layer option[value='{n_layers}']").text_content() == "rollout"
+    page.wait_for_function("() => +document.querySelector('#hv .xh-hv').dataset.lines > 0")
+    last = len(g.analysis.tokens) - 1
+    page.locator(f"#hv .xh-left .xh-tok[data-index='{last}']").click()
+    page.wait_for_function(f"() => document.querySelector('#hv .xh-hv').dataset.pinned === 'left:{last}'")
+    lit = page.evaluate("() => Array.from(document.querySelectorAll('#hv .xh-right .xh-tok.xh-lit')).map(d => +d.dataset.index)")
+    row = attention_rollout(g.analysis)[-1][last]
+    # the view lights keys whose weight is >= 0.02 (uint8 weights: a margin around that limit)
+    assert {j for j in range(len(row)) if row[j] >= 0.025} <= set(lit) <= {j for j in range(len(row)) if row[j] >= 0.015}
+    assert len(lit) > 1
     assert not page.errors
