@@ -164,6 +164,7 @@ def ray_works(b: Builder, done: dict[int, dict]) -> Iterator[ShardWork]:
 
     s = b.s
     started = _connect(s)
+    rows = None
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # the driver numbers sentences in shard order
@@ -176,7 +177,7 @@ def ray_works(b: Builder, done: dict[int, dict]) -> Iterator[ShardWork]:
             if not window:
                 break
             todo = [{"shard": n, "docs": _pack(docs)} for n, docs in window if n not in done]
-            rows: Iterator[dict] = iter(())
+            rows = iter(())
             if todo:
                 ds = ray.data.from_items(todo, override_num_blocks=len(todo))
                 ds = ds.map_batches(SpacyActor, batch_size=1, num_cpus=1,
@@ -186,7 +187,7 @@ def ray_works(b: Builder, done: dict[int, dict]) -> Iterator[ShardWork]:
                                     num_gpus=gpus, num_cpus=cpus,
                                     fn_constructor_kwargs={"model": s.model, "layers": b.layers, "max_tokens": b.max_tokens,
                                                            "batch_size": s.batch_size, "threads": max(1, int(cpus))})
-                rows = iter(ds.iter_rows())
+                rows = ds.iter_rows().__iter__()
             for n, docs in window:
                 if n in done:
                     yield ShardWork(n, len(docs))
@@ -200,5 +201,8 @@ def ray_works(b: Builder, done: dict[int, dict]) -> Iterator[ShardWork]:
                                 seconds_spacy=float(row["seconds_spacy"]), seconds_model=r["seconds_model"],
                                 threads=r["threads"], batch_check=r["batch_check"], fallback_reason=r["fallback_reason"])
     finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()  # stops the pipeline (a capped build ends early) before the cluster goes
         if started:
             ray.shutdown()
