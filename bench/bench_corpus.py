@@ -515,11 +515,19 @@ def heads_at_scale(args) -> dict:
     ivf.parallel_mode = 1
     hc = stats["head_cells"]
     cents, cells = np.load(folder / hc["centroids"]), np.load(folder / hc["cells"])
+    codes = None
+    if "codes" in hc:  # per-head residual codes, memory-mapped as the reader opens them
+        hk = hc["codes"]
+        codes = corpus_mod.HeadCodes(cents, cells, np.load(folder / hk["quant"]),
+                                     np.load(folder / hk["codes"], mmap_mode="r"),
+                                     np.load(folder / hk["refine"], mmap_mode="r"))
     rng = np.random.default_rng(args.seed)
     base32 = np.asarray(base, dtype=np.float32)
     out = {"bench": "heads search at scale", "vectors": len(base), "dim": int(X.shape[1]), "layer": layer,
            "factory": stats["factory"], "index_bytes": stats["bytes"], "bytes_per_vector": round(stats["bytes"] / len(base), 1),
-           "head_cell_bytes_per_vector": round(sum((folder / f).stat().st_size for f in hc["files"]) / len(base), 1),
+           "head_cell_bytes_per_vector": round(sum((folder / f).stat().st_size for f in hc["files"][:2]) / len(base), 1),
+           "head_code_bytes_per_vector": round(sum((folder / f).stat().st_size for f in hc["files"][2:]) / len(base), 1),
+           "faiss_index_bytes_per_vector": round((folder / stats["file"]).stat().st_size / len(base), 1),
            "build_seconds": round(build_s, 1), "card": {k: v for k, v in stats.items() if k != "head_cells"},
            "card_head_cells": hc, "faiss_threads": faiss.omp_get_max_threads(), "load_avg_before": load_avg(), "cases": []}
     for m in (1, 3, H):
@@ -540,13 +548,13 @@ def heads_at_scale(args) -> dict:
         for q, hs in zip(qs, kept):
             t = time.perf_counter()
             if nprobe is not None:
-                _, r = corpus_mod.search_head_cells(index, cents, cells, q[None], [hs], nprobe, 50)
+                _, r = corpus_mod.search_head_cells(index, cents, cells, q[None], [hs], nprobe, 50, codes=codes)
             else:
                 ivf.nprobe = int(stats["nprobe"])
                 _, r = index.search(q[None], 50)
             ms.append((time.perf_counter() - t) * 1000)
             found.append(r[0])
-        case = {"heads": m, "path": "per-head cells" if nprobe is not None else "IVF cells",
+        case = {"heads": m, "path": ("per-head codes" if codes is not None else "per-head cells") if nprobe is not None else "IVF cells",
                 "nprobe": nprobe if nprobe is not None else stats["nprobe"],
                 "median_ms": round(statistics.median(ms), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
                 "recall_at_50": round(indexing.recall(np.stack(found), truth), 4),

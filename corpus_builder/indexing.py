@@ -183,6 +183,42 @@ def assign_head_cells(centroids: np.ndarray, chunk: np.ndarray) -> np.ndarray:
     return out
 
 
+HEAD_CODE_BITS = 10  # per-head residual codes: 8 bits cap one-head recall@50 at ~0.93 at 1M, 10 bits 0.96
+HEAD_CODE_CLIP = 0.1  # percent of each dimension's residuals left outside the grid at each end
+
+
+def train_head_codes(sample: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """float32[heads, 2, head_dim]: (offset, step) of each head's 10-bit grid, per dimension, over the
+    residuals of ``sample`` [n, heads*d] to their cells' centroids (the HEAD_CODE_CLIP tails clipped)."""
+    H, C, d = centroids.shape
+    cells = assign_head_cells(centroids, sample)
+    out = np.empty((H, 2, d), dtype=np.float32)
+    for h in range(H):
+        r = sample[:, h * d:(h + 1) * d] - centroids[h][cells[h]]
+        lo, hi = np.percentile(r, [HEAD_CODE_CLIP, 100 - HEAD_CODE_CLIP], axis=0)
+        out[h, 0], out[h, 1] = lo, np.maximum(hi - lo, 1e-12) / (2 ** HEAD_CODE_BITS - 1)
+    return out
+
+
+def encode_head_codes(quant: np.ndarray, centroids: np.ndarray, chunk: np.ndarray,
+                      cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes uint8[heads, n, d]: high 8 bits, refine uint8[heads, n, ceil(d / 4)]: low 2 bits, four per byte)
+    of ``chunk`` [n, heads*d] whose per-head cells are ``cells`` [heads, n] (exbert_hub.corpus.HeadCodes)."""
+    H, C, d = centroids.shape
+    n = len(chunk)
+    codes = np.empty((H, n, d), dtype=np.uint8)
+    refine = np.zeros((H, n, -(-d // 4)), dtype=np.uint8)
+    for h in range(H):
+        r = np.asarray(chunk[:, h * d:(h + 1) * d], dtype=np.float32) - centroids[h][cells[h]]
+        c = np.clip(np.rint((r - quant[h, 0]) / quant[h, 1]), 0, 2 ** HEAD_CODE_BITS - 1).astype(np.uint16)
+        codes[h] = c >> 2
+        low = np.zeros((n, refine.shape[2] * 4), dtype=np.uint8)
+        low[:, :d] = c & 3
+        low = low.reshape(n, -1, 4)
+        refine[h] = low[:, :, 0] | (low[:, :, 1] << 2) | (low[:, :, 2] << 4) | (low[:, :, 3] << 6)
+    return codes, refine
+
+
 def few_head_queries(queries: np.ndarray, num_heads: int, m: int, rng: np.random.Generator):
     """(queries with all heads but m random ones zeroed, the kept heads of each)."""
     q = queries.reshape(len(queries), num_heads, -1).copy()
@@ -193,7 +229,8 @@ def few_head_queries(queries: np.ndarray, num_heads: int, m: int, rng: np.random
     return (q * mask).reshape(len(queries), -1), kept
 
 
-def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k, target) -> tuple[int, float, float]:
+def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k, target,
+                    codes=None) -> tuple[int, float, float]:
     """Smallest cells-per-head nprobe reaching ``target`` recall on the first half of the queries; its
     recall on the other half. The search is the reader's own (exbert_hub.corpus.search_head_cells)."""
     from exbert_hub.corpus import search_head_cells
@@ -203,7 +240,7 @@ def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k,
                   if p < centroids.shape[1]] + [centroids.shape[1]]
 
     def measure(p: int, sl: slice) -> float:
-        _, found = search_head_cells(index, centroids, cells, queries[sl], kept[sl], p, k + 1)
+        _, found = search_head_cells(index, centroids, cells, queries[sl], kept[sl], p, k + 1, codes=codes)
         return recall(without_self(found, self_rows[sl], k), truth[sl])
 
     measured: dict[int, float] = {len(candidates) - 1: measure(candidates[-1], slice(0, half))}
@@ -341,14 +378,28 @@ def _head_cells(folder, layer, index, source, train_rows, queries, q_rows, k, nu
     crel, rel = cf.head_cells_files("heads", layer)
     _save(Path(folder) / crel, centroids)
     _save(Path(folder) / rel, cells)
-    out = {"centroids": crel, "cells": rel, "files": [crel, rel], "cells_per_head": C, "nprobe": {},
-           "recall_at_50": {}, "recall_at_50_tuning": {}}
+    # per-head residual codes: one-head and few-head queries scored in numpy, without the FAISS codes
+    from exbert_hub.corpus import HEAD_CODE_RERANK, HeadCodes
+
+    quant = train_head_codes(source.take(train_rows[: C * 64]), centroids)
+    codes = np.empty((num_heads, source.n, centroids.shape[2]), dtype=np.uint8)
+    refine = np.empty((num_heads, source.n, -(-centroids.shape[2] // 4)), dtype=np.uint8)
+    for start, chunk in source.chunks():
+        codes[:, start:start + len(chunk)], refine[:, start:start + len(chunk)] = encode_head_codes(
+            quant, centroids, chunk, cells[:, start:start + len(chunk)])
+    qrel, krel, rrel = cf.head_codes_files("heads", layer)
+    for r, a in ((qrel, quant), (krel, codes), (rrel, refine)):
+        _save(Path(folder) / r, a)
+    head_codes = HeadCodes(centroids, cells, quant, codes, refine)
+    out = {"centroids": crel, "cells": rel, "files": [crel, rel, qrel, krel, rrel], "cells_per_head": C, "nprobe": {},
+           "recall_at_50": {}, "recall_at_50_tuning": {},
+           "codes": {"quant": qrel, "codes": krel, "refine": rrel, "bits": HEAD_CODE_BITS, "rerank": HEAD_CODE_RERANK}}
     for m in HEAD_CELL_HEADS:
         if m >= num_heads:
             continue
         mq, kept = few_head_queries(queries, num_heads, m, rng)
         truth = without_self(exact_topk(source, mq, k + 1), q_rows, k)
-        p, tuned, measured = tune_head_cells(index, centroids, cells, mq, kept, truth, q_rows, k, target)
+        p, tuned, measured = tune_head_cells(index, centroids, cells, mq, kept, truth, q_rows, k, target, head_codes)
         out["nprobe"][str(m)] = p
         out["recall_at_50"][str(m)] = round(measured, 4)
         out["recall_at_50_tuning"][str(m)] = round(tuned, 4)
@@ -428,8 +479,9 @@ class IndexStream:
             hq = one_head_queries(queries, self.num_heads, rng)
             tq, kept = few_head_queries(queries, self.num_heads, 3, rng) if self.num_heads > 3 else (queries[:0], [])
             C = head_cells_count(n_est)
+            centroids = train_head_cells(sample[: C * 64], self.num_heads, C, self.seed)
             extra.update(q_one=hq, q_three=tq, q_three_heads=np.array(kept, dtype=np.int64).reshape(len(tq), -1),
-                         centroids=train_head_cells(sample[: C * 64], self.num_heads, C, self.seed))
+                         centroids=centroids, head_quant=train_head_codes(sample[: C * 64], centroids))
         self.trained_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.trained_file.with_name(self.trained_file.name + ".tmp")
         faiss.write_index(index, str(tmp))
@@ -458,7 +510,12 @@ class IndexStream:
             s, r = faiss.knn(np.ascontiguousarray(queries), x, k, metric=faiss.METRIC_INNER_PRODUCT)
             truth[f"{q}_scores"], truth[f"{q}_rows"] = s, r + first_row
         if "centroids" in extra:
-            _save(self.codes_dir / f"{name}.cells.npy", assign_head_cells(extra["centroids"], x))
+            cells = assign_head_cells(extra["centroids"], x)
+            if "head_quant" in extra:  # trained before the per-head codes existed: cells only
+                hcodes, hrefine = encode_head_codes(extra["head_quant"], extra["centroids"], x, cells)
+                _save(self.codes_dir / f"{name}.hcodes.npy", hcodes)
+                _save(self.codes_dir / f"{name}.hrefine.npy", hrefine)
+            _save(self.codes_dir / f"{name}.cells.npy", cells)  # last: its presence means the shard's head files are whole
         _save_npz(self.codes_dir / f"{name}.truth.npz", truth)
         _save(self.codes_dir / f"{name}.npy", index.sa_encode(x) if len(x) else np.zeros((0, index.sa_code_size()), np.uint8))
 
@@ -473,7 +530,7 @@ class IndexStream:
         path.parent.mkdir(parents=True, exist_ok=True)
         n = 0
         truth: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        cells = []
+        cells, hcodes, hrefine = [], [], []
         for s in shards:
             codes = np.load(self.codes_dir / f"shard-{s:05d}.npy")
             if len(codes):
@@ -485,6 +542,9 @@ class IndexStream:
                         truth[q] = _merge_topk(truth.get(q), (z[f"{q}_scores"], z[f"{q}_rows"]), RECALL_K + 1)
             if "centroids" in extra:
                 cells.append(np.load(self.codes_dir / f"shard-{s:05d}.cells.npy"))
+            if "head_quant" in extra:
+                hcodes.append(np.load(self.codes_dir / f"shard-{s:05d}.hcodes.npy"))
+                hrefine.append(np.load(self.codes_dir / f"shard-{s:05d}.hrefine.npy"))
         ivf = faiss.extract_index_ivf(index)
         q_rows = extra["q_rows"]
         k = min(RECALL_K, n - 1)
@@ -507,7 +567,19 @@ class IndexStream:
             _save(self.folder / hrel, cells_all)
             hc = {"centroids": crel, "cells": hrel, "files": [crel, hrel], "cells_per_head": int(centroids.shape[1]),
                   "nprobe": {}, "recall_at_50": {}, "recall_at_50_tuning": {}}
-            from exbert_hub.corpus import selected_heads
+            from exbert_hub.corpus import HEAD_CODE_RERANK, HeadCodes, selected_heads
+
+            head_codes = None
+            if "head_quant" in extra:
+                quant = extra["head_quant"]
+                codes_all, refine_all = np.concatenate(hcodes, axis=1), np.concatenate(hrefine, axis=1)
+                qrel, krel, rrel = cf.head_codes_files(self.kind, self.layer)
+                for r, a in ((qrel, quant), (krel, codes_all), (rrel, refine_all)):
+                    _save(self.folder / r, a)
+                hc["files"] += [qrel, krel, rrel]
+                hc["codes"] = {"quant": qrel, "codes": krel, "refine": rrel, "bits": HEAD_CODE_BITS,
+                               "rerank": HEAD_CODE_RERANK}
+                head_codes = HeadCodes(centroids, cells_all, quant, codes_all, refine_all)
 
             sets = {1: (extra["q_one"], [selected_heads(q, self.num_heads) for q in extra["q_one"]]),
                     3: (extra["q_three"], [list(map(int, r)) for r in extra["q_three_heads"]])}
@@ -515,7 +587,8 @@ class IndexStream:
                 key = "one" if m == 1 else "three"
                 if key not in exact or not len(qs):
                     continue
-                p, t_, m_ = tune_head_cells(index, centroids, cells_all, qs, kept, exact[key], q_rows, k, target)
+                p, t_, m_ = tune_head_cells(index, centroids, cells_all, qs, kept, exact[key], q_rows, k, target,
+                                            head_codes)
                 hc["nprobe"][str(m)], hc["recall_at_50"][str(m)], hc["recall_at_50_tuning"][str(m)] = p, round(m_, 4), round(t_, 4)
             hc["max_heads"] = max([int(m) for m in hc["nprobe"]] or [0])
             stats["head_cells"] = hc

@@ -478,12 +478,95 @@ def head_cell_candidates(centroids: np.ndarray, cells: np.ndarray, query: np.nda
     return np.packbits(keep, bitorder="little")
 
 
+HEAD_CODE_RERANK = 200  # candidates re-scored with the full 10-bit codes (8-bit scores keep ~0.97 of the top 50 in the top 100)
+
+
+class HeadCodes:
+    """Per-head cells with per-head residual codes: one-head and few-head search scored in numpy.
+
+    Each head's slice x_h of a vector is stored as its cell c (``cells[h]``) and the residual x_h - centroid
+    coded on a uniform 10-bit grid per dimension (``lo + code * step``): the high 8 bits in ``codes``, the
+    low 2 bits in ``refine``. A query's score on head h is q_h . centroid[c] + q_h . lo + (q_h * step) . code,
+    summed over the selected heads. Candidates (vectors whose selected heads fall in the query's nearest
+    cells) are scored with the 8-bit part, the best ``rerank`` again with all 10 bits.
+
+    centroids: float32[H, C, d]; cells: uint8/uint16[H, N]; quant: float32[H, 2, d]; codes: uint8[H, N, d];
+    refine: uint8[H, N, d // 4] (dimension j's low bits at bits 2 * (j % 4) of byte j // 4)."""
+
+    def __init__(self, centroids, cells, quant, codes, refine):
+        self.centroids, self.cells, self.codes, self.refine = centroids, cells, codes, refine
+        self.lo, self.step = quant[:, 0], quant[:, 1]
+        self._lists: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def _cell_lists(self, h: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows of head h sorted by cell, int64[C + 1] start of each cell in them), made on first use."""
+        with self._lock:
+            if h not in self._lists:
+                order = np.argsort(self.cells[h], kind="stable")
+                starts = np.searchsorted(self.cells[h][order], np.arange(self.centroids.shape[1] + 1))
+                self._lists[h] = (order, starts)
+            return self._lists[h]
+
+    def candidates(self, query: np.ndarray, heads: Sequence[int], nprobe: int) -> np.ndarray:
+        """int64 rows (sorted) of the vectors in the ``nprobe`` cells nearest the query in at least one of ``heads``."""
+        H, C, d = self.centroids.shape
+        p = max(1, min(int(nprobe), C))
+        parts = []
+        for h in heads:
+            score = self.centroids[h] @ query[h * d:(h + 1) * d]
+            near = np.argpartition(-score, p - 1)[:p] if p < C else np.arange(C)
+            order, starts = self._cell_lists(h)
+            parts += [order[starts[c]:starts[c + 1]] for c in near]
+        rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return np.unique(rows).astype(np.int64) if len(heads) > 1 else np.sort(rows).astype(np.int64)
+
+    def scores(self, query: np.ndarray, heads: Sequence[int], rows: np.ndarray, refined: bool) -> np.ndarray:
+        """float32[len(rows)]: the coded inner products on ``heads`` (8-bit part only unless ``refined``)."""
+        d = self.centroids.shape[2]
+        out = np.zeros(len(rows), dtype=np.float32)
+        for h in heads:
+            qh = np.asarray(query[h * d:(h + 1) * d], dtype=np.float32)
+            w = qh * self.step[h]
+            base = self.centroids[h] @ qh + float(qh @ self.lo[h])
+            code = np.asarray(self.codes[h][rows], dtype=np.float32) * 4
+            if refined:
+                packed = np.asarray(self.refine[h][rows])
+                low = (packed[:, :, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3
+                code += low.reshape(len(rows), -1)[:, :d]
+            else:
+                code += 1.5  # the middle of the 4 values the low bits may take
+            out += base[self.cells[h][rows]] + code @ w
+        return out
+
+    def search(self, query: np.ndarray, heads: Sequence[int], nprobe: int, k: int,
+               rerank: int = HEAD_CODE_RERANK) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` (scores float32[k], rows int64[k], best first; -inf / -1 past the candidates)."""
+        rows = self.candidates(query, heads, nprobe)
+        s = self.scores(query, heads, rows, refined=False)
+        r = max(k, rerank)
+        if len(rows) > r:
+            keep = np.argpartition(-s, r - 1)[:r]
+            rows = rows[keep]
+        s = self.scores(query, heads, rows, refined=True)
+        top = np.argsort(-s, kind="stable")[:k]
+        scores = np.full(k, -np.inf, dtype=np.float32)
+        out = np.full(k, -1, dtype=np.int64)
+        scores[:len(top)], out[:len(top)] = s[top], rows[top]
+        return scores, out
+
+
 def search_head_cells(index, centroids: np.ndarray, cells: np.ndarray, queries: np.ndarray,
-                      heads: Sequence[Sequence[int]], nprobe: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+                      heads: Sequence[Sequence[int]], nprobe: int, k: int,
+                      codes: HeadCodes | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` (scores float32[q, k], rows int64[q, k]) of each query among its per-head cell candidates,
-    scored by ``index`` (a FAISS IVF index) over all its cells with the candidates as an ID selector."""
+    scored by the per-head residual ``codes`` when given, else by ``index`` (a FAISS IVF index) over all its
+    cells with the candidates as an ID selector (corpora built before the per-head codes)."""
     import faiss
 
+    if codes is not None:
+        found = [codes.search(q, hs, nprobe, k) for q, hs in zip(queries, heads)]
+        return np.stack([f[0] for f in found]), np.stack([f[1] for f in found])
     ivf = faiss.extract_index_ivf(index)
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     rows = np.full((len(queries), k), -1, dtype=np.int64)
@@ -541,6 +624,8 @@ class Corpus:
         self._vector_files: dict[tuple[str, int], list[tuple[str, Path]]] = {}
         self._head_cell_files: dict[int, tuple[Path, Path]] = {}
         self._head_cell_arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._head_code_files: dict[int, tuple[Path, Path, Path]] = {}
+        self._head_codes_loaded: dict[int, HeadCodes] = {}
         self.disk_bytes = 0
         self._check_index_files()
         self._load_tables()
@@ -638,6 +723,43 @@ class Corpus:
             self.disk_bytes += size
             self._index_bytes += size
         self._head_cell_files[layer] = (cpath, path)
+        if isinstance(hc.get("codes"), dict):  # absent in corpora built before the per-head codes
+            self._check_head_codes(layer, info, cshape[1])
+
+    def _check_head_codes(self, layer: int, info: dict, n_cells: int) -> None:
+        codes = info["head_cells"]["codes"]
+        what = f"the per-head codes of its heads index for layer {layer}"
+        H, N, d = self.num_heads, info["vectors"], info["dim"] // self.num_heads
+        want = {"quant": ((H, 2, d), np.float32), "codes": ((H, N, d), np.uint8),
+                "refine": ((H, N, -(-d // 4)), np.uint8)}
+        paths = []
+        for key, (shape, dtype) in want.items():
+            rel = codes.get(key)
+            path = confined(self.location, rel)
+            got, gdtype = self._npy_header(rel, path, what)
+            if tuple(got) != shape or gdtype != dtype:
+                raise self._damaged(f"{rel} holds {gdtype} {tuple(got)}, not {np.dtype(dtype)} {list(shape)} ({what})")
+            size = path.stat().st_size
+            self.disk_bytes += size
+            self._index_bytes += size
+            paths.append(path)
+        self._head_code_files[layer] = tuple(paths)
+
+    def _head_codes(self, layer: int) -> HeadCodes | None:
+        """The per-head residual codes of the heads index of ``layer`` (codes memory-mapped), or None."""
+        files = self._head_code_files.get(layer)
+        cells = self._head_cells(layer) if files is not None else None
+        if cells is None:
+            return None
+        with self._lock:
+            if layer not in self._head_codes_loaded:
+                try:
+                    quant = np.load(files[0], allow_pickle=False)
+                    codes, refine = (np.load(p, mmap_mode="r", allow_pickle=False) for p in files[1:])
+                except Exception:  # noqa: BLE001 - truncated or rewritten since the header check
+                    raise self._damaged(f"its per-head codes for layer {layer} cannot be read") from None
+                self._head_codes_loaded[layer] = HeadCodes(cells[0], cells[1], quant, codes, refine)
+            return self._head_codes_loaded[layer]
 
     def _head_cells(self, layer: int):
         """(centroids, cells) of the heads index of ``layer``, or None for corpora without them."""
@@ -955,7 +1077,8 @@ class Corpus:
         nprobe = head_cells_nprobe(info, n_heads) if by == "heads" else None
         cells = self._head_cells(layer) if nprobe is not None else None
         if cells is not None:
-            s, r = search_head_cells(index, cells[0], cells[1], q, [selected_heads(query, self.num_heads)], nprobe, k)
+            s, r = search_head_cells(index, cells[0], cells[1], q, [selected_heads(query, self.num_heads)], nprobe, k,
+                                     codes=self._head_codes(layer))
         elif info["tier"] == cf.COMPRESSED and by == "heads" and n_heads < self.num_heads and "nprobe_one_head" in info:
             import faiss
 

@@ -106,6 +106,15 @@ def head_cells_files(kind: str, layer: int) -> tuple[str, str]:
     return f"{INDEX_DIR}/{stem}.head-centroids.npy", f"{INDEX_DIR}/{stem}.head-cells.npy"
 
 
+def head_codes_files(kind: str, layer: int) -> tuple[str, str, str]:
+    """(quantizer, codes, refinement) files of the per-head residual codes of a compressed heads index:
+    float32[heads, 2, head_dim] (offset, step of the 10-bit grid), uint8[heads, N, head_dim] (high 8 bits of
+    each dimension's code), uint8[heads, N, head_dim / 4] (low 2 bits, four per byte). Card: head_cells.codes."""
+    stem = index_stem(kind, layer)
+    return (f"{INDEX_DIR}/{stem}.head-quant.npy", f"{INDEX_DIR}/{stem}.head-codes.npy",
+            f"{INDEX_DIR}/{stem}.head-refine.npy")
+
+
 def vectors_shard_name(shard: int) -> str:
     return f"shard-{shard:05d}.npy"
 
@@ -199,7 +208,8 @@ CARD_FIELDS: dict[str, str] = {
     "counts": "documents, sentences, tokens, indexed vectors, skipped sentences",
     "indexes": "per kind, per layer: tier, file, factory, nprobe, recall_at_50 (compressed tier), bytes; compressed "
                "heads indexes also head_cells: {centroids, cells, cells_per_head, nprobe: {heads: cells visited per "
-               "selected head}, recall_at_50: {heads: measured}, max_heads}",
+               "selected head}, recall_at_50: {heads: measured}, max_heads, codes: {quant, codes, refine, bits, rerank} "
+               "when per-head residual codes exist}",
     "timings": "seconds spent reading+annotating, running the model, building indexes; tokens per second",
     "exbert_hub_version": "version of the library that built it",
 }

@@ -1,0 +1,168 @@
+"""Per-head residual codes (10 bits: 8 + 2 refinement) of compressed heads indexes.
+
+Checked against naive re-implementations over the corpus's own float16 vectors (--keep-vectors): the
+codes decode to each head's residual within half a grid step (clipped tails aside), candidates are
+exactly the vectors in the query's nearest cells, scores equal a naive decode-and-dot, the re-ranked top k
+is the naive top k among the candidates, recall against exact search, old corpora (no codes files) search
+as before, and damaged files give one line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from exbert_hub import corpus_format as cf
+
+DOCS = "builtin:python-docs"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from corpus_builder import build
+
+    return build(MINILM, DOCS, str(tmp_path_factory.mktemp("codes") / "corpus"), max_sentences=150, workers=0,
+                 progress=False, exact_limit=0, recall_queries=60, layers=[LAYER], keep_vectors=True)
+
+
+@pytest.fixture(scope="module")
+def corpus(built):
+    from exbert_hub.corpus import CorpusCache, load_corpus
+
+    return load_corpus(str(built), cache=CorpusCache())
+
+
+def _kept(folder):
+    files = sorted((folder / cf.kept_vectors_dir("heads", LAYER)).glob("*.npy"))
+    return np.concatenate([np.load(f) for f in files]).astype(np.float32)
+
+
+def _naive_decode(hc, h):
+    """float32[N, d]: head h's slices as the codes store them, decoded one dimension at a time."""
+    N, d = hc.codes.shape[1], hc.codes.shape[2]
+    out = np.empty((N, d), dtype=np.float32)
+    for j in range(d):
+        low = (hc.refine[h][:, j // 4].astype(np.int64) >> (2 * (j % 4))) & 3
+        code = hc.codes[h][:, j].astype(np.int64) * 4 + low
+        out[:, j] = hc.centroids[h][hc.cells[h], j] + hc.lo[h, j] + code * hc.step[h, j]
+    return out
+
+
+def test_card_files_and_decode(corpus, built):
+    info = corpus.index_info("heads", LAYER)
+    codes = info["head_cells"]["codes"]
+    assert (codes["quant"], codes["codes"], codes["refine"]) == cf.head_codes_files("heads", LAYER)
+    assert codes["bits"] == 10
+    from huggingface_hub.utils import filter_repo_objects
+
+    files = info["head_cells"]["files"]
+    assert set(files) >= {codes["quant"], codes["codes"], codes["refine"]}
+    assert set(filter_repo_objects(files, allow_patterns=cf.CORPUS_PATTERNS)) == set(files)
+    assert info["bytes"] == sum((built / f).stat().st_size for f in files) + (built / info["file"]).stat().st_size
+    X = _kept(built)
+    hc = corpus._head_codes(LAYER)
+    H, C, d = hc.centroids.shape
+    for h in range(H):
+        dec = _naive_decode(hc, h)
+        err = np.abs(dec - X[:, h * d:(h + 1) * d])
+        inside = err <= hc.step[h] / 2 * (1 + 1e-3) + 1e-6
+        assert inside.mean() > 0.99  # only the clipped tails (0.1% each side in training) lie outside
+
+
+def test_candidates_scores_and_top_k_match_naive(corpus, built):
+    X = _kept(built)
+    hc = corpus._head_codes(LAYER)
+    H, C, d = hc.centroids.shape
+    decoded = np.concatenate([_naive_decode(hc, h) for h in range(H)], axis=1)
+    rng = np.random.default_rng(5)
+    for heads, nprobe in (([0], 1), ([2], 4), ([0, 1, 3], 2), ([1, 2], C)):
+        q = X[rng.integers(len(X))].copy()
+        rows = hc.candidates(q, heads, nprobe)
+        want = set()
+        for h in heads:
+            near = np.argsort(-(hc.centroids[h] @ q[h * d:(h + 1) * d]), kind="stable")[:nprobe]
+            want |= set(np.flatnonzero(np.isin(hc.cells[h], near)).tolist())
+        assert rows.tolist() == sorted(want)
+        cols = np.concatenate([np.arange(h * d, (h + 1) * d) for h in heads])
+        naive = decoded[rows][:, cols] @ q[cols]
+        got = hc.scores(q, heads, rows, refined=True)
+        np.testing.assert_allclose(got, naive, rtol=1e-4, atol=1e-4 * len(heads))
+        # the 8-bit part: the same with the low bits replaced by their middle (1.5 steps)
+        half = hc.scores(q, heads, rows, refined=False)
+        shift = sum(float((hc.step[h] * 1.5) @ q[h * d:(h + 1) * d]) for h in heads)
+        low_part = naive - (sum(((hc.refine[h][rows][:, np.arange(d) // 4].astype(np.int64) >> (2 * (np.arange(d) % 4))) & 3)
+                                @ (hc.step[h] * q[h * d:(h + 1) * d]) for h in heads))
+        np.testing.assert_allclose(half, low_part + shift, rtol=1e-4, atol=1e-4 * len(heads))
+        # rerank >= candidates: the top 10 is the naive top 10 of the full scores
+        s, r = hc.search(q, heads, nprobe, 10, rerank=len(rows))
+        order = np.argsort(-naive, kind="stable")[:10]
+        np.testing.assert_allclose(s, naive[order], rtol=1e-4, atol=1e-4 * len(heads))
+        sure = rows[naive > naive[order[-1]] + 1e-4 * len(heads)]  # clearly above the 10th: must be found
+        assert set(sure.tolist()) <= set(r.tolist())
+
+
+def test_recall_against_exact_search(corpus, built):
+    """Against the float16 vectors' exact top 20 on one and three heads, every cell visited: the codes
+    alone decide (the card's tuned nprobe is checked at 1M in bench/RESULTS.md)."""
+    from corpus_builder import indexing
+
+    X = _kept(built)
+    hc = corpus._head_codes(LAYER)
+    H, C, _ = hc.centroids.shape
+    rng = np.random.default_rng(1)
+    rows = rng.choice(len(X), size=40, replace=False)
+    for m in (1, 3):
+        qs, kept = indexing.few_head_queries(X[rows], H, m, rng)
+        found = np.stack([hc.search(q, hs, C, 20)[1] for q, hs in zip(qs, kept)])
+        truth = np.stack([np.argsort(-(X @ q), kind="stable")[:20] for q in qs])
+        assert indexing.recall(found, truth) >= 0.95
+    info = corpus.index_info("heads", LAYER)["head_cells"]
+    assert all(r >= 0.9 for r in info["recall_at_50"].values())  # the card's, tuned nprobe
+
+
+def test_search_uses_codes_and_old_corpora_still_work(corpus, built, tmp_path):
+    import exbert_hub
+    from exbert_hub import corpus as corpus_mod
+    from exbert_hub.corpus import CorpusCache, load_corpus
+
+    engine = exbert_hub.load(MINILM)
+    a = engine.analyze(corpus.sentence(7))
+    new = corpus.search(a, token=2, layer=LAYER, by="heads", heads=[1], k=10)
+    assert (new[0].sentence_id, new[0].token_index) == (7, 2)
+    assert new[0].score == pytest.approx(1.0, abs=5e-3)  # 10-bit codes: closer than the 6-bit ones
+    # the card without codes and the files gone: the FAISS path through the per-head cells, same top hit
+    old = shutil.copytree(built, tmp_path / "old")
+    card = cf.read_card(old)
+    hc = card["indexes"]["heads"][str(LAYER)]["head_cells"] if str(LAYER) in card["indexes"]["heads"] \
+        else card["indexes"]["heads"][LAYER]["head_cells"]
+    for key in ("quant", "codes", "refine"):
+        (old / hc["codes"][key]).unlink()
+    hc["files"] = hc["files"][:2]
+    del hc["codes"]
+    body = (built / cf.CARD_FILE).read_text().split("---", 2)[2]
+    cf.write_card(old, card, body)
+    c2 = load_corpus(str(old), cache=CorpusCache())
+    assert c2._head_codes(LAYER) is None
+    hits = c2.search(a, token=2, layer=LAYER, by="heads", heads=[1], k=10)
+    assert (hits[0].sentence_id, hits[0].token_index) == (7, 2)
+
+
+@pytest.mark.parametrize("which", ["codes", "refine", "quant"])
+def test_damaged_code_files_are_one_line(built, tmp_path, which):
+    from exbert_hub.corpus import CorpusCache, CorpusError, load_corpus
+
+    copy = shutil.copytree(built, tmp_path / "c")
+    rel = dict(zip(("quant", "codes", "refine"), cf.head_codes_files("heads", LAYER)))[which]
+    np.save(copy / rel, np.zeros((2, 5), dtype=np.uint8))
+    with pytest.raises(CorpusError, match=f"damaged: .*head-{which}.npy holds uint8 \\(2, 5\\)") as err:
+        load_corpus(str(copy), cache=CorpusCache())
+    assert "\n" not in str(err.value) and str(tmp_path) not in str(err.value)
+    (copy / rel).write_bytes(b"not npy")
+    with pytest.raises(CorpusError, match="not a readable .npy file") as err:
+        load_corpus(str(copy), cache=CorpusCache())
+    assert "\n" not in str(err.value)
