@@ -106,3 +106,14 @@ def test_smollm2_4096_tokens_payloads_are_small(smollm2_4k):
         p = block_payload(a, "self", layer, block)
         assert len(json.dumps(p)) < bound
     _check_block(a, "self", 29, T // rows_mod.BLOCK_ROWS - 1)
+
+
+def test_views_keep_an_empty_store_they_are_given():
+    """An empty store has len 0 (falsy): the views must still use it, not the module's default."""
+    from exbert_hub.views.head_view import AnalysisStore, HeadView
+    from exbert_hub.views.model_view import ModelView
+    from exbert_hub.views.neuron_view import NeuronView
+
+    store = AnalysisStore()
+    for cls in (HeadView, ModelView, NeuronView):
+        assert cls(None, store=store).store is store

@@ -143,7 +143,7 @@ class ModelView(gr.HTML):
     """
 
     def __init__(self, value: dict | None = None, *, store: AnalysisStore | Any = None, height: int = 720, **kwargs: Any):
-        self.store = store or DEFAULT_STORE
+        self.store = store if store is not None else DEFAULT_STORE  # an empty store is falsy (len 0)
         store_ref = self.store
 
         def model_view_head(request: dict) -> dict:
