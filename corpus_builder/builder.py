@@ -12,6 +12,9 @@ Stages, each resumable after a kill (even SIGKILL):
    on them (``indexing.IndexStream``; ``.build/streaming.json`` marks it done) and from then on each
    shard's vectors go straight to FAISS codes, per-head cells and the exact top-k of the recall queries:
    no vector files, no second pass (``stream_indexes=False``: the two-pass way, vector files first).
+   Where spaCy and the model run is the producer's business (``_local_works``: this machine;
+   ``ray_build.ray_works``: a Ray cluster, ``--ray``); everything after them is the one consumer,
+   ``_shard_stage``, so both builds write the same corpus.
 2. Indexes, one per (kind, layer), each marked finished by ``.build/indexes/<name>.json`` (streamed: the
    codes added to the trained index, nprobe tuned, recall measured from the stored top-k).
 3. The dataset card (README.md); then ``.build/`` is deleted. A folder with a card and no ``.build`` is a
