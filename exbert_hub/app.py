@@ -98,7 +98,8 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
     from .corpus import CORPUS_CACHE
 
     CORPUS_CACHE.configure(max_bytes=min(CORPUS_CACHE.max_bytes, policy.corpus_cache_bytes))
-    store = store or AnalysisStore(max_bytes=policy.analysis_cache_bytes)
+    if store is None:  # (an empty store is falsy: it has a length)
+        store = AnalysisStore(max_bytes=policy.analysis_cache_bytes)
     if store.budget is None:
         store.budget = Budget(policy.in_flight_bytes)
 
