@@ -150,5 +150,9 @@ def test_png_export_works_where_an_asyncio_loop_runs(bert, tmp_path):
     async def inside_a_loop():
         return exbert_hub.export(bert, "head", tmp_path / "in-loop.png", layer=1)
 
-    path = asyncio.run(inside_a_loop())
+    # in a thread of its own: an earlier test of the session may leave a loop running in this one
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        path = pool.submit(asyncio.run, inside_a_loop()).result()
     assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
