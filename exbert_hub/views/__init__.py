@@ -15,6 +15,11 @@ def asset(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
+def theme_css() -> str:
+    """The colour variables the head, neuron and layers views share (theme.css); each prepends it to its CSS."""
+    return asset("theme.css")
+
+
 def common_head() -> str:
     """A ``<script>`` with common.js, for ``launch(head=...)``: defines ``window.exbertHub`` for every view."""
     js = asset("common.js").replace("</script", "<\\/script")

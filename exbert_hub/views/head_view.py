@@ -27,7 +27,7 @@ import numpy as np
 from ..analysis import Analysis
 from ..errors import ExbertError
 from ..generation import generated_flags
-from . import asset, common_head, sequence_continuations
+from . import asset, common_head, sequence_continuations, theme_css
 from .rows import BLOCK_ROWS, block_payload, is_long
 from .transport import decode_attention, encode_attention
 
@@ -372,7 +372,7 @@ class HeadView(gr.HTML):
         super().__init__(
             value,
             html_template='<div class="xh-hv" data-view="head"></div>',
-            css_template=asset("head_view.css").replace("--xh-height: 640px", f"--xh-height: {int(height)}px"),
+            css_template=theme_css() + asset("head_view.css").replace("--xh-height: 640px", f"--xh-height: {int(height)}px"),
             js_on_load=asset("head_view.js"),
             server_functions=[head_view_layer],
             **kwargs,

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..analysis import Analysis
 from ..errors import ExbertError, InputError
-from . import asset, common_head
+from . import asset, common_head, theme_css
 from .head_view import AnalysisStore, encode_float32, error_payload, line_panel_css, line_panel_js, sequences_payload
 
 MAX_CATEGORIES = 24  # a colour column with more values shows the 23 most frequent and "other"
@@ -581,7 +581,7 @@ class LayersView(gr.HTML):
         super().__init__(
             value,
             html_template='<div class="xl-root" data-view="layers"></div>',
-            css_template=line_panel_css() + asset("layers_view.css"),
+            css_template=theme_css() + line_panel_css() + asset("layers_view.css"),
             js_on_load=line_panel_js() + asset("layers_view.js"),
             server_functions=[layers_coords, layers_stat, layers_head, layers_plotly],
             **kwargs,

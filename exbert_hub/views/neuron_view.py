@@ -19,7 +19,7 @@ import numpy as np
 
 from ..analysis import CAUSAL_LM, Analysis
 from ..errors import ExbertError
-from . import asset, common_head
+from . import asset, common_head, theme_css
 from .head_view import (
     DEFAULT_STORE,
     AnalysisStore,
@@ -159,7 +159,7 @@ class NeuronView(gr.HTML):
         super().__init__(
             value,
             html_template='<div class="xh-nv" data-view="neuron"></div>',
-            css_template=asset("neuron_view.css").replace("--xh-height: 640px", f"--xh-height: {int(height)}px")
+            css_template=theme_css() + asset("neuron_view.css").replace("--xh-height: 640px", f"--xh-height: {int(height)}px")
             + controls_css(),
             js_on_load=asset("neuron_view.js"),
             server_functions=[neuron_view_terms],
