@@ -51,10 +51,14 @@ class Request:
     pair: str | None = None
     mask: tuple[int, ...] = ()
     truncate: bool = False  # cut text longer than the model's limit (the UI) instead of failing (the API)
+    target: str | None = None  # the decoder's text of an encoder-decoder (None: the text itself)
 
     @property
     def key(self) -> str:
-        blob = json.dumps([self.model, self.text, self.pair, list(self.mask), self.truncate], ensure_ascii=False)
+        fields = [self.model, self.text, self.pair, list(self.mask), self.truncate]
+        if self.target is not None:  # (keys of requests without a target stay what they were)
+            fields.append(["target", self.target])
+        blob = json.dumps(fields, ensure_ascii=False)
         return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
 
@@ -86,14 +90,16 @@ class AnalysisStore:
                 return key, self._items[key][0]
         eng = eng or get_engine(req.model)
         pair = req.pair if req.pair and eng.kind in PAIR_KINDS else None
+        extra = {"target": req.target} if req.target is not None else {}  # (other kinds: the engine says no)
         if self.budget is None:
-            analysis = eng.analyze(req.text, pair=pair, mask=list(req.mask) or None, top_k=5, truncate=req.truncate)
+            analysis = eng.analyze(req.text, pair=pair, mask=list(req.mask) or None, top_k=5, truncate=req.truncate,
+                                   **extra)
         else:
             # an upper bound of the tokens before tokenizing: every token covers at least one character
             tokens = min(eng.token_limit, len(req.text) + len(pair or "") + 4)
             with self.budget.reserve(analysis_bytes(eng, tokens)):
                 analysis = eng.analyze(req.text, pair=pair, mask=list(req.mask) or None, top_k=5,
-                                       truncate=req.truncate)
+                                       truncate=req.truncate, **extra)
         with self._lock:
             self._items[key] = (analysis, analysis_nbytes(analysis))
             self._evict(keep=key)
@@ -168,8 +174,47 @@ def _predictions_json(preds) -> list | None:
     return [[{"token": str(w), "prob": float(p)} for w, p in row] for row in preds]
 
 
-def summarize(eng: "_engine.Engine", a: Analysis) -> dict:
-    """The JSON returned by /analyze: tokens, shapes, kind and top predictions of one analysis."""
+def stack_of(a: Analysis, stack: str | None) -> str:
+    """The name of the attention stack ``stack`` of an analysis: None is the main one (the encoder or the
+    only stack); a name it does not have (or not a short string) raises InputError listing its stacks."""
+    if stack is None or (isinstance(stack, str) and not stack.strip()):
+        return a.main_stack.name
+    name = stack.strip().lower() if isinstance(stack, str) and len(stack) <= 20 else None
+    if name not in a.stacks:
+        shown = stack[:20] if isinstance(stack, str) else type(stack).__name__
+        raise InputError(f"stack {shown!r} is not in this analysis; choose one of: {', '.join(a.stacks)}")
+    return name
+
+
+def link_stack(analysis, view: dict) -> tuple[str, str | None]:
+    """(stack, note) of a view state: its ``stack`` (or the deep link's ``stack`` parameter) when the
+    analysis has it; otherwise the main stack, and a note saying why (a link is never an error page)."""
+    wanted = view.get("stack") or (view.get("query") or {}).get("stack")
+    main = analysis.main_stack.name
+    if not wanted:
+        return main, None
+    try:
+        return stack_of(analysis, str(wanted)), None
+    except InputError:
+        return main, (f"The link asks for the {str(wanted)[:20]!r} attention; this analysis has "
+                      f"{', '.join(analysis.stacks)}: showing the {main} attention.")
+
+
+def _stack_tokens(a: Analysis, seq: str) -> list[str]:
+    return list((a.decoder_input if seq == "decoder" else a.input).tokens)
+
+
+def summarize(eng: "_engine.Engine", a: Analysis, stack: str | None = None) -> dict:
+    """The JSON returned by /analyze: tokens, shapes, kind and top predictions of one analysis.
+
+    ``stack`` (one of ``out["stacks"]``; default the main one) chooses what ``layers``/``heads`` and
+    ``query_tokens``/``key_tokens`` describe: for "cross" the queries are the decoder's tokens and the keys
+    the encoder's."""
+    from .views.head_view import stack_sequences
+
+    name = stack_of(a, stack)
+    st = a.stack(name)
+    q_seq, k_seq = stack_sequences(name)
     out = {
         "model": a.model_name,
         "kind": a.kind,
@@ -177,9 +222,12 @@ def summarize(eng: "_engine.Engine", a: Analysis) -> dict:
         "display_tokens": list(a.display_tokens),
         "special": [bool(x) for x in a.special],
         "segments": [int(x) for x in a.segments],
-        "layers": int(a.num_layers),
-        "heads": int(a.num_heads),
+        "layers": int(st.num_layers),
+        "heads": int(st.num_heads),
         "stacks": list(a.stacks),
+        "stack": name,
+        "query_tokens": _stack_tokens(a, q_seq),
+        "key_tokens": _stack_tokens(a, k_seq),
         "masked": [int(x) for x in a.masked],
         "can_mask": bool(eng.can_mask),
         "token_limit": int(eng.token_limit),
@@ -208,7 +256,7 @@ def model_info(model) -> dict:
 
 
 def check_layer_head(a: Analysis, layer: int, head: int, stack: str | None = None) -> None:
-    s = a.stack(stack)
+    s = a.stack(stack_of(a, stack))
     if not 0 <= int(layer) < s.num_layers:
         raise InputError(f"layer {layer} is out of range: the model has {s.num_layers} layers (0 to {s.num_layers - 1})")
     if not -1 <= int(head) < s.num_heads:
@@ -216,7 +264,8 @@ def check_layer_head(a: Analysis, layer: int, head: int, stack: str | None = Non
 
 
 def attention_matrix(a: Analysis, layer: int, head: int, stack: str | None = None) -> np.ndarray:
-    """float32[T, T] attention of one head (head = -1: the mean of all heads) at full precision."""
+    """float32[q, k] attention of one head (head = -1: the mean of all heads) of ``stack`` (default the main
+    one; "cross": decoder queries x encoder keys) at full precision."""
     check_layer_head(a, layer, head, stack)
-    att = a.stack(stack).attentions[int(layer)]
+    att = a.stack(stack_of(a, stack)).attentions[int(layer)]
     return att.mean(axis=0) if int(head) == -1 else att[int(head)]

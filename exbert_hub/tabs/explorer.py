@@ -8,13 +8,18 @@ import gradio as gr
 
 from ..analysis import CAUSAL_LM, kind_phrase
 from ..errors import ExbertError, InputError, user_message
-from ..inputs import as_int
-from ..service import summarize
+from ..inputs import as_int, as_text
+from ..service import link_stack, stack_of, summarize
 from ..views.explorer import DEFAULT_THRESHOLD, ExplorerView, explorer_payload, layer_payload, rows_payload
 from ..hub.app_export import export_controls
 from .base import AppContext, Tab, api_error, link_float, link_int
 
 log = logging.getLogger(__name__)
+
+
+def stack_arg(stack) -> str | None:
+    """A visitor's ``stack`` argument: a short name or None (checked against the analysis by stack_of)."""
+    return as_text(stack, "stack", optional=True, max_chars=20)
 
 
 class ExplorerTab(Tab):
@@ -25,16 +30,20 @@ class ExplorerTab(Tab):
         store = ctx.store
 
         def explorer_layer(data, request: gr.Request = None) -> dict:
-            """Server function of the view (explorer.js calls it by this name): one layer of attention (uint8 base64) for {key, layer}."""
+            """Server function of the view (explorer.js calls it by this name): one layer of attention (uint8
+            base64) for {key, layer, stack?} (stack: default the main one)."""
             try:
                 key, layer = (data[0], data[1]) if isinstance(data, (list, tuple)) else (data["key"], data["layer"])
                 block = data.get("block") if isinstance(data, dict) else None
                 row = data.get("row") if isinstance(data, dict) else None
+                a = store.get(str(key))
+                stack = stack_of(a, data.get("stack") if isinstance(data, dict) else None)
                 if block is not None or row is not None:  # long inputs: a sparse block of rows, or one row
-                    return {"key": key, "layer": int(layer),
-                            "rows": rows_payload(store.get(str(key)), int(layer),
-                                                 None if block is None else int(block), None if row is None else int(row))}
-                return {"key": key, "layer": int(layer), "attention": layer_payload(store.get(str(key)), int(layer))}
+                    return {"key": key, "layer": int(layer), "stack": stack,
+                            "rows": rows_payload(a, int(layer), None if block is None else int(block),
+                                                 None if row is None else int(row), stack=stack)}
+                return {"key": key, "layer": int(layer), "stack": stack,
+                        "attention": layer_payload(a, int(layer), stack=stack)}
             except Exception as err:  # noqa: BLE001 - reported in the view, never as a trace
                 log.warning("explorer layer fetch failed: %s", err, exc_info=not isinstance(err, ExbertError))
                 return {"error": user_message(err)}
@@ -44,6 +53,7 @@ class ExplorerTab(Tab):
         return self.view
 
     def value(self, ctx, key, analysis, engine, view):
+        stack, note = link_stack(analysis, view)
         value = explorer_payload(
             analysis,
             key=key,
@@ -54,9 +64,12 @@ class ExplorerTab(Tab):
             threshold=link_float(view.get("threshold"), DEFAULT_THRESHOLD),
             hide_special=bool(view.get("hide_special")),
             weights=view.get("weights"),
+            stack=stack,
         )
         if view.get("keep_view"):
             value["initial"]["keep_view"] = True
+        if note:
+            value["stack_note"] = note
         return value
 
     def wire(self, ctx: AppContext) -> None:
@@ -78,7 +91,7 @@ class ExplorerTab(Tab):
                 mask.symmetric_difference_update({pos})  # double-click a masked token to unmask it
             except Exception as err:  # noqa: BLE001
                 return {ctx.message: ctx.banner(user_message(err))}
-            view = {k: data.get(k) for k in ("layer", "heads", "token", "weights")}
+            view = {k: data.get(k) for k in ("layer", "heads", "token", "weights", "stack")}
             view["threshold"] = link_float(data.get("threshold"), DEFAULT_THRESHOLD)
             view["hide_special"] = bool(data.get("hide_special"))
             view["layer"] = link_int(view["layer"], 0)
@@ -88,20 +101,24 @@ class ExplorerTab(Tab):
         self.view.mask(on_mask, inputs=[ctx.key_state], outputs=ctx.outputs, api_visibility="private")
 
     def api(self, ctx: AppContext) -> None:
-        def analyze(text: str, pair: str | None = None, model: str | None = None, request: gr.Request = None) -> dict:
-            """Analyze a text (and optional sentence B for encoders): tokens, layers, heads, kind, top-5 predictions."""
+        def analyze(text: str, pair: str | None = None, model: str | None = None, target: str | None = None,
+                    stack: str | None = None, request: gr.Request = None) -> dict:
+            """Analyze a text (and optional sentence B for encoders, or the decoder's `target` text for
+            encoder-decoders): tokens, layers, heads, kind, top-5 predictions. `stack` (encoder-decoders:
+            encoder, decoder or cross) chooses what layers, heads, query_tokens and key_tokens describe."""
             try:
-                return summarize(*ctx.analysis(model, text, pair, request=request))
+                eng, a = ctx.analysis(model, text, pair, request=request, target=target)
+                return summarize(eng, a, stack_arg(stack))
             except Exception as err:  # noqa: BLE001
                 raise api_error(err) from None
 
         def mask(text: str, position: int, model: str | None = None, pair: str | None = None,
-                 request: gr.Request = None) -> dict:
+                 stack: str | None = None, request: gr.Request = None) -> dict:
             """Replace token `position` by the mask token, run again: the /analyze result plus `mask_predictions`."""
             try:
                 position = as_int(position, "position", lo=0)
                 eng, a = ctx.analysis(model, text, pair, (position,), request=request)
-                out = summarize(eng, a)
+                out = summarize(eng, a, stack_arg(stack))
                 out["mask_predictions"] = (out["predictions"] or [[]])[position] if out["predictions"] else []
                 return out
             except Exception as err:  # noqa: BLE001

@@ -5,10 +5,10 @@ from __future__ import annotations
 import gradio as gr
 
 from ..inputs import as_int, as_text
-from ..service import StoreRef, attention_matrix, check_layer_head
+from ..service import StoreRef, attention_matrix, check_layer_head, link_stack
 from ..views.head_view import HeadView, head_view_payload
 from ..hub.app_export import export_controls
-from .base import AppContext, Tab, api_error, clamp_view
+from .base import AppContext, Tab, api_error, clamp_view, link_int
 
 
 def layer_head_args(a, layer, head, stack, one_head: bool = False) -> tuple[int, int, str | None]:
@@ -33,15 +33,27 @@ class HeadTab(Tab):
         return view
 
     def value(self, ctx, key, analysis, engine, view):
-        layer, heads, _ = clamp_view(analysis, view)
-        return head_view_payload(analysis, key=key, layer=layer, heads=heads)
+        stack, note = link_stack(analysis, view)
+        if stack == analysis.main_stack.name:
+            layer, heads, _ = clamp_view(analysis, view)
+        else:  # the decoder's or cross attention: its own layers and heads
+            st = analysis.stack(stack)
+            layer = min(max(link_int(view.get("layer"), 0), 0), st.num_layers - 1)
+            heads = [h for h in (view.get("heads") or []) if 0 <= h < st.num_heads] or None
+        value = head_view_payload(analysis, key=key, layer=layer, heads=heads, stack=stack)
+        if note:
+            value["stack_note"] = note
+        return value
 
     def api(self, ctx: AppContext) -> None:
         def attention(text: str, layer: int, head: int, model: str | None = None, pair: str | None = None,
-                      stack: str | None = None, request: gr.Request = None) -> list[list[float]]:
-            """Attention of one head (head=-1: mean of the layer's heads) as a T x T list, rows = from, columns = to."""
+                      stack: str | None = None, target: str | None = None,
+                      request: gr.Request = None) -> list[list[float]]:
+            """Attention of one head (head=-1: mean of the layer's heads) as a list of rows, rows = from
+            (queries), columns = to (keys). Encoder-decoders: `stack` encoder, decoder or cross (decoder
+            rows, encoder columns), `target` the decoder's text (default: the text itself)."""
             try:
-                _, a = ctx.analysis(model, text, pair, request=request)
+                _, a = ctx.analysis(model, text, pair, request=request, target=target)
                 layer, head, stack = layer_head_args(a, layer, head, stack)
                 return attention_matrix(a, layer, head, stack).tolist()
             except Exception as err:  # noqa: BLE001

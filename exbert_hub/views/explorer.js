@@ -27,8 +27,12 @@
   // ---------------------------------------------------------------------------------------------
   const S = {
     p: null,              // payload
+    // the shown attention stack ("self"; encoder-decoders: "encoder", "decoder", "cross"): its queries are
+    // the left column (Q: TQ tokens), its keys the right one (K: TK tokens); T = TQ
+    stack: "self", info: null, Q: null, K: null, TQ: 0, TK: 0,
     T: 0, H: 0, L: 0,
-    layers: {},           // layer -> decoded attention [H, T, T]
+    layersBy: {},         // stack -> {layer -> decoded attention [H, TQ, TK]}
+    layers: {},           // layersBy[stack]
     layer: 0,
     heads: new Set(),
     weights: [],
@@ -50,8 +54,10 @@
     allLines: false,      // the user asked for every line that passes the threshold (no per-token cap)
     long: false,          // long input: rows come in sparse blocks as they scroll into view (rows.py)
     blockRows: 64,
-    blocks: {},           // layer -> Map(block -> {r0, r1, indptr, idx, val, mass})
-    blockFetching: {},    // "layer|block" -> true
+    blocksBy: {},         // stack -> {layer -> Map(block -> ...)}
+    blocks: {},           // blocksBy[stack]: layer -> Map(block -> {r0, r1, indptr, idx, val, mass})
+    blockFetching: {},    // "stack|layer|block" -> true
+    visR: [], rowOfR: null, // visible key (right column) positions, like vis / rowOf for the left
   };
   let ui = null;
   let rafId = 0;
@@ -66,19 +72,25 @@
       S.p = null;
       return;
     }
-    const prev = S.p;
+    const prev = S.p, prevStack = S.stack;
     const keep = value.initial && value.initial.keep_view && prev &&
       prev.num_layers === value.num_layers && prev.num_heads === value.num_heads && prev.model === value.model;
     S.p = value;
-    S.T = value.tokens.length; S.H = value.num_heads; S.L = value.num_layers;
-    S.layers = {};
+    S.layersBy = {}; S.blocksBy = {}; S.exactBy = {};
     S.fetching = {};
-    S.long = !!value.long; S.blockRows = value.block_rows || 64;
-    S.blocks = {}; S.blockFetching = {}; S.exact = new Map();
+    S.blockRows = value.block_rows || 64;
+    S.blockFetching = {};
     S.fetchError = null;
-    for (const k of Object.keys(value.attention || {})) {
-      try { S.layers[+k] = XH.decodeAttention(value.attention[k]); } catch (err) { console.error(err); }
-    }
+    const decodeInto = (stack, layers) => {
+      const m = S.layersBy[stack] || (S.layersBy[stack] = {});
+      for (const k of Object.keys(layers || {})) {
+        try { m[+k] = XH.decodeAttention(layers[k]); } catch (err) { console.error(err); }
+      }
+    };
+    decodeInto(value.stack || "self", value.attention);
+    for (const [name, layers] of Object.entries(value.stack_attention || {})) decodeInto(name, layers);
+    // re-analysed with the same model (Analyze): stay on the stack shown, if this analysis has it
+    useStack(keep && stackOf(prevStack) ? prevStack : value.stack);
     const init = value.initial || {};
     if (!keep) {
       S.layer = XH.clamp(init.layer | 0, 0, maxLayer());
@@ -90,7 +102,7 @@
       S.allLines = false;
       // once the page's first analysis is in, the address holds the selection the other views made
       // (the payload's view may be the link's, older): it wins
-      if (XH.ready && XH.urlSelection) applySelection(XH.urlSelection(S.L, S.H, S.T));
+      if (XH.ready && XH.urlSelection) { urlStack(); applySelection(XH.urlSelection(S.L, S.H, S.T)); }
     } else {
       S.layer = XH.clamp(S.layer, 0, maxLayer());
       if (S.frozen && S.frozen.pos >= S.T) S.frozen = null;
@@ -98,8 +110,7 @@
     }
     S.hover = null;
     S.pendingMask = false;
-    S.message = "";
-    S.rowH = S.T > 400 ? 16 : S.T > 120 ? 18 : 22;
+    S.message = value.stack_note || "";
     S.stats = null; S.combo = null; S.edges = null;
     buildUI();
     ensureLayer(S.layer);
@@ -109,8 +120,70 @@
     XH.ready = true;  // the page's first analysis is in: views may now write the URL
   }
 
-  // the last selectable layer: index S.L is the attention rollout when the payload offers it
-  function maxLayer() { return S.L - 1 + (S.p && S.p.rollout ? 1 : 0); }
+  // the last selectable layer: index S.L is the attention rollout when the stack offers it
+  function maxLayer() { return S.L - 1 + (S.info && S.info.rollout ? 1 : 0); }
+
+  // --- attention stacks ------------------------------------------------------------------------
+  // what the payload says of a stack (payloads without "stacks": one self-attention over the input)
+  function stackOf(name) {
+    const p = S.p, list = p.stacks || [];
+    if (!list.length) {
+      return name == null || name === (p.stack || "self") ? { name: p.stack || "self", label: "Self", layers: p.num_layers,
+        heads: p.num_heads, query_seq: "input", key_seq: "input", causal: !!p.causal, rollout: !!p.rollout, long: !!p.long } : null;
+    }
+    return list.find((s) => s.name === name) || null;
+  }
+  function seqOf(name) {
+    const p = S.p, seqs = p.sequences || {};
+    if (seqs[name]) return seqs[name];
+    return { tokens: p.tokens, raw_tokens: p.raw_tokens, special: p.special, continues: p.continues, segments: p.segments,
+      masked: p.masked, original_tokens: p.original_tokens, generated: p.generated };
+  }
+  // show stack `name` (its layers, heads and token columns); state of other stacks is kept for later
+  function useStack(name) {
+    const info = stackOf(name) || stackOf(S.p.stack) || stackOf(null);
+    const heads = S.H;
+    S.stack = info.name; S.info = info;
+    S.Q = seqOf(info.query_seq); S.K = seqOf(info.key_seq);
+    S.TQ = S.Q.tokens.length; S.TK = S.K.tokens.length; S.T = S.TQ;
+    S.L = info.layers; S.H = info.heads;
+    S.long = !!info.long;
+    S.layers = S.layersBy[S.stack] || (S.layersBy[S.stack] = {});
+    S.blocks = S.blocksBy[S.stack] || (S.blocksBy[S.stack] = {});
+    S.exact = S.exactBy[S.stack] || (S.exactBy[S.stack] = new Map());
+    if (heads !== S.H) { S.heads = new Set(range(S.H)); S.weights = new Array(S.H).fill(1); }
+    S.layer = XH.clamp(S.layer | 0, 0, maxLayer());
+    if (S.frozen && S.frozen.pos >= (S.frozen.side === "left" ? S.TQ : S.TK)) S.frozen = null;
+    S.rowH = Math.max(S.TQ, S.TK) > 400 ? 16 : Math.max(S.TQ, S.TK) > 120 ? 18 : 22;
+  }
+  // the user picked another stack: same layer (when it has it), all heads, nothing frozen
+  function setStack(name) {
+    if (!stackOf(name) || name === S.stack) return;
+    useStack(name);
+    S.heads = new Set(range(S.H)); S.weights = new Array(S.H).fill(1);
+    S.frozen = null; S.hover = null; S.message = ""; S.fetchError = null;
+    S.stats = null; S.combo = null; S.edges = null;
+    buildUI(); ensureLayer(S.layer); redraw(); syncUrl();
+  }
+  // the address's stack (a deep link, or the head view's choice), when this analysis has it
+  function urlStack() {
+    const want = XH.getUrlParam ? XH.getUrlParam("stack") : null;
+    const name = want && stackOf(want) ? want : (S.p.main_stack || S.stack);
+    if (name !== S.stack) { useStack(name); return true; }
+    return false;
+  }
+  function isMainStack() { return S.stack === (S.p.main_stack || S.stack); }
+  function mainLabel() { const m = stackOf(S.p.main_stack || S.stack); return m ? m.label || m.name : "encoder"; }
+  // masking replaces a token of the input text: it applies where the left column is the input
+  function maskSide() { return S.info.query_seq === "input"; }
+  // one line over the columns saying what the left and right tokens are (encoder-decoders)
+  function stackCaption() {
+    const i = S.info;
+    if (i.name === "cross") return "Cross attention: each decoder token (left, queries) attends to the encoder's tokens (right, keys).";
+    if (i.name === "decoder") return "Decoder self-attention: each decoder token (left) attends to itself and the decoder tokens before it (right).";
+    if (i.name === "encoder") return "Encoder self-attention: each input token (left) attends to the input's tokens (right).";
+    return "";
+  }
 
   function range(n) { const a = []; for (let i = 0; i < n; i++) a.push(i); return a; }
 
@@ -124,7 +197,7 @@
     const heads = sel.heads == null ? range(S.H) : sel.heads;
     const cur = Array.from(S.heads).sort((a, b) => a - b);
     if (heads.join(",") !== cur.join(",")) { S.heads = new Set(heads); changed = true; }
-    const tok = sel.token != null && !(S.hideSpecial && S.p.special[sel.token]) ? sel.token : null;
+    const tok = sel.token != null && !(S.hideSpecial && S.Q.special[sel.token]) ? sel.token : null;
     if (tok !== (S.frozen ? S.frozen.pos : null)) { S.frozen = tok == null ? null : { side: "left", pos: tok }; changed = true; }
     if (changed) { S.combo = null; S.edges = null; }
     return changed;
@@ -132,28 +205,30 @@
   // the explorer is shown again (its tab selected): follow what the other views selected meanwhile
   function adoptUrl() {
     if (!S.p || !ui || !XH.ready || !XH.urlSelection) return;
-    if (applySelection(XH.urlSelection(S.L, S.H, S.T))) { ensureLayer(S.layer); redraw(); }
+    const moved = urlStack();
+    if (moved) { S.stats = null; S.combo = null; S.edges = null; buildUI(); }
+    if (applySelection(XH.urlSelection(S.L, S.H, S.T)) || moved) { ensureLayer(S.layer); redraw(); }
   }
 
   function ensureLayer(layer) {
     if (S.long && S.p) { ensureBlocks(layer); return true; }
     if (S.layers[layer] || !S.p) return true;
-    if (S.fetching[layer]) return false;
+    if (S.fetching[S.stack + "|" + layer]) return false;
     if (!server || typeof server.explorer_layer !== "function") {
       S.fetchError = "this layer is not in the page and the server cannot be reached";
       return false;
     }
-    const key = S.p.key;
-    S.fetching[layer] = true;
+    const key = S.p.key, stack = S.stack, into = S.layers;
+    S.fetching[stack + "|" + layer] = true;
     setStatus("Loading layer " + layer + "\u2026");
-    server.explorer_layer({ key: key, layer: layer }).then((res) => {
+    server.explorer_layer({ key: key, layer: layer, stack: stack }).then((res) => {
       if (!S.p || S.p.key !== key) return;  // a newer analysis arrived meanwhile
-      delete S.fetching[layer];
-      if (!res || res.error) { S.fetchError = (res && res.error) || "could not load layer " + layer; redraw(); return; }
-      S.layers[res.layer] = XH.decodeAttention(res.attention);
-      if (res.layer === S.layer) { S.stats = null; S.combo = null; S.edges = null; redraw(); }
+      delete S.fetching[stack + "|" + layer];
+      if (!res || res.error) { if (stack === S.stack) { S.fetchError = (res && res.error) || "could not load layer " + layer; redraw(); } return; }
+      into[res.layer] = XH.decodeAttention(res.attention);
+      if (res.layer === S.layer && stack === S.stack) { S.stats = null; S.combo = null; S.edges = null; redraw(); }
     }).catch((err) => {
-      delete S.fetching[layer];
+      delete S.fetching[stack + "|" + layer];
       S.fetchError = "could not load layer " + layer + ": " + err;
       redraw();
     });
@@ -184,37 +259,38 @@
     const want = new Set(rowsInView().map((i) => Math.floor(i / S.blockRows)));
     const active = S.frozen || S.hover;
     if (active && active.side === "left") { want.add(Math.floor(active.pos / S.blockRows)); ensureExact(layer, active.pos); }
-    const have = S.blocks[layer] || (S.blocks[layer] = new Map());
+    const have = S.blocks[layer] || (S.blocks[layer] = new Map()), stack = S.stack;
     for (const blk of want) {
-      const k = layer + "|" + blk;
+      const k = stack + "|" + layer + "|" + blk;
       if (have.has(blk) || S.blockFetching[k]) continue;
       if (!server || typeof server.explorer_layer !== "function") { S.fetchError = "the server cannot be reached"; return; }
       S.blockFetching[k] = true;
       const key = S.p.key;
-      server.explorer_layer({ key: key, layer: layer, block: blk }).then((res) => {
+      server.explorer_layer({ key: key, layer: layer, block: blk, stack: stack }).then((res) => {
         if (!S.p || S.p.key !== key) return;
         delete S.blockFetching[k];
-        if (!res || res.error) { S.fetchError = (res && res.error) || "could not load rows"; redraw(); return; }
+        if (!res || res.error) { if (stack === S.stack) { S.fetchError = (res && res.error) || "could not load rows"; redraw(); } return; }
         have.set(blk, decodeBlock(res.rows));
         root.dataset.blocks = String(Object.values(S.blocks).reduce((n, m) => n + m.size, 0));
-        if (layer === S.layer) { S.edges = null; schedule(); }
+        if (layer === S.layer && stack === S.stack) { S.edges = null; schedule(); }
       }).catch((err) => { delete S.blockFetching[k]; S.fetchError = "could not load rows: " + err; schedule(); });
     }
   }
   // the active token's row in full (every weight of every head, float32[H * T]), fetched once
   function ensureExact(layer, i) {
-    const k = layer + "|" + i;
-    if (S.exact.has(k) || S.blockFetching["row|" + k] || !server || typeof server.explorer_layer !== "function") return;
-    S.blockFetching["row|" + k] = true;
+    const k = layer + "|" + i, stack = S.stack, into = S.exact, fk = "row|" + stack + "|" + k;
+    if (S.exact.has(k) || S.blockFetching[fk] || !server || typeof server.explorer_layer !== "function") return;
+    S.blockFetching[fk] = true;
     const key = S.p.key;
-    server.explorer_layer({ key: key, layer: layer, row: i }).then((res) => {
-      delete S.blockFetching["row|" + k];
+    server.explorer_layer({ key: key, layer: layer, row: i, stack: stack }).then((res) => {
+      delete S.blockFetching[fk];
       if (!S.p || S.p.key !== key || !res || res.error) return;
       const b = XH.base64ToBytes(res.rows.b64);
-      S.exact.set(k, new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4));
+      into.set(k, new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4));
+      if (stack !== S.stack) return;
       if (S.combo) S.combo.rows.delete(i);
       if (layer === S.layer) { S.edges = null; schedule(); }
-    }).catch(() => { delete S.blockFetching["row|" + k]; });
+    }).catch(() => { delete S.blockFetching[fk]; });
   }
   // head h's kept weights of row i: {idx, val, a, e, mass} (entries a..e-1), or null when not loaded
   function headRow(h, i) {
@@ -241,17 +317,17 @@
     const c = combined();
     if (c.rows.has(i)) return c.rows.get(i);
     const acc = new Map();
-    const exact = S.exact.get(S.layer + "|" + i), T = S.T;
+    const exact = S.exact.get(S.layer + "|" + i), TK = S.TK, kspec = S.K.special;
     if (exact) {  // the whole row: every weight, as the engine computed it
       for (const h of S.heads) {
         const w = Math.max(0, +S.weights[h] || 0);
         if (!w) continue;
         let s = 0;
-        for (let j = 0; j < T; j++) if (!(S.hideSpecial && S.p.special[j])) s += exact[h * T + j];
+        for (let j = 0; j < TK; j++) if (!(S.hideSpecial && kspec[j])) s += exact[h * TK + j];
         const f = w / (s > 1e-9 ? s : 1);
-        for (let j = 0; j < T; j++) {
-          const v = exact[h * T + j];
-          if (v > 0 && !(S.hideSpecial && S.p.special[j])) acc.set(j, (acc.get(j) || 0) + v * f);
+        for (let j = 0; j < TK; j++) {
+          const v = exact[h * TK + j];
+          if (v > 0 && !(S.hideSpecial && kspec[j])) acc.set(j, (acc.get(j) || 0) + v * f);
         }
       }
       const keys = Array.from(acc.keys()).sort((a, b) => acc.get(b) - acc.get(a));
@@ -267,7 +343,7 @@
       const f = w / headRowSum(h, i);
       for (let t = r.a; t < r.e; t++) {
         const j = r.idx[t];
-        if (S.hideSpecial && S.p.special[j]) continue;
+        if (S.hideSpecial && kspec[j]) continue;
         acc.set(j, (acc.get(j) || 0) + r.val[t] * f);
       }
     }
@@ -286,71 +362,75 @@
   // ---------------------------------------------------------------------------------------------
   // computation
   // ---------------------------------------------------------------------------------------------
+  // the rows of each column: left = the stack's queries (vis, rowOf), right = its keys (visR, rowOfR)
   function visibleTokens() {
-    const p = S.p, vis = [];
-    const rowOf = new Int32Array(S.T).fill(-1);
-    for (let i = 0; i < S.T; i++) {
-      if (S.hideSpecial && p.special[i]) continue;
-      rowOf[i] = vis.length; vis.push(i);
-    }
-    S.vis = vis; S.rowOf = rowOf;
+    const side = (seq, n) => {
+      const vis = [], rowOf = new Int32Array(n).fill(-1);
+      for (let i = 0; i < n; i++) {
+        if (S.hideSpecial && seq.special[i]) continue;
+        rowOf[i] = vis.length; vis.push(i);
+      }
+      return [vis, rowOf];
+    };
+    [S.vis, S.rowOf] = side(S.Q, S.TQ);
+    [S.visR, S.rowOfR] = side(S.K, S.TK);
   }
 
   // Per head: row sums over visible keys (to renormalise), row maxima, column means.
   function headStats() {
     if (S.long) return longStats();
-    if (S.stats && S.stats.layer === S.layer && S.stats.hide === S.hideSpecial) return S.stats;
+    if (S.stats && S.stats.stack === S.stack && S.stats.layer === S.layer && S.stats.hide === S.hideSpecial) return S.stats;
     const att = S.layers[S.layer];
-    const T = S.T, H = S.H, vis = S.vis, n = vis.length, lut = att.lut, data = att.data;
-    const visMask = new Uint8Array(T);
-    for (const i of vis) visMask[i] = 1;
-    const rowSum = new Float32Array(H * T), rowMax = new Float32Array(H * T), colMean = new Float32Array(H * T);
+    const TQ = S.TQ, TK = S.TK, H = S.H, vis = S.vis, n = vis.length, lut = att.lut, data = att.data;
+    const visMask = new Uint8Array(TK);  // visible keys (right column)
+    for (const j of S.visR) visMask[j] = 1;
+    const rowSum = new Float32Array(H * TQ), rowMax = new Float32Array(H * TQ), colMean = new Float32Array(H * TK);
     for (let h = 0; h < H; h++) {
       for (const i of vis) {
-        const o = (h * T + i) * T;
+        const o = (h * TQ + i) * TK;
         let s = 0;
-        for (let j = 0; j < T; j++) if (visMask[j]) s += lut[data[o + j]];
-        rowSum[h * T + i] = s > 0 ? s : 1;
+        for (let j = 0; j < TK; j++) if (visMask[j]) s += lut[data[o + j]];
+        rowSum[h * TQ + i] = s > 0 ? s : 1;
       }
       for (const i of vis) {
-        const o = (h * T + i) * T, inv = 1 / rowSum[h * T + i];
+        const o = (h * TQ + i) * TK, inv = 1 / rowSum[h * TQ + i];
         let m = 0;
-        for (let j = 0; j < T; j++) {
+        for (let j = 0; j < TK; j++) {
           if (!visMask[j]) continue;
           const v = lut[data[o + j]] * inv;
           if (v > m) m = v;
-          colMean[h * T + j] += v;
+          colMean[h * TK + j] += v;
         }
-        rowMax[h * T + i] = m;
+        rowMax[h * TQ + i] = m;
       }
     }
     let colPeak = 0;
     for (let k = 0; k < colMean.length; k++) { colMean[k] /= Math.max(n, 1); if (colMean[k] > colPeak) colPeak = colMean[k]; }
-    S.stats = { layer: S.layer, hide: S.hideSpecial, rowSum, rowMax, colMean, colPeak: colPeak || 1, visMask };
+    S.stats = { stack: S.stack, layer: S.layer, hide: S.hideSpecial, rowSum, rowMax, colMean, colPeak: colPeak || 1, visMask };
     return S.stats;
   }
 
   // long inputs: the same statistics over the loaded rows in view (column means: of those rows)
   function longStats() {
-    const T = S.T, H = S.H, rows = rowsInView().filter((i) => headRow(0, i));
-    const sig = S.layer + "|" + S.hideSpecial + "|" + (rows[0] || 0) + "|" + rows.length;
+    const TQ = S.TQ, TK = S.TK, H = S.H, rows = rowsInView().filter((i) => headRow(0, i));
+    const sig = S.stack + "|" + S.layer + "|" + S.hideSpecial + "|" + (rows[0] || 0) + "|" + rows.length;
     if (S.stats && S.stats.sig === sig) return S.stats;
-    const visMask = new Uint8Array(T);
-    for (const i of S.vis) visMask[i] = 1;
-    const rowSum = new Float32Array(H * T).fill(1), rowMax = new Float32Array(H * T), colMean = new Float32Array(H * T);
+    const visMask = new Uint8Array(TK);
+    for (const j of S.visR) visMask[j] = 1;
+    const rowSum = new Float32Array(H * TQ).fill(1), rowMax = new Float32Array(H * TQ), colMean = new Float32Array(H * TK);
     for (let h = 0; h < H; h++) {
       for (const i of rows) {
         const r = headRow(h, i), s = headRowSum(h, i);
-        rowSum[h * T + i] = s;
+        rowSum[h * TQ + i] = s;
         let m = 0;
         for (let t = r.a; t < r.e; t++) {
           const j = r.idx[t];
           if (!visMask[j]) continue;
           const v = r.val[t] / s;
           if (v > m) m = v;
-          colMean[h * T + j] += v / rows.length;
+          colMean[h * TK + j] += v / rows.length;
         }
-        rowMax[h * T + i] = m;
+        rowMax[h * TQ + i] = m;
       }
     }
     let colPeak = 0;
@@ -360,7 +440,7 @@
   }
 
   function comboKey() {
-    return [S.layer, S.hideSpecial, Array.from(S.heads).sort((a, b) => a - b).join("."), S.weights.join(".")].join("|");
+    return [S.stack, S.layer, S.hideSpecial, Array.from(S.heads).sort((a, b) => a - b).join("."), S.weights.join(".")].join("|");
   }
 
   // The drawn attention: weighted mean of the selected heads' renormalised rows.
@@ -375,24 +455,24 @@
       return S.combo;
     }
     const att = S.layers[S.layer], st = headStats();
-    const T = S.T, lut = att.lut, data = att.data, vis = S.vis, visMask = st.visMask;
-    const M = new Float32Array(T * T);
+    const TQ = S.TQ, TK = S.TK, lut = att.lut, data = att.data, vis = S.vis, visMask = st.visMask;
+    const M = new Float32Array(TQ * TK);  // rows: queries (left), columns: keys (right)
     let wsum = 0;
     for (const h of S.heads) {
       const w = Math.max(0, +S.weights[h] || 0);
       if (!w) continue;
       wsum += w;
       for (const i of vis) {
-        const o = (h * T + i) * T, f = w / st.rowSum[h * T + i], r = i * T;
-        for (let j = 0; j < T; j++) if (visMask[j]) M[r + j] += lut[data[o + j]] * f;
+        const o = (h * TQ + i) * TK, f = w / st.rowSum[h * TQ + i], r = i * TK;
+        for (let j = 0; j < TK; j++) if (visMask[j]) M[r + j] += lut[data[o + j]] * f;
       }
     }
     if (wsum > 0) for (let k = 0; k < M.length; k++) M[k] /= wsum;
     // per visible row: keys sorted by weight (descending), reused while only the threshold changes
-    const order = new Array(T);
+    const order = new Array(TQ);
     for (const i of vis) {
-      const r = i * T, idx = [];
-      for (let j = 0; j < T; j++) if (M[r + j] > 0) idx.push(j);
+      const r = i * TK, idx = [];
+      for (let j = 0; j < TK; j++) if (M[r + j] > 0) idx.push(j);
       idx.sort((a, b) => M[r + b] - M[r + a]);
       order[i] = idx;
     }
@@ -405,7 +485,7 @@
   // With an active (hovered/frozen) token: only its lines (into it: the same rule on its column).
   function computeEdges() {
     if (S.long) return edgesFrom(longEdges());
-    const c = combined(), T = S.T, M = c.M, th = S.threshold;
+    const c = combined(), T = S.TK, M = c.M, th = S.threshold;  // M is [TQ, TK]: row i at i * TK
     const active = S.frozen || S.hover;
     const src = [], dst = [], wts = [];
     let passing = 0, perToken = Infinity;   // lines that pass the threshold; the per-token cap applied
@@ -518,13 +598,30 @@
     layerLabel.append(el("span", "xb-field-name", "Layer"));
     ui.layer = el("select", "xb-layer");
     for (let l = 0; l < S.L; l++) { const o = el("option", null, String(l)); o.value = String(l); ui.layer.append(o); }
-    if (p.rollout) { const o = el("option", null, "rollout"); o.value = String(S.L); o.title = "attention rollout across all layers"; ui.layer.append(o); }
+    if (S.info.rollout) { const o = el("option", null, "rollout"); o.value = String(S.L); o.title = "attention rollout across all layers"; ui.layer.append(o); }
     ui.layer.title = "Layer (0 = first)";
     layerLabel.append(ui.layer);
     ui.layerPrev = button("\u25C0", "xb-icon", "previous layer");
     ui.layerNext = button("\u25B6", "xb-icon", "next layer");
     const layerBox = el("div", "xb-group");
     layerBox.append(layerLabel, ui.layerPrev, ui.layerNext);
+    // encoder-decoders: which attention (the encoder's, the decoder's, or the decoder's over the encoder)
+    ui.stack = null;
+    const stacks = p.stacks || [];
+    let stackBox = null;
+    if (stacks.length > 1) {
+      stackBox = el("label", "xb-field xb-stack-field");
+      stackBox.append(el("span", "xb-field-name", "Attention"));
+      ui.stack = el("select", "xb-stack");
+      for (const st of stacks) {
+        const o = el("option", null, st.label || st.name);
+        o.value = st.name;
+        ui.stack.append(o);
+      }
+      ui.stack.title = "Encoder: the input attends to itself; Decoder: each decoder token to itself and earlier " +
+        "decoder tokens; Cross: decoder tokens (left) attend to the encoder's tokens (right)";
+      stackBox.append(ui.stack);
+    }
 
     const thLabel = el("label", "xb-field xb-threshold-field");
     thLabel.append(el("span", "xb-field-name", "Threshold"));
@@ -541,6 +638,7 @@
     ui.hideLabel = hideLabel;
     hideLabel.title = "Remove [CLS]/[SEP]-style tokens and renormalise the remaining weights of each row";
 
+    if (stackBox) bar.append(stackBox);
     bar.append(layerBox, thLabel, hideLabel);
 
     // heads -------------------------------------------------------------------------------------
@@ -587,6 +685,9 @@
     const main = el("div", "xb-main");
     const panel = el("div", "xb-panel");
     ui.panel = panel;
+    ui.caption = el("div", "xb-caption", stackCaption());
+    panel.append(ui.caption);
+    ui.caption.hidden = !(p.stacks && p.stacks.length > 1);
     ui.head = el("div", "xb-colheads");
     ui.scroll = el("div", "xb-scroll");
     ui.body = el("div", "xb-body");
@@ -612,7 +713,8 @@
     ui.note = el("div", "xb-note", "");
     const help = el("div", "xb-help");
     const tips = ["Hover a token: only its lines", "Click: freeze / unfreeze",
-      p.can_mask ? "Double-click: mask it and run again (again to unmask)" : "Double-click: mask (masked LMs only)",
+      !p.can_mask ? "Double-click: mask (masked LMs only)" : maskSide() ? "Double-click: mask it and run again (again to unmask)"
+        : "Double-click: mask (the input's tokens only: choose the " + mainLabel() + " attention)",
       "Head squares: left = each head's strongest attention out of the token, right = attention into it " +
       "(with a token selected: from / to that token)"];
     const ul = el("ul");
@@ -632,10 +734,11 @@
 
   function buildColumns() {
     visibleTokens();
-    const p = S.p, rowH = S.rowH, n = S.vis.length;
-    const cont = p.continues || [];
-    const labels = S.vis.map((i) => XH.tokenLabel(p.tokens[i]));
-    const longest = S.vis.reduce((m, i, r) => Math.max(m, labels[r].length + (cont[i] ? 2 : 0)), 1);
+    const p = S.p, rowH = S.rowH, n = Math.max(S.vis.length, S.visR.length);
+    const labelsOf = (seq, vis) => vis.map((i) => XH.tokenLabel(seq.tokens[i]));
+    const labels = labelsOf(S.Q, S.vis), labelsR = labelsOf(S.K, S.visR);
+    const widest = (seq, vis, ls) => vis.reduce((m, i, r) => Math.max(m, ls[r].length + ((seq.continues || [])[i] ? 2 : 0)), 1);
+    const longest = Math.max(widest(S.Q, S.vis, labels), widest(S.K, S.visR, labelsR));
     const fontPx = rowH >= 22 ? 13 : rowH >= 18 ? 12 : 11;
     S.tokW = Math.round(XH.clamp(longest * fontPx * 0.62 + 18, 56, 170));
     S.renderer = n > SVG_MAX_TOKENS ? "canvas" : "svg";
@@ -649,31 +752,39 @@
     const outH = el("div", "xb-ch", wide ? "heads out" : "out"), inH = el("div", "xb-ch", wide ? "heads in" : "in");
     outH.title = "one square per head: its strongest attention out of the token (click a column to toggle the head)";
     inH.title = "one square per head: attention into the token (click a column to toggle the head)";
+    // which tokens each column holds, when the two differ or are not the input's (encoder-decoders)
+    const seqName = (s) => (s === "decoder" ? "decoder" : "encoder");
+    const named = p.stacks && p.stacks.length > 1;
+    const fromH = el("div", "xb-ch xb-ch-tok", named ? seqName(S.info.query_seq) + " \u00b7 from" : "from");
+    const toH = el("div", "xb-ch xb-ch-tok", named ? seqName(S.info.key_seq) + " \u00b7 to" : "to");
+    fromH.title = "queries: " + (named ? "the " + seqName(S.info.query_seq) + "'s tokens" : "the tokens") + " that attend";
+    toH.title = "keys: " + (named ? "the " + seqName(S.info.key_seq) + "'s tokens" : "the tokens") + " attended to";
     ui.head.replaceChildren(
-      outH, el("div", "xb-ch xb-ch-tok", "from"),
-      el("div", "xb-ch xb-ch-mid", p.causal ? "attends to (earlier tokens)" : "attends to"),
-      el("div", "xb-ch xb-ch-tok", "to"), inH);
+      outH, fromH,
+      el("div", "xb-ch xb-ch-mid", S.info.causal ? "attends to (earlier tokens)" : "attends to"),
+      toH, inH);
 
-    const makeCol = (col, side) => {
+    const makeCol = (col, side, seq, vis, ls) => {
       const frag = document.createDocumentFragment();
-      for (let r = 0; r < n; r++) {
-        const i = S.vis[r];
-        const d = el("div", "xb-tok", labels[r]);
+      const cont = seq.continues || [], masked = seq.masked || [];
+      for (let r = 0; r < vis.length; r++) {
+        const i = vis[r];
+        const d = el("div", "xb-tok", ls[r]);
         d.dataset.pos = String(i);
         d.dataset.side = side;
-        let title = "#" + i + "  " + p.raw_tokens[i];
+        let title = "#" + i + "  " + seq.raw_tokens[i];
         if (cont[i]) { d.classList.add("xb-cont"); title += "  (continues the word before it)"; }
-        if (p.special[i]) d.classList.add("xb-special");
-        if ((p.generated || [])[i]) { d.classList.add("xb-generated"); title += "  (generated by the model)"; }
-        if (p.segments[i] === 1) d.classList.add("xb-segb");
-        if (p.masked.indexOf(i) >= 0) { d.classList.add("xb-masked"); title += "  (masked; was " + p.original_tokens[i] + ")"; }
+        if (seq.special[i]) d.classList.add("xb-special");
+        if ((seq.generated || [])[i]) { d.classList.add("xb-generated"); title += "  (generated by the model)"; }
+        if (seq.segments[i] === 1) d.classList.add("xb-segb");
+        if (masked.indexOf(i) >= 0) { d.classList.add("xb-masked"); title += "  (masked; was " + seq.original_tokens[i] + ")"; }
         d.title = title;
         frag.append(d);
       }
       col.replaceChildren(frag);
     };
-    makeCol(ui.colL, "left");
-    makeCol(ui.colR, "right");
+    makeCol(ui.colL, "left", S.Q, S.vis, labels);
+    makeCol(ui.colR, "right", S.K, S.visR, labelsR);
 
     ui.lines.replaceChildren();
     if (S.renderer === "svg") {
@@ -713,6 +824,7 @@
   }
 
   function wire() {
+    if (ui.stack) ui.stack.addEventListener("change", () => setStack(ui.stack.value));
     ui.layer.addEventListener("change", () => setLayer(+ui.layer.value));
     ui.layerPrev.addEventListener("click", () => setLayer(S.layer - 1));
     ui.layerNext.addEventListener("click", () => setLayer(S.layer + 1));
@@ -720,13 +832,13 @@
     ui.threshold.addEventListener("change", () => syncUrl());
     ui.hide.addEventListener("change", () => {
       S.hideSpecial = ui.hide.checked;
-      if (S.hideSpecial && S.frozen && S.p.special[S.frozen.pos]) S.frozen = null;
+      if (S.hideSpecial && S.frozen && (S.frozen.side === "left" ? S.Q : S.K).special[S.frozen.pos]) S.frozen = null;
       S.hover = null;
       buildColumns(); redraw(); syncUrl();
     });
     ui.allLinesBtn.addEventListener("click", () => { S.allLines = !S.allLines; S.edges = null; redraw(); });
     ui.searchBtn.addEventListener("click", () => {
-      if (!S.frozen) return;
+      if (!S.frozen || !searchApplies()) return;
       syncUrl();
       XH.requestSearch({ layer: S.layer, heads: Array.from(S.heads), numHeads: S.H, token: S.frozen.pos });
     });
@@ -758,10 +870,10 @@
       strip.addEventListener("mousemove", (e) => {
         const rect = strip.getBoundingClientRect();
         const h = Math.floor((e.clientX - rect.left - 1) / S.cellW);
-        const r = Math.floor((e.clientY - rect.top) / S.rowH);
-        if (h >= 0 && h < S.H && r >= 0 && r < S.vis.length) {
-          const v = stripValue(side, S.vis[r], h);
-          strip.title = "head " + h + " \u00b7 " + (side === "left" ? "out of " : "into ") + "#" + S.vis[r] +
+        const r = Math.floor((e.clientY - rect.top) / S.rowH), vis = side === "left" ? S.vis : S.visR;
+        if (h >= 0 && h < S.H && r >= 0 && r < vis.length) {
+          const v = stripValue(side, vis[r], h);
+          strip.title = "head " + h + " \u00b7 " + (side === "left" ? "out of " : "into ") + "#" + vis[r] +
             ": " + (v == null ? "" : v.toFixed(3)) + " \u00b7 click to toggle head " + h;
         }
       });
@@ -785,7 +897,7 @@
       });
       col.addEventListener("dblclick", (e) => {
         const t = e.target.closest(".xb-tok");
-        if (t) maskToken(+t.dataset.pos);
+        if (t) maskToken(+t.dataset.pos, t.dataset.side);
       });
     }
     ui.scroll.addEventListener("scroll", () => {
@@ -807,17 +919,24 @@
     redraw(); syncUrl();
   }
 
-  function maskToken(pos) {
-    const p = S.p;
-    S.frozen = { side: "left", pos };
+  function maskToken(pos, side) {
+    const p = S.p, seq = side === "right" ? S.K : S.Q;
+    S.frozen = { side: side === "right" ? "right" : "left", pos };
     if (!p.can_mask) {
       S.message = "Masking needs a masked language model; " + p.model + " is a " + p.model_kind + " model." +
         (p.causal ? " Select a token to see the predicted next token instead." : "");
       S.edges = null; redraw();
       return;
     }
-    if (p.special[pos]) {
-      S.message = "Special tokens such as " + p.raw_tokens[pos] + " cannot be masked: double-click a word piece.";
+    if ((side === "right" ? S.info.key_seq : S.info.query_seq) !== "input") {
+      S.message = "Masking replaces a token of the input text; these are the decoder's tokens: choose the " +
+        mainLabel() + " attention to mask.";
+      S.edges = null; redraw();
+      return;
+    }
+    S.frozen = { side: "left", pos };
+    if (seq.special[pos]) {
+      S.message = "Special tokens such as " + seq.raw_tokens[pos] + " cannot be masked: double-click a word piece.";
       redraw();
       return;
     }
@@ -826,7 +945,7 @@
     redraw();
     syncUrl();
     trigger("mask", {
-      key: p.key, position: pos, layer: S.layer, heads: Array.from(S.heads).sort((a, b) => a - b),
+      key: p.key, position: pos, stack: S.stack, layer: S.layer, heads: Array.from(S.heads).sort((a, b) => a - b),
       token: pos, threshold: S.threshold, hide_special: S.hideSpecial, weights: S.weights.slice(),
     });
   }
@@ -867,19 +986,20 @@
     showPredictions();
     const nh = S.heads.size;
     const weighted = S.weights.some((w, h) => S.heads.has(h) && w !== 1);
-    let st = (S.layer === S.L ? "Attention rollout (all layers)" : "Layer " + S.layer) + " \u00b7 " + (nh === S.H ? "all " + S.H + " heads" : nh + " of " + S.H + " heads") +
+    const named = S.p.stacks && S.p.stacks.length > 1 ? (S.info.label || S.info.name) + " attention \u00b7 " : "";
+    let st = named + (S.layer === S.L ? "Attention rollout (all layers)" : "Layer " + S.layer) + " \u00b7 " + (nh === S.H ? "all " + S.H + " heads" : nh + " of " + S.H + " heads") +
       (nh > 1 ? (weighted ? " (weighted mean)" : " (mean)") : "") + " \u00b7 " + E.n.toLocaleString() + " lines";
     showLineNote(E, active);
     if (E.capped) st += " (the " + E.n.toLocaleString() + " strongest; " + E.capped.toLocaleString() + " more pass the threshold)";
     if (nh === 0) st += " \u00b7 select a head to draw attention";
     if (active) st += " \u00b7 " + (S.frozen ? "frozen on" : "hovering") + " #" + active.pos + " (" + (active.side === "left" ? "from" : "to") + ")";
     if (S.pendingMask) st += " \u00b7 masking and running again\u2026";
-    if (S.p.truncated) st += " \u00b7 text cut to " + S.T + " tokens";
+    if (S.p.truncated) st += " \u00b7 text cut to " + S.p.tokens.length + " tokens";
     setStatus(st);
     XH.setText(ui.message, S.message || "");
     ui.message.style.display = S.message ? "" : "none";
     const ds = root.dataset;
-    ds.lines = String(E.n); ds.signature = E.signature; ds.layer = String(S.layer);
+    ds.lines = String(E.n); ds.signature = E.signature; ds.layer = String(S.layer); ds.stack = S.stack;
     ds.heads = Array.from(S.heads).sort((a, b) => a - b).join(",");
     ds.token = S.frozen ? String(S.frozen.pos) : "";
     ds.active = active ? active.side + ":" + active.pos : "";
@@ -936,11 +1056,11 @@
     const E = S.edges, W = ui.lines.clientWidth || 300, rowH = S.rowH, half = rowH / 2;
     const svg = ui.svg;
     svg.setAttribute("width", String(W));
-    svg.setAttribute("viewBox", "0 0 " + W + " " + S.vis.length * rowH);
+    svg.setAttribute("viewBox", "0 0 " + W + " " + Math.max(S.vis.length, S.visR.length) * rowH);
     const frag = document.createDocumentFragment();
     const color = lineColor(), x0 = 2, x1 = W - 2, cx = W / 2;
     for (let m = 0; m < E.n; m++) {
-      const y0 = S.rowOf[E.src[m]] * rowH + half, y1 = S.rowOf[E.dst[m]] * rowH + half, w = E.w[m];
+      const y0 = S.rowOf[E.src[m]] * rowH + half, y1 = S.rowOfR[E.dst[m]] * rowH + half, w = E.w[m];
       const path = document.createElementNS(SVG_NS, "path");
       path.setAttribute("d", "M" + x0 + "," + y0 + " C" + cx + "," + y0 + " " + cx + "," + y1 + " " + x1 + "," + y1);
       path.setAttribute("stroke", color);
@@ -976,7 +1096,7 @@
     const inView = new Uint8Array(E.n);
     let count = 0;
     for (let m = 0; m < E.n; m++) {
-      const y0 = S.rowOf[E.src[m]] * rowH + half - top, y1 = S.rowOf[E.dst[m]] * rowH + half - top;
+      const y0 = S.rowOf[E.src[m]] * rowH + half - top, y1 = S.rowOfR[E.dst[m]] * rowH + half - top;
       if ((y0 < -2 && y1 < -2) || (y0 > viewH + 2 && y1 > viewH + 2)) continue;
       inView[m] = 1; count++;
     }
@@ -985,7 +1105,7 @@
     let drawn = 0;
     for (let m = 0; m < E.n; m++) {
       if (!inView[m]) continue;
-      const y0 = S.rowOf[E.src[m]] * rowH + half - top, y1 = S.rowOf[E.dst[m]] * rowH + half - top;
+      const y0 = S.rowOf[E.src[m]] * rowH + half - top, y1 = S.rowOfR[E.dst[m]] * rowH + half - top;
       const w = E.w[m];
       g.globalAlpha = (0.1 + 0.9 * Math.sqrt(w)) * (w > 0.3 ? 1 : density);
       g.lineWidth = 0.6 + 4 * w;
@@ -1002,37 +1122,38 @@
   // Value of head h's square at token `pos` on a side (see the help text in the side panel).
   function stripValue(side, pos, h) {
     if (!layerReady()) return null;
-    const st = headStats(), att = S.layers[S.layer], T = S.T;
+    // pos is a query (left) or a key (right) position; rows are queries, columns keys
+    const st = headStats(), att = S.layers[S.layer], TQ = S.TQ, TK = S.TK;
     const active = S.frozen || S.hover;
     if (S.long) {
       if (side === "right" && active && active.side === "left") return headVal(h, active.pos, pos) / headRowSum(h, active.pos);
-      if (side === "right") return st.colMean[h * T + pos] / st.colPeak;
+      if (side === "right") return st.colMean[h * TK + pos] / st.colPeak;
       if (active && active.side === "right") return st.visMask[active.pos] ? headVal(h, pos, active.pos) / headRowSum(h, pos) : 0;
-      return st.rowMax[h * T + pos];
+      return st.rowMax[h * TQ + pos];
     }
     if (side === "right") {
       if (active && active.side === "left") {
         const i = active.pos;
-        return att.lut[att.data[(h * T + i) * T + pos]] / st.rowSum[h * T + i];
+        return att.lut[att.data[(h * TQ + i) * TK + pos]] / st.rowSum[h * TQ + i];
       }
-      return st.colMean[h * T + pos] / st.colPeak;
+      return st.colMean[h * TK + pos] / st.colPeak;
     }
     if (active && active.side === "right") {
       const j = active.pos;
       if (!st.visMask[j]) return 0;
-      return att.lut[att.data[(h * T + pos) * T + j]] / st.rowSum[h * T + pos];
+      return att.lut[att.data[(h * TQ + pos) * TK + j]] / st.rowSum[h * TQ + pos];
     }
-    return st.rowMax[h * T + pos];
+    return st.rowMax[h * TQ + pos];
   }
 
   function drawStrips() {
     if (!layerReady()) return;
     const rowH = S.rowH, cw = S.cellW, pad = rowH > 16 ? 2 : 1;
     for (const [canvas, side] of [[ui.stripLCanvas, "left"], [ui.stripRCanvas, "right"]]) {
-      const { g, viewH, top } = fitCanvas(canvas, S.stripW);
-      const r0 = Math.max(0, Math.floor(top / rowH)), r1 = Math.min(S.vis.length, Math.ceil((top + viewH) / rowH));
+      const { g, viewH, top } = fitCanvas(canvas, S.stripW), vis = side === "left" ? S.vis : S.visR;
+      const r0 = Math.max(0, Math.floor(top / rowH)), r1 = Math.min(vis.length, Math.ceil((top + viewH) / rowH));
       for (let r = r0; r < r1; r++) {
-        const pos = S.vis[r], y = r * rowH - top;
+        const pos = vis[r], y = r * rowH - top;
         for (let h = 0; h < S.H; h++) {
           const v = XH.clamp(stripValue(side, pos, h) || 0, 0, 1);
           const on = S.heads.has(h);
@@ -1046,12 +1167,12 @@
   }
 
   function highlightTokens(active) {
-    const p = S.p, T = S.T;
-    const M = S.combo ? S.combo.M : null;
+    const TK = S.TK;
+    const M = S.combo ? S.combo.M : null;  // [TQ, TK]
     // long inputs: the active row as a dense vector (the right column), the active column per row
     let focusRow = null;
     if (S.long && S.combo && active && active.side === "left") {
-      focusRow = new Float32Array(T);
+      focusRow = new Float32Array(TK);
       const r = combinedRow(active.pos);
       if (r) for (let t = 0; t < r.idx.length; t++) focusRow[r.idx[t]] = r.val[t];
     }
@@ -1064,42 +1185,50 @@
           if (active.side === "left" && side === "right") v = focusRow[pos];
           else if (active.side === "right" && side === "left" && inView.has(pos)) v = combinedVal(pos, active.pos);
         } else if (active && M) {
-          if (active.side === "left" && side === "right") v = M[active.pos * T + pos];
-          else if (active.side === "right" && side === "left") v = M[pos * T + active.pos];
+          if (active.side === "left" && side === "right") v = M[active.pos * TK + pos];
+          else if (active.side === "right" && side === "left") v = M[pos * TK + active.pos];
         }
         d.style.setProperty("--w", v > 0.002 ? Math.sqrt(v).toFixed(3) : "0");
         d.classList.toggle("xb-weighted", v > 0.002);
         d.classList.toggle("xb-active", !!active && active.pos === pos && active.side === side);
         d.classList.toggle("xb-frozen", !!S.frozen && S.frozen.pos === pos && S.frozen.side === side);
         // causal models: a token cannot attend to later tokens
-        d.classList.toggle("xb-future", !!(p.causal && active && active.side === "left" && side === "right" && pos > active.pos));
+        d.classList.toggle("xb-future", !!(S.info.causal && active && active.side === "left" && side === "right" && pos > active.pos));
       }
     }
   }
 
   function showPredictions() {
     const p = S.p, active = S.frozen || S.hover;
+    const next = p.model_kind === "causal-lm" || p.model_kind === "encoder-decoder";  // predicts the following token
+    const predSeq = p.prediction_seq || "input";
     ui.preds.replaceChildren();
     XH.setText(ui.note, "");
     if (!active) {
       XH.setText(ui.sideTitle, "Predictions");
-      XH.setText(ui.sideSub, p.predictions ? "Select a token to see the model's top predictions" +
-        (p.model_kind === "causal-lm" ? " for the token that follows it." : " at it.") : "");
+      XH.setText(ui.sideSub, p.predictions ? "Select a" + (predSeq === "decoder" ? " decoder" : "") +
+        " token to see the model's top predictions" + (next ? " for the token that follows it." : " at it.") : "");
       if (!p.predictions) XH.setText(ui.note, p.prediction_note || "This model makes no token predictions.");
       return;
     }
-    const pos = active.pos, tok = XH.pieceLabel(p.tokens[pos], (p.continues || [])[pos]);
-    if (p.model_kind === "causal-lm") {
+    const seqName = active.side === "right" ? S.info.key_seq : S.info.query_seq, seq = active.side === "right" ? S.K : S.Q;
+    const pos = active.pos, tok = XH.pieceLabel(seq.tokens[pos], (seq.continues || [])[pos]);
+    if (next && seqName === predSeq) {
       XH.setText(ui.sideTitle, "Next token after \u201c" + tok + "\u201d");
     } else {
       XH.setText(ui.sideTitle, "At \u201c" + tok + "\u201d");
     }
-    let sub = "#" + pos;
-    if (p.masked.indexOf(pos) >= 0) sub += " \u00b7 masked (was \u201c" + p.original_tokens[pos] + "\u201d)";
-    else if (p.special[pos]) sub += " \u00b7 special token";
+    let sub = "#" + pos + (p.stacks && p.stacks.length > 1 ? " of the " + (seqName === "decoder" ? "decoder" : "encoder") : "");
+    if ((seq.masked || []).indexOf(pos) >= 0) sub += " \u00b7 masked (was \u201c" + seq.original_tokens[pos] + "\u201d)";
+    else if (seq.special[pos]) sub += " \u00b7 special token";
     XH.setText(ui.sideSub, sub);
     if (!p.predictions) {
       XH.setText(ui.note, p.prediction_note || "This model makes no token predictions.");
+      return;
+    }
+    if (seqName !== predSeq) {  // an encoder token: the model predicts the decoder's tokens only
+      XH.setText(ui.note, "The model's predictions are the decoder's (the token after each decoder token): " +
+        "select a decoder token (Decoder or Cross attention) to see them.");
       return;
     }
     const row = p.predictions[pos] || [];
@@ -1111,10 +1240,14 @@
       li.append(bar, el("span", "xb-pred-tok", XH.tokenLabel(w)), el("span", "xb-pred-p", XH.formatProb(prob)));
       ui.preds.append(li);
     }
-    if (p.can_mask && p.masked.indexOf(pos) < 0 && !p.special[pos]) XH.setText(ui.note, "Double-click the token to mask it.");
+    if (p.can_mask && seqName === "input" && (seq.masked || []).indexOf(pos) < 0 && !seq.special[pos]) XH.setText(ui.note, "Double-click the token to mask it.");
   }
 
+  // the corpus search takes a token of the input at a layer of the main stack (not the rollout)
+  function searchApplies() { return isMainStack() && (!S.frozen || S.frozen.side === "left" || S.info.key_seq === "input"); }
+
   function syncControls() {
+    if (ui.stack) ui.stack.value = S.stack;
     ui.layer.value = String(S.layer);
     ui.layerPrev.disabled = S.layer <= 0;
     ui.layerNext.disabled = S.layer >= maxLayer();
@@ -1123,11 +1256,19 @@
     ui.hide.checked = S.hideSpecial;
     ui.hideLabel.classList.toggle("xb-on", S.hideSpecial);
     ui.searchBtn.hidden = !(XH.hasTab && XH.hasTab("search"));
-    ui.searchBtn.disabled = !S.frozen;
-    XH.setText(ui.searchBtn, S.frozen ? "Search \u201c" + XH.pieceLabel(S.p.tokens[S.frozen.pos], (S.p.continues || [])[S.frozen.pos]) +
-      "\u201d in the corpus" : "Search this token in the corpus");
-    ui.searchBtn.title = S.frozen ? "Open the Corpus search tab with this token, layer " + S.layer +
-      " and the selected heads, and search" : "Click a token to freeze it, then search the corpus for tokens like it";
+    if (!searchApplies()) {  // the corpus holds the input's (encoder's) vectors, per its own layers and heads
+      ui.searchBtn.disabled = true;
+      XH.setText(ui.searchBtn, "Corpus search: " + mainLabel() + " attention only");
+      ui.searchBtn.title = "The corpus holds the " + mainLabel().toLowerCase() + "'s vectors of the input's tokens: " +
+        "choose the " + mainLabel() + " attention to search with a token";
+    } else {
+      const tokens = S.p.tokens, cont = S.p.continues || [];
+      ui.searchBtn.disabled = !S.frozen;
+      XH.setText(ui.searchBtn, S.frozen ? "Search \u201c" + XH.pieceLabel(tokens[S.frozen.pos], cont[S.frozen.pos]) +
+        "\u201d in the corpus" : "Search this token in the corpus");
+      ui.searchBtn.title = S.frozen ? "Open the Corpus search tab with this token, layer " + S.layer +
+        " and the selected heads, and search" : "Click a token to freeze it, then search the corpus for tokens like it";
+    }
     ui.chipEls.forEach((c, h) => {
       c.classList.toggle("xb-on", S.heads.has(h));
       c.setAttribute("aria-pressed", S.heads.has(h) ? "true" : "false");
@@ -1149,6 +1290,7 @@
       token: S.frozen ? S.frozen.pos : null,
       threshold: Math.abs(S.threshold - 0.7) < 1e-9 ? null : S.threshold,
       hide: S.hideSpecial ? "1" : null,
+      stack: isMainStack() ? null : S.stack,
     };
     if (withText) {
       values.model = p.model; values.text = p.text; values.pair = p.pair || null;

@@ -14,10 +14,12 @@ from typing import Callable, Sequence
 import gradio as gr
 import numpy as np
 
-from ..analysis import MASKED_LM, Analysis
+from ..analysis import MASKED_LM, Analysis, AttentionStack
 from ..errors import InputError
 from . import asset, common_head, sequence_continuations
 from ..generation import generated_flags
+from ..service import stack_of
+from .head_view import stack_sequences
 from .neuron_view import is_causal
 from .rows import BLOCK_ROWS, block_payload, is_long, row_payload
 from .transport import encode_attention
@@ -40,6 +42,43 @@ def _clean_heads(heads: Sequence[int] | None, num_heads: int) -> list[int] | Non
     return sorted({int(h) for h in heads if 0 <= int(h) < num_heads})
 
 
+STACK_LABELS = {"self": "Self", "encoder": "Encoder", "decoder": "Decoder", "cross": "Cross (decoder \u2192 encoder)"}
+
+
+def _sequence_json(analysis: Analysis, name: str) -> dict:
+    """The tokens of one sequence ("input" or "decoder") as the explorer draws them in a column."""
+    seq = analysis.input if name == "input" else analysis.decoder_input
+    out = {
+        "tokens": [str(x) for x in seq.display],
+        "raw_tokens": [str(x) for x in seq.tokens],
+        "special": [bool(x) for x in np.asarray(seq.special)],
+        "continues": sequence_continuations(seq),  # word pieces that continue the previous word
+        "segments": [int(x) for x in np.asarray(seq.segments)],
+    }
+    if name == "input":  # masking and generation are about the input text
+        out["original_tokens"] = [str(x) for x in (analysis.original_tokens or analysis.tokens)]
+        out["masked"] = [int(x) for x in analysis.masked]
+        out["generated"] = [bool(x) for x in generated_flags(analysis)]  # tokens the model generated (generation.py)
+    return out
+
+
+def _stacks_json(analysis: Analysis, key: str | None) -> list[dict]:
+    """Per stack: ``{name, label, layers, heads, query_seq, key_seq, causal, rollout, long}``."""
+    out = []
+    for name, st in analysis.stacks.items():
+        q_seq, k_seq = stack_sequences(name)
+        out.append({"name": name, "label": STACK_LABELS.get(name, name), "layers": st.num_layers,
+                    "heads": st.num_heads, "query_seq": q_seq, "key_seq": k_seq,
+                    "causal": is_causal(analysis, name), "rollout": _rollout_ok(st, key is not None and is_long(st)),
+                    "long": key is not None and is_long(st)})
+    return out
+
+
+def _rollout_ok(st: AttentionStack, long: bool) -> bool:
+    """Whether a stack offers the rollout as the layer after its last: square self-attention, not too long."""
+    return st.name != "cross" and st.q_len == st.k_len <= MAX_ROLLOUT_TOKENS and not long
+
+
 def explorer_payload(
     analysis: Analysis,
     *,
@@ -52,25 +91,37 @@ def explorer_payload(
     key: str | None = None,
     can_mask: bool | None = None,
     all_layers: bool | None = None,
+    stack: str | None = None,
 ) -> dict:
     """The explorer's value for ``analysis``: JSON-safe, attention as uint8 base64.
 
-    layer, heads, token, threshold, hide_special, weights: the view to open (deep links).
-    key: the id under which the app keeps this analysis (the browser sends it back to fetch layers
-    and to mask tokens). all_layers: send every layer (default: when they fit in ALL_LAYERS_BYTES).
+    layer, heads, token, threshold, hide_special, weights: the view to open (deep links); ``token`` is a
+    position of the stack's query (left) tokens. stack: the attention shown, one of ``analysis.stacks``
+    ("self"; encoder-decoders: "encoder", "decoder", "cross"); default the encoder or only stack;
+    anything else raises InputError. key: the id under which the app keeps this analysis (the browser
+    sends it back to fetch layers and to mask tokens). all_layers: send every layer (default: when they
+    fit in ALL_LAYERS_BYTES; the other stacks' layers too when all of them fit).
+
+    The left column is the stack's queries, the right its keys: ``sequences[stacks[i]["query_seq"]]``
+    and ``sequences[...["key_seq"]]`` ("input" or "decoder": for "cross", decoder tokens on the left and
+    the encoder's on the right). The top-level token lists are the input's (the encoder's).
 
     Long inputs (one dense layer over rows.LONG_LAYER_BYTES) with a key: no attention in the payload
     (``"long": True``); the browser fetches sparse blocks of the rows in view (:func:`rows_payload`).
     """
-    att = analysis.attentions  # float32[L, H, T, T]
+    stack = stack_of(analysis, stack)
+    st = analysis.stack(stack)
+    att = st.attentions  # float32[L, H, q, k]
     num_layers, num_heads, t = int(att.shape[0]), int(att.shape[1]), int(att.shape[2])
     layer = int(min(max(int(layer), 0), num_layers - 1))
-    long = key is not None and is_long(analysis.main_stack)
+    long = key is not None and is_long(st)
+    sizes = {name: s.attentions.size for name, s in analysis.stacks.items()}
     if all_layers is None:
-        all_layers = att.size <= ALL_LAYERS_BYTES
+        all_layers = sizes[stack] <= ALL_LAYERS_BYTES
     all_layers = bool(all_layers) and not long
+    every_stack = all_layers and sum(sizes.values()) <= ALL_LAYERS_BYTES
     layers = [] if long else range(num_layers) if all_layers else [layer]
-    rollout = t <= MAX_ROLLOUT_TOKENS and not long
+    rollout = _rollout_ok(st, long)
     preds = None
     if analysis.predictions is not None:
         preds = [[[str(w), round(float(p), 6)] for w, p in row] for row in analysis.predictions]
@@ -79,7 +130,20 @@ def explorer_payload(
     weights_list = None
     if weights is not None and len(weights) == num_heads:
         weights_list = [float(max(w, 0.0)) for w in weights]
-    original = analysis.original_tokens or analysis.tokens
+    sequences = {"input": _sequence_json(analysis, "input")}
+    if analysis.decoder_input is not None:
+        sequences["decoder"] = _sequence_json(analysis, "decoder")
+    shown = {str(i): encode_attention(att[i]) for i in layers}
+    if rollout and all_layers:
+        shown[str(num_layers)] = rollout_layer(analysis, stack)
+    others = {}
+    if every_stack:  # small encoder-decoders: every stack in the page, switching needs no server
+        for name, other in analysis.stacks.items():
+            if name != stack:
+                others[name] = {str(i): encode_attention(other.attentions[i]) for i in range(other.num_layers)}
+                if _rollout_ok(other, False):
+                    others[name][str(other.num_layers)] = rollout_layer(analysis, name)
+    inp = sequences["input"]
     return {
         "view": "explorer",
         "key": key,
@@ -87,24 +151,31 @@ def explorer_payload(
         "model_kind": analysis.kind,
         "text": analysis.text,
         "pair": analysis.pair,
+        "target": analysis.target,
         "tokens": [str(x) for x in analysis.display_tokens],
-        "raw_tokens": [str(x) for x in analysis.tokens],
-        "original_tokens": [str(x) for x in original],
-        "special": [bool(x) for x in analysis.special],
-        "continues": sequence_continuations(analysis.input),  # word pieces that continue the previous word
-        "segments": [int(x) for x in analysis.segments],
-        "masked": [int(x) for x in analysis.masked],
-        "generated": [bool(x) for x in generated_flags(analysis)],  # tokens the model generated (generation.py)
+        "raw_tokens": inp["raw_tokens"],
+        "original_tokens": inp["original_tokens"],
+        "special": inp["special"],
+        "continues": inp["continues"],
+        "segments": inp["segments"],
+        "masked": inp["masked"],
+        "generated": inp["generated"],
+        "sequences": sequences,
+        "stacks": _stacks_json(analysis, key),
+        "stack": stack,
+        "main_stack": analysis.main_stack.name,
         "num_layers": num_layers,
         "num_heads": num_heads,
-        "causal": is_causal(analysis),
+        "causal": is_causal(analysis, stack),
         "can_mask": bool(analysis.kind == MASKED_LM if can_mask is None else can_mask),
-        "attention": {**{str(i): encode_attention(att[i]) for i in layers},
-                      **({str(num_layers): rollout_layer(analysis)} if all_layers and rollout else {})},
+        "attention": shown,
+        "stack_attention": others,  # {stack: {layer: payload}} of the other stacks (small analyses only)
         "rollout": rollout,  # layer index num_layers is the attention rollout (analyses/rollout.py)
         "long": long,
         "block_rows": BLOCK_ROWS,
         "all_layers": bool(all_layers),
+        # predictions are per position of this sequence: the decoder's for encoder-decoders
+        "prediction_seq": "decoder" if analysis.decoder_input is not None else "input",
         "predictions": preds,
         "prediction_note": analysis.prediction_note,
         "truncated": bool(analysis.truncated),
@@ -120,43 +191,49 @@ def explorer_payload(
     }
 
 
-def rollout_layer(analysis: Analysis) -> dict:
-    """The attention rollout of the whole stack as a pseudo-layer: float32[T, T] repeated for every head
-    (so any head selection or weighting shows the rollout itself), encoded for the browser."""
+def rollout_layer(analysis: Analysis, stack: str | None = None) -> dict:
+    """The attention rollout of a whole self-attention stack (default the main one) as a pseudo-layer:
+    float32[T, T] repeated for every head (so any head selection or weighting shows the rollout
+    itself), encoded for the browser."""
     from ..analyses.rollout import attention_rollout
 
-    t = len(analysis.tokens)
+    st = analysis.stack(stack_of(analysis, stack))
+    t = st.q_len
     if t > MAX_ROLLOUT_TOKENS:
         raise InputError(f"attention rollout is limited to {MAX_ROLLOUT_TOKENS:,} tokens (T^3 work per layer); "
                          f"this text has {t:,}")
-    r = attention_rollout(analysis)[-1]
-    return encode_attention(np.broadcast_to(r, (analysis.num_heads, t, t)))
+    r = attention_rollout(analysis, st.name)[-1]
+    return encode_attention(np.broadcast_to(r, (st.num_heads, t, t)))
 
 
-def layer_payload(analysis: Analysis, layer: int) -> dict:
-    """One layer's attention float32[H, T, T] encoded for the browser (the lazy fetch); layer
-    ``num_layers`` is the attention rollout (:func:`rollout_layer`)."""
-    att = analysis.attentions
-    if int(layer) == att.shape[0]:
-        return rollout_layer(analysis)
+def layer_payload(analysis: Analysis, layer: int, stack: str | None = None) -> dict:
+    """One layer's attention float32[H, q, k] of ``stack`` (default the main one) encoded for the browser
+    (the lazy fetch); layer ``num_layers`` is the attention rollout (:func:`rollout_layer`)."""
+    st = analysis.stack(stack_of(analysis, stack))
+    att = st.attentions
+    if int(layer) == att.shape[0] and st.name != "cross":
+        return rollout_layer(analysis, st.name)
     if not 0 <= int(layer) < att.shape[0]:
-        raise IndexError(f"layer {layer} is out of range: the model has {att.shape[0]} layers")
+        raise IndexError(f"layer {layer} is out of range: the {st.name!r} attention has {att.shape[0]} layers")
     return encode_attention(np.asarray(att[int(layer)]))
 
 
-def rows_payload(analysis: Analysis, layer: int, block: int | None = None, row: int | None = None) -> dict:
-    """Rows ``block * BLOCK_ROWS ...`` of one layer of the main stack, sparse (see :mod:`.rows`), or with
-    ``row`` that one row of every head in full (rows.row_payload): the lazy fetches of long inputs."""
+def rows_payload(analysis: Analysis, layer: int, block: int | None = None, row: int | None = None,
+                 stack: str | None = None) -> dict:
+    """Rows ``block * BLOCK_ROWS ...`` of one layer of ``stack`` (default the main one), sparse (see
+    :mod:`.rows`), or with ``row`` that one query row of every head in full (rows.row_payload): the lazy
+    fetches of long inputs."""
+    name = stack_of(analysis, stack)
     if row is not None:
-        return row_payload(analysis, analysis.main_stack.name, layer, row)
-    return block_payload(analysis, analysis.main_stack.name, layer, block)
+        return row_payload(analysis, name, layer, row)
+    return block_payload(analysis, name, layer, block)
 
 
 class ExplorerView(gr.HTML):
     """exBERT's attention explorer. ``fetch_layer([key, layer]) -> payload`` serves lazy layers.
 
-    Custom events: ``mask`` (data: position, key and the current view: layer, heads, token, threshold,
-    hide_special, weights).
+    Custom events: ``mask`` (data: position, key and the current view: stack, layer, heads, token,
+    threshold, hide_special, weights).
     """
 
     def __init__(self, value: dict | None = None, *, fetch_layer: Callable | None = None, **kwargs):
