@@ -158,15 +158,38 @@ class Worker:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self.pending = 0  # submitted, not yet taken by result()
         self._answers: queue.Queue = queue.Queue()
+        self._info: dict | None = None  # pipeline_info, the worker's first message once its pipeline loaded
+        self._loaded = threading.Event()
         threading.Thread(target=self._read, daemon=True, name="spacy-worker-reader").start()
 
     def _read(self) -> None:
+        first = True
         while True:
             try:
-                self._answers.put(_recv(self.proc.stdout))
+                answer = _recv(self.proc.stdout)
             except (EOFError, OSError, ValueError):
+                self._loaded.set()
                 self._answers.put(None)
                 return
+            if first:
+                first = False
+                if answer[0] == "info":
+                    self._info = answer[1]
+                    self._loaded.set()
+                    continue
+                self._loaded.set()  # the pipeline did not load: the error is also result()'s answer
+            self._answers.put(answer)
+
+    def info(self) -> dict:
+        """``pipeline_info`` of the worker's pipeline (waits for it to load; so the caller needs no spaCy of its own)."""
+        self._loaded.wait()
+        if self._info is None:
+            answer = self._answers.get()
+            self._answers.put(answer)  # left for result(), which raises the same error
+            if answer is not None and answer[0] == "error":
+                raise SpacyError(answer[1])
+            raise SpacyError(f"the spaCy worker process exited (code {self.proc.wait()}); see its error above")
+        return self._info
 
     def submit(self, documents: list[tuple[int, str]], min_words: int, max_chars: int = 2000) -> None:
         _send(self.proc.stdin, (documents, min_words, max_chars))
@@ -221,10 +244,11 @@ def _worker_main(pipeline: str) -> None:
 
     threading.Thread(target=reader, daemon=True).start()
     try:
-        load_pipeline(pipeline)
+        info = pipeline_info(pipeline)
     except SpacyError as err:
         _send(stdout, ("error", str(err)))
         return
+    _send(stdout, ("info", info))  # first message: the pipeline loaded (Worker.info)
     while True:
         req = requests.get()
         if req is None:

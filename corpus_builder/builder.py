@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import time
 from collections import deque
@@ -212,10 +213,10 @@ class ShardWork:
     fallback_reason: str | None = None  # set when that check sent the model to engine.analyze
 
 
-def check_batched(engine, runner: vectors.VectorRunner, sents: list[annotate.Sentence], max_tokens: int) -> float:
-    """Compare the batched path with engine.analyze on 4 sentences of different lengths (so padding is
+def check_batched(engine, runner: vectors.VectorRunner, texts: list[str], max_tokens: int) -> float:
+    """Compare the batched path with engine.analyze on 4 of ``texts`` of different lengths (so padding is
     exercised) before trusting it for the whole build; a failed check turns ``runner`` to engine.analyze."""
-    texts = [s.text for s in sents[:200]]
+    texts = list(texts[:200])
     encoded = vectors.encode(engine, texts)
     fits = sorted((len(e.ids), t) for t, e in zip(texts, encoded) if len(e.ids) <= max_tokens)
     n = len(fits)
@@ -224,6 +225,23 @@ def check_batched(engine, runner: vectors.VectorRunner, sents: list[annotate.Sen
     if not runner.batched:
         log.warning("building one sentence at a time through engine.analyze: %s", runner.fallback_reason)
     return check
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def check_texts(docs: list[tuple[int, str]], limit: int = 200) -> list[str]:
+    """Sentence-like pieces of a shard's raw documents (cut after . ! ?), for ``check_batched`` before
+    spaCy has split them: the check then runs while the spaCy worker works on the first shard."""
+    out: list[str] = []
+    for _, text in docs:
+        for piece in _SENTENCE_END.split(text):
+            piece = " ".join(piece.split())
+            if len(piece.split()) >= 3:
+                out.append(piece)
+                if len(out) >= limit:
+                    return out
+    return out
 
 
 def forward(runner: vectors.VectorRunner, encoded: list, texts: list[str], batch_size: int) -> list:
@@ -244,6 +262,8 @@ class Builder:
         self.out = Path(settings.out).expanduser()
         self.build_dir = self.out / cf.BUILD_DIR
         self._seen: set[int] = set()  # hashes of the sentences kept so far
+        self.seconds_writer_wait = 0.0  # the consumer waiting for the writer thread (card timings)
+        self._workers: list[annotate.Worker] | None = None  # spaCy worker processes of a local build (run starts them)
 
     # --- setup ---------------------------------------------------------------------------------------
     def _check_out(self) -> bool:
@@ -298,7 +318,10 @@ class Builder:
         self.shard_chars = self.s.shard_chars
         if self.s.max_sentences:
             self.shard_chars = max(2_000, min(self.shard_chars, self.s.max_sentences * 150))
-        self.spacy_info = annotate.pipeline_info(self.s.spacy)  # fails early when the pipeline is missing
+        # fails early when the pipeline is missing; a build with spaCy workers asks the first one (its
+        # pipeline loaded while the model did), so this process never loads spaCy
+        workers = self._workers
+        self.spacy_info = workers[0].info() if workers else annotate.pipeline_info(self.s.spacy)
         self.source = sources.open_source(self.s.source, config=self.s.config, split=self.s.split, column=self.s.column)
         self.identity = dict(self.s.identity(), source=self.source.description, layers=self.layers, model_fingerprint=_model_fingerprint(e),
                              spacy=self.spacy_info["pipeline"] + "-" + str(self.spacy_info["version"]),
@@ -365,7 +388,9 @@ class Builder:
                         self.runner.batched, self.runner.fallback_reason = False, work.fallback_reason
                     info, payload = self._run_shard(work, progress)
                     if writing is not None:
+                        t1 = time.time()
                         writing.result()  # at most one shard waits for the disk; errors surface here
+                        self.seconds_writer_wait += time.time() - t1
                     t1 = time.time()
                     tables = self._tables(info, payload)
                     info["seconds_tables"] = round(time.time() - t1, 3)
@@ -382,7 +407,9 @@ class Builder:
                 if cap is not None and progress.sentences >= cap:
                     break
             if writing is not None:
+                t1 = time.time()
                 writing.result()
+                self.seconds_writer_wait += time.time() - t1
         finally:
             close = getattr(works, "close", None)
             if close is not None:
@@ -396,7 +423,9 @@ class Builder:
         the model in this thread when the consumer asks for a shard's vectors."""
         import torch
 
-        workers = [annotate.Worker(self.s.spacy) for _ in range(max(0, self.s.workers))]
+        if self._workers is None:
+            self._workers = [annotate.Worker(self.s.spacy) for _ in range(max(0, self.s.workers))]
+        workers = self._workers
         # CPU sharing: while a spaCy worker is busy the model runs on one thread fewer (oversubscribed
         # OpenMP threads spin and slow everyone); once spaCy is ahead and idle, it gets every thread
         threads = torch.get_num_threads()
@@ -426,13 +455,25 @@ class Builder:
                 if shard in done:
                     yield ShardWork(shard, len(docs))
                     continue
+                check = None
+                if not checked and worker is not None:
+                    # while spaCy splits the first shard: the batched-path check (on the shard's raw text)
+                    # and the card's probe, on the threads the worker leaves
+                    t0 = time.time()
+                    torch.set_num_threads(shared)
+                    texts = check_texts(docs)
+                    if texts:
+                        check, checked = check_batched(self.engine, self.runner, texts, self.max_tokens), True
+                    self._probe = self._probe_fingerprint()
+                    self.seconds_check = round(time.time() - t0, 3)
                 t0 = time.time()
                 sents = worker.result() if worker is not None else self._annotate_inline(docs)
                 t_spacy = time.time() - t0
-                check = None
                 if not checked and sents:
-                    check = check_batched(self.engine, self.runner, sents, self.max_tokens)
+                    t1 = time.time()
+                    check = check_batched(self.engine, self.runner, [s.text for s in sents], self.max_tokens)
                     checked = True
+                    self.seconds_check = round(time.time() - t1, 3)
                 encoded = vectors.encode(self.engine, [s.text for s in sents]) if sents else []
 
                 def model(keep: list[int], encoded=encoded, sents=sents) -> list[vectors.BatchVectors]:
@@ -443,8 +484,12 @@ class Builder:
                 yield ShardWork(shard, len(docs), sents, encoded, model, seconds_spacy=t_spacy, batch_check=check)
         finally:
             torch.set_num_threads(threads)
-            for w in workers:
-                w.close()
+            self._close_workers()
+
+    def _close_workers(self) -> None:
+        for w in self._workers or []:
+            w.close()
+        self._workers = None
 
     def _select(self, sents: list[annotate.Sentence], lengths: list[int], progress: Progress) -> tuple[list[int], dict]:
         """Which sentences of a shard go in (indices, in order), and the counts of those left out.
@@ -643,7 +688,7 @@ class Builder:
             "model_fingerprint": self.identity["model_fingerprint"],
             # the model's embedding of a probe sentence per indexed layer: searches compare it with the
             # live model's, so other weights under the same name are refused (exbert_hub.corpus.check_engine)
-            "probe_fingerprint": self._probe_fingerprint(),
+            "probe_fingerprint": self._probe if hasattr(self, "_probe") else self._probe_fingerprint(),
             "model_kind": e.kind,
             "num_layers": e.num_layers,
             "num_heads": self.num_heads,
@@ -691,7 +736,17 @@ class Builder:
     def run(self) -> Path:
         t0 = time.time()
         resuming = self._check_out()
+        # spaCy workers start first: their pipeline loads while the model does (a local build only)
+        self._workers = ([annotate.Worker(self.s.spacy) for _ in range(max(0, self.s.workers))]
+                         if self.s.ray is None else [])
+        try:
+            return self._run(t0, resuming)
+        finally:
+            self._close_workers()
+
+    def _run(self, t0: float, resuming: bool) -> Path:
         self._load()
+        t_loaded = time.time()
         if resuming:
             self._check_resume()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -721,6 +776,9 @@ class Builder:
                    "total_this_run": round(t2 - t0, 2), "shards_this_run": round(t1 - t0, 2),
                    "indexes_this_run": round(t2 - t1, 2), "model_forward_all_shards": round(model_s, 2),
                    "tokens_per_second_this_run": round(progress.tokens / max(t2 - t0, 1e-9), 1),
+                   "setup_this_run": round(t_loaded - t0, 2),
+                   "check_and_probe": getattr(self, "seconds_check", None),
+                   "writer_wait_this_run": round(self.seconds_writer_wait, 2),
                    "resumed": resuming}
         self._card(progress, indexes, seconds)
         built = self.build_dir / cf.VECTORS_DIR

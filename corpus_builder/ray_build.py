@@ -86,7 +86,7 @@ class ModelActor:
             t0 = time.time()
             check = None
             if not self.checked and sents:
-                check = check_batched(self.engine, self.runner, sents, self.max_tokens)
+                check = check_batched(self.engine, self.runner, [s.text for s in sents], self.max_tokens)
                 self.checked = True
             encoded = vectors.encode(self.engine, [s.text for s in sents]) if sents else []
             fits = [i for i, e in enumerate(encoded) if len(e.ids) <= self.max_tokens]
