@@ -22,6 +22,26 @@ def stack_arg(stack) -> str | None:
     return as_text(stack, "stack", optional=True, max_chars=20)
 
 
+def fetch_layer(store, data) -> dict:
+    """What the explorer's server function answers: one layer of attention (uint8 base64) for
+    ``{key, layer, stack?}`` (stack: default the main one); with ``block`` a sparse block of rows, with
+    ``row`` one query row in full (long inputs, views/rows.py). Errors come back as ``{"error": line}``."""
+    try:
+        key, layer = (data[0], data[1]) if isinstance(data, (list, tuple)) else (data["key"], data["layer"])
+        block = data.get("block") if isinstance(data, dict) else None
+        row = data.get("row") if isinstance(data, dict) else None
+        a = store.get(str(key))
+        stack = stack_of(a, data.get("stack") if isinstance(data, dict) else None)
+        if block is not None or row is not None:  # long inputs: a sparse block of rows, or one row
+            return {"key": key, "layer": int(layer), "stack": stack,
+                    "rows": rows_payload(a, int(layer), None if block is None else int(block),
+                                         None if row is None else int(row), stack=stack)}
+        return {"key": key, "layer": int(layer), "stack": stack, "attention": layer_payload(a, int(layer), stack=stack)}
+    except Exception as err:  # noqa: BLE001 - reported in the view, never as a trace
+        log.warning("explorer layer fetch failed: %s", err, exc_info=not isinstance(err, ExbertError))
+        return {"error": user_message(err)}
+
+
 class ExplorerTab(Tab):
     id = "explorer"
     label = "Attention explorer"
@@ -30,23 +50,8 @@ class ExplorerTab(Tab):
         store = ctx.store
 
         def explorer_layer(data, request: gr.Request = None) -> dict:
-            """Server function of the view (explorer.js calls it by this name): one layer of attention (uint8
-            base64) for {key, layer, stack?} (stack: default the main one)."""
-            try:
-                key, layer = (data[0], data[1]) if isinstance(data, (list, tuple)) else (data["key"], data["layer"])
-                block = data.get("block") if isinstance(data, dict) else None
-                row = data.get("row") if isinstance(data, dict) else None
-                a = store.get(str(key))
-                stack = stack_of(a, data.get("stack") if isinstance(data, dict) else None)
-                if block is not None or row is not None:  # long inputs: a sparse block of rows, or one row
-                    return {"key": key, "layer": int(layer), "stack": stack,
-                            "rows": rows_payload(a, int(layer), None if block is None else int(block),
-                                                 None if row is None else int(row), stack=stack)}
-                return {"key": key, "layer": int(layer), "stack": stack,
-                        "attention": layer_payload(a, int(layer), stack=stack)}
-            except Exception as err:  # noqa: BLE001 - reported in the view, never as a trace
-                log.warning("explorer layer fetch failed: %s", err, exc_info=not isinstance(err, ExbertError))
-                return {"error": user_message(err)}
+            """Server function of the view (explorer.js calls it by this name): see fetch_layer."""
+            return fetch_layer(store, data)
 
         self.view = ExplorerView(None, fetch_layer=explorer_layer, elem_id="xh-explorer")
         export_controls(ctx, self.id)

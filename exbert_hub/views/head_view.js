@@ -459,6 +459,7 @@ function xhLinePanel(parent, opts) {
       heads: new Set(value.heads || []), pairFilter: value.pair_filter || "all",
       pairStart: value.pair_start, lineBudget: value.line_budget, pin: null,
       long: !!value.long, blockRows: value.block_rows || 64,
+      note: value.stack_note || "",  // e.g. a link's stack this analysis does not have
     };
     // in the app the address holds the selection the other views made (the payload may be older)
     fromUrl(!!window.exbertHub.ready);
@@ -475,11 +476,24 @@ function xhLinePanel(parent, opts) {
   // the address's layer, heads and token (pinned on the left); returns whether the view changed.
   // full: the app manages the address (absent heads = all heads, absent token = nothing pinned);
   // otherwise (a page of its own, or a link still loading) only what the address names is taken.
+  // The address's `stack` (absent: the encoder or only stack) is taken first: the indices are the stack's.
+  function mainStack() { return (S.stacks.find((s) => s.name === "encoder") || S.stacks[0] || {}).name; }
   function fromUrl(full) {
-    const XH = window.exbertHub, info = stackInfo();
-    if (!XH.urlSelection || info.query_seq !== "input") return false;
-    const sel = XH.urlSelection(info.layers + (info.rollout ? 1 : 0), info.heads, S.sequences[info.query_seq].tokens.length);
+    const XH = window.exbertHub;
+    if (!XH.urlSelection) return false;
     let changed = false;
+    const want = XH.getUrlParam ? XH.getUrlParam("stack") : null;
+    const name = want && S.stacks.some((s) => s.name === want) ? want : full ? mainStack() : null;
+    if (name && name !== S.stack) {
+      S.stack = name;
+      const inf = stackInfo();
+      S.layer = Math.min(S.layer, inf.layers - 1);
+      S.heads = new Set(Array.from({ length: inf.heads }, (_, h) => h));
+      S.pin = null;
+      changed = true;
+    }
+    const info = stackInfo();
+    const sel = XH.urlSelection(info.layers + (info.rollout ? 1 : 0), info.heads, S.sequences[info.query_seq].tokens.length);
     if (sel.layer != null && sel.layer !== S.layer) { S.layer = sel.layer; changed = true; }
     if (sel.heads != null || full) {
       const heads = sel.heads == null ? Array.from({ length: info.heads }, (_, h) => h) : sel.heads;
@@ -488,11 +502,12 @@ function xhLinePanel(parent, opts) {
     if ((sel.token != null || full) && sel.token !== S.pin) { S.pin = sel.token; changed = true; }
     return changed;
   }
-  // the user changed the layer, the heads or the pinned token: write them into the address
-  // (the input's own attention only: a decoder's or cross attention's indices mean other tokens)
+  // the user changed the stack, the layer, the heads or the pinned token: write them into the address
+  // (with the stack: a decoder's or cross attention's indices are the decoder's tokens)
   function toUrl() {
     const XH = window.exbertHub, info = stackInfo();
-    if (!XH.writeSelection || info.query_seq !== "input") return;
+    if (!XH.writeSelection) return;
+    if (XH.ready && XH.setUrlParams) XH.setUrlParams({ stack: S.stack === mainStack() ? null : S.stack });
     XH.writeSelection({ layer: S.layer, heads: Array.from(S.heads), numHeads: info.heads, token: S.pin });
   }
   function applyPin() { if (panel) panel.pin(S.pin == null ? null : { side: "left", index: S.pin }); }
@@ -525,8 +540,10 @@ function xhLinePanel(parent, opts) {
         const inf = stackInfo();
         S.layer = Math.min(S.layer, inf.layers - (inf.rollout ? 0 : 1));
         S.heads = new Set(Array.from({ length: inf.heads }, (_, h) => h));
+        S.pin = null;
         build();
         show();
+        toUrl();
       });
       lab.append(sel);
       bar.append(lab);
@@ -591,6 +608,7 @@ function xhLinePanel(parent, opts) {
     panel.onpin = (p) => { S.pin = p ? p.index : null; toUrl(); };
     panel.onredraw = () => report();
     root.append(xhEl("div", "xh-hint", "Hover a token to see only its lines, click it to pin. Head squares: click to toggle, double-click to solo."));
+    if (S.note) root.append(xhEl("div", "xh-hint xh-stack-note", S.note));
     const status = xhEl("div", "xh-status");
     root.append(status);
     S.status = status;
@@ -742,9 +760,10 @@ function xhLinePanel(parent, opts) {
   // shown again (its tab selected): follow what the other views selected meanwhile
   if (window.exbertHub && window.exbertHub.onShown) {
     window.exbertHub.onShown(root, () => {
-      if (!S || !panel || !window.exbertHub.ready || stackInfo().query_seq !== "input") return;
-      const layer = S.layer;
+      if (!S || !panel || !window.exbertHub.ready) return;
+      const layer = S.layer, stack = S.stack;
       if (!fromUrl(true)) return;
+      if (S.stack !== stack) { build(); show(); return; }
       if (S.layerSel) S.layerSel.value = String(S.layer);
       updateHeadButtons();
       for (const s of panel.state.series) s.visible = S.heads.has(s.head);
