@@ -523,6 +523,17 @@ def heads_at_scale(args) -> dict:
                                      np.load(folder / hk["refine"], mmap_mode="r"))
     rng = np.random.default_rng(args.seed)
     base32 = np.asarray(base, dtype=np.float32)
+    all_heads_nprobe = None
+    if codes is not None:  # all heads scored from the per-head codes: nprobe tuned like the builder's, on corpus rows
+        t2 = time.perf_counter()
+        q_rows = rng.choice(len(base), size=args.recall_queries, replace=False)
+        qa = base32[q_rows]
+        truth_a = indexing.without_self(indexing.exact_topk(indexing.VectorSource([base]), qa, 51), q_rows, 50)
+        all_heads_nprobe, tuned_a, held_a = indexing.tune_head_cells(
+            index, cents, cells, qa, [list(range(H))] * len(qa), truth_a, q_rows, 50, indexing.RECALL_TARGET, codes)
+        all_heads_tuning = {"nprobe": all_heads_nprobe, "recall_tuning": round(tuned_a, 4),
+                            "recall_held_out": round(held_a, 4), "seconds": round(time.perf_counter() - t2, 1)}
+        print(json.dumps({"all_heads_tuning": all_heads_tuning}), flush=True)
     out = {"bench": "heads search at scale", "vectors": len(base), "dim": int(X.shape[1]), "layer": layer,
            "factory": stats["factory"], "index_bytes": stats["bytes"], "bytes_per_vector": round(stats["bytes"] / len(base), 1),
            "head_cell_bytes_per_vector": round(sum((folder / f).stat().st_size for f in hc["files"][:2]) / len(base), 1),
@@ -569,8 +580,20 @@ def heads_at_scale(args) -> dict:
                 found2.append(r[0])
             case.update(ivf_cells_nprobe=int(stats["nprobe_one_head"]), ivf_cells_median_ms=round(statistics.median(ms2), 2),
                         ivf_cells_recall_at_50=round(indexing.recall(np.stack(found2), truth), 4))
+        if m == H and all_heads_nprobe is not None:  # the same queries through the per-head codes
+            ms3, found3 = [], []
+            for q in qs:
+                t = time.perf_counter()
+                _, r = codes.search(q, list(range(H)), all_heads_nprobe, 50)
+                ms3.append((time.perf_counter() - t) * 1000)
+                found3.append(r)
+            case.update(codes_nprobe=all_heads_nprobe, codes_median_ms=round(statistics.median(ms3), 2),
+                        codes_p99_ms=round(float(np.percentile(ms3, 99)), 2),
+                        codes_recall_at_50=round(indexing.recall(np.stack(found3), truth), 4))
         out["cases"].append(case)
         print(json.dumps(case), flush=True)
+    if codes is not None:
+        out["all_heads_tuning"] = all_heads_tuning
     out["load_avg_after"] = load_avg()
     if not args.keep:
         import shutil
