@@ -61,6 +61,9 @@ DEFAULT_MAX_ANALYSIS_BYTES = 4_000_000_000
 # are small), so recomputed attention is bit-identical to model(..., output_attentions=True).
 FUSED_FROM_TOKENS = 1024
 DEFAULT_MAX_CHARS = 100_000
+# Positions whose logits are made (causal LMs, long inputs) and reduced to top-k at a time: 256 x 49,152
+# float32 = 50 MB (SmolLM2), plus as much for logsumexp's temporary
+LOGIT_ROWS = 256
 # Models whose attention the engine cannot record keep every weight: (layers * heads * tokens^2 * 4 bytes per stack)
 DEFAULT_MAX_ATTENTION_BYTES = 2_000_000_000
 
@@ -815,7 +818,7 @@ class Engine:
         vocab = int(getattr(c, "vocab_size", 0) or 0) if self.kind not in (ENCODER, *CLASSIFIERS) else 0
         kept = stacks * layers * t * 4 * (heads * head_dim * 2 + kv * head_dim + hidden)  # q, contexts, k, hidden
         fused = t >= FUSED_FROM_TOKENS and self._loaded.captures
-        logit_rows = min(t, 512) if fused and self._chunked_head() else t  # the output head, in chunks or whole
+        logit_rows = min(t, LOGIT_ROWS) if fused and self._chunked_head() else t  # the output head, in chunks or whole
         eager = 0 if fused else 3 * heads * t * t * 4  # one layer's scores, weights and a temporary
         moving = logit_rows * vocab * 4 + t * t * 4 + t * hidden * 4 * 16 + eager  # + one mask, activations
         if not self._loaded.captures:
@@ -906,7 +909,7 @@ class Engine:
             if self._loaded.captures:
                 mode = "fused" if max(len(seq), len(decoder_seq or ())) >= FUSED_FROM_TOKENS else "eager"
             chunked = mode == "fused" and self._chunked_head()
-            if chunked:  # the output head over 512 positions at a time, not one [T, vocab] array (800 MB at 4k)
+            if chunked:  # the output head over LOGIT_ROWS positions at a time, not one [T, vocab] array (800 MB at 4k)
                 inputs["logits_to_keep"] = 1
             out, stacks = self._forward(inputs, mode)
             if stacks is None:
@@ -915,7 +918,7 @@ class Engine:
                 out, stacks = self._forward(inputs, "materialise")
             classification = self._classification(out)
             predictions, note = self._predictions(out, top_k, classification, chunked=chunked)
-            hidden, decoder_hidden = self._hidden_states(out)  # last: it lets go of the model's tensors
+            hidden, decoder_hidden = self._hidden_states(out, trim=mode == "fused")  # last: it lets go of the model's tensors
 
         return Analysis(
             model_name=self.name,
@@ -1061,12 +1064,16 @@ class Engine:
         every layer. mode: "fused", "eager" (weights made one layer at a time, not kept) or "materialise"
         (the model's own output_attentions, kept: attention code the engine cannot record)."""
         keep = mode == "materialise"
-        with capture.recording(fused=mode == "fused") as rec:
+        if "use_cache" in self._loaded.forward_args:  # no key/value cache: the values would stay alive with `out`
+            inputs = {**inputs, "use_cache": False}
+        # long inputs (fused): freed memory goes back to the system layer by layer (see capture.py)
+        with capture.recording(fused=mode == "fused", trim=mode == "fused") as rec:
             out = self.model(**inputs, output_attentions=keep, output_hidden_states=True, return_dict=True)
-        return out, self._stacks(out, rec, fused=not keep)
+        return out, self._stacks(out, rec, fused=not keep, trim=mode == "fused")
 
-    def _stacks(self, out, rec: capture.Recording, fused: bool) -> dict[str, AttentionStack] | None:
-        """The stacks of a pass; fused=True: no weights came out of the model (computed from q and k)."""
+    def _stacks(self, out, rec: capture.Recording, fused: bool, trim: bool = False) -> dict[str, AttentionStack] | None:
+        """The stacks of a pass; fused=True: no weights came out of the model (computed from q and k).
+        trim: give each copied context's memory back to the system (capture.release_freed_memory)."""
         if self.kind == ENCODER_DECODER:
             enc, dec = len(out.encoder_hidden_states) - 1, len(out.decoder_hidden_states) - 1
             layers = {"encoder": enc, "decoder": dec, "cross": dec}
@@ -1116,6 +1123,8 @@ class Engine:
                 for i, c in enumerate(layer_calls):  # layer by layer, each freed once copied (no second whole copy)
                     stack.contexts[i] = _numpy(c.context.reshape(c.context.shape[0], -1))
                     c.context = c.batch_context = None
+                    if trim:
+                        capture.release_freed_memory()
                 for c in layer_calls:
                     stack.queries.append(_numpy(c.query))
                     stack.keys.append(_numpy(c.key))
@@ -1138,10 +1147,10 @@ class Engine:
             return "cross"
         return "decoder" if "decoder" in name.split(".") else "encoder"
 
-    def _hidden_states(self, out) -> tuple[np.ndarray, np.ndarray | None]:
+    def _hidden_states(self, out, trim: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         if self.kind == ENCODER_DECODER:
-            return _take_layers(out, "encoder_hidden_states"), _take_layers(out, "decoder_hidden_states")
-        return _take_layers(out, "hidden_states"), None
+            return (_take_layers(out, "encoder_hidden_states", trim), _take_layers(out, "decoder_hidden_states", trim))
+        return _take_layers(out, "hidden_states", trim), None
 
     def _classification(self, out) -> Classification | None:
         """Label names and probabilities of a classification head (None for other kinds)."""
@@ -1185,9 +1194,9 @@ class Engine:
         # top-k of the logits, probabilities exp(logit - logsumexp): no second [T, vocab] array (800 MB at 4k)
         if chunked:
             head, last = self.model.get_output_embeddings(), out.hidden_states[-1][0]
-            chunks = (head(h) for h in last.split(512))
+            chunks = (head(h) for h in last.split(LOGIT_ROWS))
         else:
-            chunks = iter(logits[0].split(512))
+            chunks = iter(logits[0].split(LOGIT_ROWS))
         tops, lses = [], []
         for chunk in chunks:
             tops.append(torch.topk(chunk, k=min(top_k, chunk.shape[-1]), dim=-1))
@@ -1214,14 +1223,18 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-def _take_layers(out, name: str) -> np.ndarray:
+def _take_layers(out, name: str, trim: bool = False) -> np.ndarray:
     """float32[layers + 1, T, hidden] from ``out.<name>`` (a tuple of [1, T, hidden]), copied layer by layer
-    and each of the model's tensors let go once copied (no second whole copy at once); ``out.<name>`` is None after."""
+    and each of the model's tensors let go once copied (no second whole copy at once); ``out.<name>`` is None after.
+    trim: give each freed tensor's memory back to the system (else the heap keeps it: capture.release_freed_memory)."""
     layers = list(getattr(out, name))
-    setattr(out, name, None)
+    # out[name] = None: a ModelOutput's setattr(..., None) leaves its dict entry (the tuple) alive
+    out[name] = None
     first = layers[0]
     arr = np.empty((len(layers),) + tuple(first.shape[1:]), np.float32)
     for i in range(len(layers)):
         arr[i] = _numpy(layers[i][0])
         layers[i] = None
+        if trim:
+            capture.release_freed_memory()
     return arr
