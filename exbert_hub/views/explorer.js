@@ -740,7 +740,8 @@
     const widest = (seq, vis, ls) => vis.reduce((m, i, r) => Math.max(m, ls[r].length + ((seq.continues || [])[i] ? 2 : 0)), 1);
     const longest = Math.max(widest(S.Q, S.vis, labels), widest(S.K, S.visR, labelsR));
     const fontPx = rowH >= 22 ? 13 : rowH >= 18 ? 12 : 11;
-    S.tokW = Math.round(XH.clamp(longest * fontPx * 0.62 + 18, 56, 170));
+    // (encoder-decoders: wide enough for the column's name, "decoder" / "encoder", over it)
+    S.tokW = Math.round(XH.clamp(longest * fontPx * 0.62 + 18, p.stacks && p.stacks.length > 1 ? 76 : 56, 170));
     S.renderer = n > SVG_MAX_TOKENS ? "canvas" : "svg";
     root.style.setProperty("--xb-row", rowH + "px");
     root.style.setProperty("--xb-font", fontPx + "px");
@@ -755,8 +756,8 @@
     // which tokens each column holds, when the two differ or are not the input's (encoder-decoders)
     const seqName = (s) => (s === "decoder" ? "decoder" : "encoder");
     const named = p.stacks && p.stacks.length > 1;
-    const fromH = el("div", "xb-ch xb-ch-tok", named ? seqName(S.info.query_seq) + " \u00b7 from" : "from");
-    const toH = el("div", "xb-ch xb-ch-tok", named ? seqName(S.info.key_seq) + " \u00b7 to" : "to");
+    const fromH = el("div", "xb-ch xb-ch-tok" + (named ? " xb-ch-two" : ""), named ? seqName(S.info.query_seq) + "\nfrom" : "from");
+    const toH = el("div", "xb-ch xb-ch-tok" + (named ? " xb-ch-two" : ""), named ? seqName(S.info.key_seq) + "\nto" : "to");
     fromH.title = "queries: " + (named ? "the " + seqName(S.info.query_seq) + "'s tokens" : "the tokens") + " that attend";
     toH.title = "keys: " + (named ? "the " + seqName(S.info.key_seq) + "'s tokens" : "the tokens") + " attended to";
     ui.head.replaceChildren(
