@@ -213,3 +213,36 @@ def test_stack_in_the_app_deep_link_lazy_layers_and_search(page, explorer_app, t
     page.wait_for_function("() => document.querySelector('.xb-root').dataset.stack === 'encoder'")
     assert "'sideways'" in page.text_content(".xb-message") and "showing the encoder attention" in page.text_content(".xb-message")
     assert not page.errors
+
+
+def test_long_mode_row_blocks_for_cross_and_decoder(page, explorer_app, tiny, tiny_engine, monkeypatch):
+    """Every stack shown by sparse row blocks (views/rows.py), as long inputs are: the frozen decoder
+    token's row comes in full at float32, so the drawn cross weights are the model's to float32 rounding."""
+    from exbert_hub.views import rows
+
+    monkeypatch.setattr(rows, "LONG_LAYER_BYTES", 10)  # every stack of the tiny T5 counts as long
+    t5 = str(tiny("t5"))
+    eng = tiny_engine("t5")
+    a = eng.analyze(TEXT)  # the app's decoder reads the text itself
+    ref = cross_and_decoder(eng, a)
+    page.goto(explorer_app.url + "?" + urlencode({"model": t5, "text": TEXT, "stack": "cross", "heads": "1"}))
+    page.wait_for_selector(".xb-root[data-ready='1']", timeout=60_000)
+    page.wait_for_function("() => { const r = document.querySelector('.xb-root'); return r.dataset.stack === 'cross' && +r.dataset.blocks > 0 && +r.dataset.lines > 0; }")
+    page.eval_on_selector(".xb-threshold", "e => { e.value = '1'; e.dispatchEvent(new Event('input')); }")
+    page.click(".xb-col-left .xb-tok[data-pos='4']")
+    page.wait_for_function("() => { const r = document.querySelector('.xb-root'); return r.dataset.token === '4' && r.dataset.exact === '1'; }")
+    hl = page.evaluate("() => document.querySelector('.xb-root').dataset.hoverLines")
+    lines = [(int(s), int(d), float(w)) for s, d, w in (x.split(":") for x in hl.split(",") if x)]
+    want = ref["cross"][0][1, 4]
+    assert {s for s, _, _ in lines} == {4} and {d for _, d, _ in lines} == set(np.flatnonzero(want > 0))
+    for _, dst, w in lines:
+        assert abs(w - want[dst]) <= 1e-5 * max(want[dst], 1e-3) + 1e-6, (dst, w, want[dst])
+    # the decoder by blocks: causal
+    page.click(".xb-col-left .xb-tok[data-pos='4']")
+    page.select_option("select.xb-stack", "decoder")
+    page.wait_for_function("() => { const r = document.querySelector('.xb-root'); return r.dataset.stack === 'decoder' && +r.dataset.lines > 0; }")
+    page.mouse.move(5, 5)
+    page.wait_for_function("() => document.querySelector('.xb-root').dataset.active === ''")
+    drawn = page.evaluate("() => Array.from(document.querySelectorAll('.xb-root svg.xb-svg path')).map(p => [+p.dataset.src, +p.dataset.dst])")
+    assert drawn and all(d <= s for s, d in drawn)
+    assert not page.errors
