@@ -156,8 +156,9 @@ HEAD_CELL_HEADS = (1, 3)  # query head counts whose cells-per-head nprobe is tun
 
 
 def head_cells_count(n: int) -> int:
-    """Cells per head: a power of two near sqrt(n) / 2, between 16 and 1,024 (uint16 codes)."""
-    return int(min(1024, max(16, 2 ** round(math.log2(max(1.0, math.sqrt(n) / 2))))))
+    """Cells per head: a power of two near sqrt(n) / 2, between 16 and 256 (one byte per vector and head:
+    512 cells took 2 bytes for a residual only ~4% smaller, which the 10-bit codes absorb)."""
+    return int(min(256, max(16, 2 ** round(math.log2(max(1.0, math.sqrt(n) / 2))))))
 
 
 def train_head_cells(sample: np.ndarray, num_heads: int, cells: int, seed: int = 0) -> np.ndarray:
@@ -321,6 +322,9 @@ def build_index(folder: Path, kind: str, layer: int, arrays: list[np.ndarray], *
 
     t0 = time.time()
     source = VectorSource(arrays)
+    if kind == "heads" and factory is None:
+        return build_head_codes(folder, layer, source, num_heads=num_heads, recall_queries=recall_queries,
+                                seed=seed, target=target, max_train=max_train)
     rel = cf.index_file(kind, layer, cf.COMPRESSED)
     path = Path(folder) / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -411,6 +415,91 @@ def _head_cells(folder, layer, index, source, train_rows, queries, q_rows, k, nu
     return out
 
 
+# --- compressed heads indexes (format version 2): per-head cells + 10-bit per-head codes, nothing else --------
+HEAD_CODES_FACTORY = "HeadCells+HeadCodes10"  # the card's `factory` of such an index
+
+
+def head_query_counts(num_heads: int) -> list[int]:
+    """Head counts whose cells-per-head nprobe is tuned and recall measured: 1, 3 and all heads."""
+    return sorted({m for m in (*HEAD_CELL_HEADS, num_heads) if m <= num_heads})
+
+
+def head_recall_sets(queries: np.ndarray, num_heads: int, rng: np.random.Generator) -> dict:
+    """{head count: (queries with only those heads kept, the kept heads of each)} for ``head_query_counts``."""
+    out = {}
+    for m in head_query_counts(num_heads):
+        if m == num_heads:
+            out[m] = (queries, [list(range(num_heads))] * len(queries))
+        else:
+            out[m] = few_head_queries(queries, num_heads, m, rng)
+    return out
+
+
+def build_head_codes(folder: Path, layer: int, source: VectorSource, *, num_heads: int, recall_queries: int = 200,
+                     seed: int = 0, target: float = RECALL_TARGET, max_train: int = MAX_TRAIN) -> dict:
+    """The compressed heads index of one layer: per-head cells and 10-bit per-head residual codes (trained
+    on a sample, every vector encoded in row order), nprobe tuned and recall@50 measured for 1, 3 and all heads."""
+    t0 = time.time()
+    rng = np.random.default_rng(seed)
+    C = head_cells_count(source.n)
+    n_train = min(source.n, max_train, C * 64)
+    sample = source.take(np.sort(rng.choice(source.n, size=n_train, replace=False)))
+    centroids = train_head_cells(sample, num_heads, C, seed)
+    quant = train_head_codes(sample, centroids)
+    d = centroids.shape[2]
+    cells = np.empty((num_heads, source.n), dtype=np.uint8 if C <= 256 else np.uint16)
+    codes = np.empty((num_heads, source.n, d), dtype=np.uint8)
+    refine = np.empty((num_heads, source.n, -(-d // 4)), dtype=np.uint8)
+    for start, chunk in source.chunks():
+        end = start + len(chunk)
+        cells[:, start:end] = assign_head_cells(centroids, chunk)
+        codes[:, start:end], refine[:, start:end] = encode_head_codes(quant, centroids, chunk, cells[:, start:end])
+    nq = min(recall_queries, source.n)
+    q_rows = rng.choice(source.n, size=nq, replace=False)
+    sets = head_recall_sets(source.take(q_rows), num_heads, rng)
+    k = min(RECALL_K, source.n - 1)
+    both = exact_topk(source, np.concatenate([q for q, _ in sets.values()]), k + 1)
+    truth = {m: without_self(both[i * nq:(i + 1) * nq], q_rows, k) for i, m in enumerate(sets)}
+    stats = head_codes_card(folder, layer, centroids, cells, quant, codes, refine, sets, truth, q_rows, k, target)
+    stats.update(train_vectors=int(n_train), seconds=round(time.time() - t0, 2))
+    return stats
+
+
+def head_codes_card(folder: Path, layer: int, centroids, cells, quant, codes, refine, sets: dict, truth: dict,
+                    q_rows: np.ndarray, k: int, target: float) -> dict:
+    """Write the per-head cells and codes files of a compressed heads index; tune and measure through the
+    reader's own search (``exbert_hub.corpus.HeadCodes``); its card entry."""
+    from exbert_hub.corpus import HEAD_CODE_RERANK, HeadCodes
+
+    folder = Path(folder)
+    H, C, d = centroids.shape
+    crel, hrel = cf.head_cells_files("heads", layer)
+    qrel, krel, rrel = cf.head_codes_files("heads", layer)
+    for rel, a in ((crel, centroids), (hrel, cells), (qrel, quant), (krel, codes), (rrel, refine)):
+        _save(folder / rel, a)
+    head_codes = HeadCodes(centroids, cells, quant, codes, refine)
+    hc = {"centroids": crel, "cells": hrel, "files": [crel, hrel, qrel, krel, rrel], "cells_per_head": int(C),
+          "nprobe": {}, "recall_at_50": {}, "recall_at_50_tuning": {},
+          "codes": {"quant": qrel, "codes": krel, "refine": rrel, "bits": HEAD_CODE_BITS, "rerank": HEAD_CODE_RERANK}}
+    for m, (qs, kept) in sets.items():
+        if not len(qs):
+            continue
+        p, tuned, measured = tune_head_cells(None, centroids, cells, qs, kept, truth[m], q_rows, k, target, head_codes)
+        hc["nprobe"][str(m)], hc["recall_at_50"][str(m)], hc["recall_at_50_tuning"][str(m)] = \
+            p, round(measured, 4), round(tuned, 4)
+    hc["max_heads"] = H
+    n = int(cells.shape[1])
+    stats = {"tier": cf.COMPRESSED, "file": krel, "vectors": n, "dim": H * d, "factory": HEAD_CODES_FACTORY,
+             "index": "per-head cells + 10-bit per-head residual codes (every heads query)",
+             "nprobe": hc["nprobe"].get(str(H)), "recall_at_50": hc["recall_at_50"].get(str(H)),
+             "recall_at_50_tuning": hc["recall_at_50_tuning"].get(str(H)), "recall_queries": len(q_rows) - len(q_rows) // 2,
+             "head_cells": hc}
+    if H > 1 and "1" in hc["nprobe"]:
+        stats.update(nprobe_one_head=hc["nprobe"]["1"], recall_at_50_one_head=hc["recall_at_50"]["1"])
+    stats["bytes"] = sum((folder / f).stat().st_size for f in hc["files"])
+    return stats
+
+
 # --- streaming: train on the first vectors, encode every later shard as it arrives ---------------------
 QUERY_SETS = ("all", "one", "three")  # recall queries of a heads index (one kind: "all" only)
 
@@ -438,12 +527,14 @@ class IndexStream:
         self.codes_dir = self.folder / cf.BUILD_DIR / "codes" / stem
         self.trained_file = self.folder / cf.BUILD_DIR / "trained" / f"{stem}.faiss"
         self.extra_file = self.folder / cf.BUILD_DIR / "trained" / f"{stem}.npz"  # queries, head centroids
+        # heads without a forced factory: per-head cells and codes only (build_head_codes), no FAISS index
+        self.codes_only = kind == "heads" and factory is None
         self._index = None
         self._extra = None
 
     @property
     def trained(self) -> bool:
-        return self.trained_file.exists() and self.extra_file.exists()
+        return (self.codes_only or self.trained_file.exists()) and self.extra_file.exists()
 
     def buffered(self, shards: list[int]) -> list[Path]:
         return [self.vectors_dir / cf.vectors_shard_name(s) for s in shards]
@@ -451,11 +542,28 @@ class IndexStream:
     def _load(self):
         import faiss
 
-        if self._index is None:
-            self._index = faiss.read_index(str(self.trained_file))
+        if self._extra is None:
+            self._index = None if self.codes_only else faiss.read_index(str(self.trained_file))
             with np.load(self.extra_file) as z:
                 self._extra = {k: z[k] for k in z.files}
         return self._index, self._extra
+
+    def _train_codes(self, source: VectorSource, n_est: int, max_train: int) -> None:
+        """``train`` of a per-head codes index: cells, the codes' grid and the recall queries (1, 3, all heads)."""
+        rng = np.random.default_rng(self.seed)
+        C = head_cells_count(n_est)
+        n_train = min(source.n, max_train, C * 64)
+        sample = source.take(np.sort(rng.choice(source.n, size=n_train, replace=False)))
+        nq = min(self.recall_queries, source.n)
+        q_rows = np.sort(rng.choice(source.n, size=nq, replace=False))
+        sets = head_recall_sets(source.take(q_rows), self.num_heads, rng)
+        centroids = train_head_cells(sample, self.num_heads, C, self.seed)
+        extra = {"factory": np.array(HEAD_CODES_FACTORY), "train_vectors": np.array(n_train), "q_rows": q_rows,
+                 "centroids": centroids, "head_quant": train_head_codes(sample, centroids)}
+        for m, (qs, kept) in sets.items():
+            extra[f"q_{m}"] = qs
+            extra[f"q_{m}_heads"] = np.array(kept, dtype=np.int64).reshape(len(qs), -1)
+        _save_npz(self.extra_file, extra)  # last: "trained"
 
     def train(self, shards: list[int], total_estimate: int, max_train: int = MAX_TRAIN) -> None:
         """Fit on the kept vectors of ``shards`` (rows in shard order), then encode them."""
@@ -465,6 +573,14 @@ class IndexStream:
         source = VectorSource(arrays)
         rng = np.random.default_rng(self.seed)
         n_est = max(total_estimate, source.n)
+        if self.codes_only:
+            self._train_codes(source, n_est, max_train)
+            self._index, self._extra = None, None
+            base = 0
+            for s, a in zip(shards, arrays):
+                self.encode(s, np.asarray(a), base)
+                base += len(a)
+            return
         factory = self.factory or default_factory(n_est, source.dim, self.num_heads, self.kind)
         index = faiss.index_factory(source.dim, factory, faiss.METRIC_INNER_PRODUCT)
         ivf = faiss.extract_index_ivf(index)
@@ -505,6 +621,20 @@ class IndexStream:
         self.codes_dir.mkdir(parents=True, exist_ok=True)
         name = f"shard-{shard:05d}"
         truth = {}
+        if self.codes_only:
+            for m in head_query_counts(self.num_heads):
+                queries = extra[f"q_{m}"]
+                if len(queries) and len(x):
+                    s, r = faiss.knn(np.ascontiguousarray(queries), x, min(RECALL_K + 1, len(x)),
+                                     metric=faiss.METRIC_INNER_PRODUCT)
+                    truth[f"{m}_scores"], truth[f"{m}_rows"] = s, r + first_row
+            cells = assign_head_cells(extra["centroids"], x)
+            hcodes, hrefine = encode_head_codes(extra["head_quant"], extra["centroids"], x, cells)
+            _save(self.codes_dir / f"{name}.hcodes.npy", hcodes)
+            _save(self.codes_dir / f"{name}.hrefine.npy", hrefine)
+            _save_npz(self.codes_dir / f"{name}.truth.npz", truth)
+            _save(self.codes_dir / f"{name}.cells.npy", cells)  # last: its presence means the shard's files are whole
+            return
         for q in QUERY_SETS:
             queries = extra.get(f"q_{q}")
             if queries is None or not len(queries) or not len(x):
@@ -528,6 +658,8 @@ class IndexStream:
 
         t0 = time.time()
         index, extra = self._load()
+        if self.codes_only:
+            return self._finish_codes(shards, extra, target, t0)
         rel = cf.index_file(self.kind, self.layer, cf.COMPRESSED)
         path = self.folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -601,6 +733,33 @@ class IndexStream:
         stats["bytes"] = path.stat().st_size + sum((self.folder / f).stat().st_size
                                                    for f in (stats.get("head_cells") or {}).get("files", ()))
         stats["seconds_finish"] = round(time.time() - t0, 2)
+        return stats
+
+
+    def _finish_codes(self, shards: list[int], extra: dict, target: float, t0: float) -> dict:
+        """``finish`` of a per-head codes index: the shards' cells and codes joined, tuned, measured."""
+        cells, hcodes, hrefine = [], [], []
+        truth: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        counts = head_query_counts(self.num_heads)
+        for s in shards:
+            name = self.codes_dir / f"shard-{s:05d}"
+            cells.append(np.load(f"{name}.cells.npy"))
+            hcodes.append(np.load(f"{name}.hcodes.npy"))
+            hrefine.append(np.load(f"{name}.hrefine.npy"))
+            with np.load(f"{name}.truth.npz") as z:
+                for m in counts:
+                    if f"{m}_scores" in z.files:
+                        truth[m] = _merge_topk(truth.get(m), (z[f"{m}_scores"], z[f"{m}_rows"]), RECALL_K + 1)
+        cells_all = np.concatenate(cells, axis=1)
+        n = int(cells_all.shape[1])
+        q_rows = extra["q_rows"]
+        k = min(RECALL_K, n - 1)
+        sets = {m: (extra[f"q_{m}"], [list(map(int, r)) for r in extra[f"q_{m}_heads"]]) for m in counts if m in truth}
+        exact = {m: without_self(truth[m][1], q_rows, k) for m in sets}
+        stats = head_codes_card(self.folder, self.layer, extra["centroids"], cells_all, extra["head_quant"],
+                                np.concatenate(hcodes, axis=1), np.concatenate(hrefine, axis=1), sets, exact, q_rows,
+                                k, target)
+        stats.update(train_vectors=int(extra["train_vectors"]), streamed=True, seconds_finish=round(time.time() - t0, 2))
         return stats
 
 

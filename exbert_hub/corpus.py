@@ -511,6 +511,10 @@ class HeadCodes:
                 self._lists[h] = (order, starts)
             return self._lists[h]
 
+    @property
+    def ntotal(self) -> int:
+        return int(self.cells.shape[1])
+
     def ivf(self, h: int):
         """Head h's 8-bit codes as a FAISS ``IndexIVFScalarQuantizer`` (by residual, inner product), made in
         memory on first use: its inverted lists are the per-head cells, its SQ8 grid the high 8 bits of the
@@ -651,6 +655,23 @@ def head_cells_nprobe(info: dict, n_heads: int) -> int | None:
     return int(hc["nprobe"][str(tuned[0])]) if tuned else None
 
 
+def is_head_codes_index(info: dict) -> bool:
+    """A compressed heads index of format 2: per-head cells and codes only (its card's file is the codes)."""
+    hc = info.get("head_cells")
+    return (info.get("tier") == cf.COMPRESSED and isinstance(hc, dict) and isinstance(hc.get("codes"), dict)
+            and info.get("file") == hc["codes"].get("codes"))
+
+
+def head_codes_nprobe(info: dict, n_heads: int) -> int:
+    """Cells per selected head of a per-head codes index for a query on ``n_heads`` heads: the card's tuning
+    for the smallest measured head count >= n_heads (1, 3, all)."""
+    tuned = {int(m): int(p) for m, p in info["head_cells"]["nprobe"].items()}
+    if not tuned:
+        return int(info["head_cells"]["cells_per_head"])
+    above = [m for m in tuned if m >= n_heads]
+    return tuned[min(above)] if above else tuned[max(tuned)]
+
+
 def selected_heads(query: np.ndarray, num_heads: int) -> list[int]:
     """The heads a heads query uses (the others are zero)."""
     per = np.asarray(query).reshape(num_heads, -1)
@@ -760,6 +781,10 @@ class Corpus:
                     if rows != info["vectors"]:
                         raise self._damaged(f"{what} holds {rows} vectors, its card says {info['vectors']}")
                     self._vector_files[(by, layer)] = files
+                elif by == "heads" and is_head_codes_index(info):
+                    self._check_head_cells(layer, info)  # its files (the codes file among them), counted there
+                    # in memory: each head's codes copied into its FAISS lists, with int64 ids
+                    self._index_bytes += info["vectors"] * (info["dim"] + 8 * self.num_heads)
                 else:
                     path = confined(self.location, info["file"])
                     size = path.stat().st_size
@@ -922,6 +947,11 @@ class Corpus:
     # --- indexes -----------------------------------------------------------------------------------
     def _index(self, by: str, layer: int):
         key = (by, layer)
+        if by == "heads" and is_head_codes_index(self.meta["indexes"][by][layer]):
+            codes = self._head_codes(layer)  # (takes the lock itself)
+            if codes is None:
+                raise self._damaged(f"its heads index for layer {layer} has no per-head codes")
+            return codes
         with self._lock:
             if key in self._indexes:
                 return self._indexes[key]
@@ -1135,6 +1165,9 @@ class Corpus:
 
     def _search(self, index, by: str, layer: int, query: np.ndarray, k: int, n_heads: int):
         info = self.meta["indexes"][by][layer]
+        if isinstance(index, HeadCodes):  # format 2: every heads query from the per-head codes
+            heads = selected_heads(query, self.num_heads)
+            return index.search(query, heads, head_codes_nprobe(info, len(heads)), k)
         q = query[None, :]
         nprobe = head_cells_nprobe(info, n_heads) if by == "heads" else None
         cells = self._head_cells(layer) if nprobe is not None else None

@@ -8,10 +8,14 @@ else spells them. A corpus is a folder that is also a valid Hugging Face *datase
     data/tokens/shard-00000.parquet     one row per model (subword) token (TOKEN_COLUMNS)
     index/embedding-layer03/shard-00000.npy  exact tier: float16 [vectors of the shard, hidden], searched
                                       with a faiss.IndexFlatIP made from all shards' files
-    index/heads-layer03.faiss         compressed tier: a FAISS index file (IVF + 6-bit codes)
+    index/embedding-layer03.faiss     compressed tier: a FAISS index file (IVF + 5-bit RaBitQ codes)
     index/heads-layer03.head-centroids.npy  compressed heads tier: float32 [heads, cells, head_dim], k-means
                                       cells of EACH HEAD's own (unit) slice
     index/heads-layer03.head-cells.npy      uint8/uint16 [heads, vectors]: each vector's cell in each head's cells
+    index/heads-layer03.head-{quant,codes,refine}.npy  compressed heads tier: 10-bit codes of each head's
+                                      residual to its cell (head_codes_files); every heads query is scored
+                                      from them (version 2; version 1 had heads-layer03.faiss, IVF + 6-bit
+                                      codes, beside them: still read)
     vectors/heads-layer03/shard-00000.npy  optional (--keep-vectors, compressed tier): the float16 vectors
 
 These are ALL the files a reader opens (``CORPUS_PATTERNS``): a Hub corpus downloads only them, and every
@@ -46,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "exbert-hub-corpus"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: compressed heads indexes are per-head cells + 10-bit per-head codes only (no .faiss file)
 
 # --- files --------------------------------------------------------------------------------------
 CARD_FILE = "README.md"
@@ -94,7 +98,8 @@ def index_stem(kind: str, layer: int) -> str:
 
 def index_file(kind: str, layer: int, tier: str) -> str:
     """Path (inside the corpus folder) of the index of ``kind`` vectors at ``layer``: a folder of float16
-    shard files (exact tier) or a FAISS index file (compressed tier)."""
+    shard files (exact tier) or a FAISS index file (compressed tier; compressed heads indexes of version 2
+    name their per-head codes file instead, ``head_codes_files(...)[1]``)."""
     ext = {EXACT: "", COMPRESSED: ".faiss"}[tier]
     return f"{INDEX_DIR}/{index_stem(kind, layer)}{ext}"
 

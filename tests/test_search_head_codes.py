@@ -63,7 +63,10 @@ def test_card_files_and_decode(corpus, built):
     files = info["head_cells"]["files"]
     assert set(files) >= {codes["quant"], codes["codes"], codes["refine"]}
     assert set(filter_repo_objects(files, allow_patterns=cf.CORPUS_PATTERNS)) == set(files)
-    assert info["bytes"] == sum((built / f).stat().st_size for f in files) + (built / info["file"]).stat().st_size
+    # format 2: the per-head cells and codes are the whole heads index (no FAISS file beside them)
+    assert info["file"] == codes["codes"] and info["factory"] == "HeadCells+HeadCodes10"
+    assert info["bytes"] == sum((built / f).stat().st_size for f in files)
+    assert not list((built / cf.INDEX_DIR).glob("heads-*.faiss"))
     X = _kept(built)
     hc = corpus._head_codes(LAYER)
     H, C, d = hc.centroids.shape
@@ -135,21 +138,43 @@ def test_search_uses_codes_and_old_corpora_still_work(corpus, built, tmp_path):
     new = corpus.search(a, token=2, layer=LAYER, by="heads", heads=[1], k=10)
     assert (new[0].sentence_id, new[0].token_index) == (7, 2)
     assert new[0].score == pytest.approx(1.0, abs=5e-3)  # 10-bit codes: closer than the 6-bit ones
-    # the card without codes and the files gone: the FAISS path through the per-head cells, same top hit
+    # a version-1 corpus: its heads index is a FAISS IVF + SQ6 file (made here by the builder's code with that
+    # factory forced, from the kept vectors); first with its per-head codes, then without them (the oldest)
+    from corpus_builder import indexing
+
     old = shutil.copytree(built, tmp_path / "old")
+    for name in cf.head_cells_files("heads", LAYER) + cf.head_codes_files("heads", LAYER):
+        (old / name).unlink()
+    stats = indexing.build_index(old, "heads", LAYER, [_kept(built).astype(np.float16)], num_heads=corpus.num_heads,
+                                 factory="IVF16,SQ6", recall_queries=40)
+    assert stats["file"].endswith(".faiss")
     card = cf.read_card(old)
-    hc = card["indexes"]["heads"][str(LAYER)]["head_cells"] if str(LAYER) in card["indexes"]["heads"] \
-        else card["indexes"]["heads"][LAYER]["head_cells"]
+    card["format_version"] = 1
+    card["indexes"]["heads"] = {LAYER: stats}
+    body = (built / cf.CARD_FILE).read_text().split("---", 2)[2]
+    cf.write_card(old, card, body)
+    c1 = load_corpus(str(old), cache=CorpusCache())
+    assert not isinstance(c1._index("heads", LAYER), corpus_mod.HeadCodes)  # the FAISS index
+    for heads in ([1], None):  # one head: cells + codes; all heads: FAISS's IVF cells
+        hits = c1.search(a, token=2, layer=LAYER, by="heads", heads=heads, k=10)
+        assert (hits[0].sentence_id, hits[0].token_index) == (7, 2)
+    hc = stats["head_cells"]
     for key in ("quant", "codes", "refine"):
         (old / hc["codes"][key]).unlink()
     hc["files"] = hc["files"][:2]
     del hc["codes"]
-    body = (built / cf.CARD_FILE).read_text().split("---", 2)[2]
+    card["indexes"]["heads"] = {LAYER: stats}
     cf.write_card(old, card, body)
     c2 = load_corpus(str(old), cache=CorpusCache())
     assert c2._head_codes(LAYER) is None
     hits = c2.search(a, token=2, layer=LAYER, by="heads", heads=[1], k=10)
     assert (hits[0].sentence_id, hits[0].token_index) == (7, 2)
+    # a version-2 card whose codes file is gone: one line, no path
+    broken = shutil.copytree(built, tmp_path / "broken")
+    (broken / cf.head_codes_files("heads", LAYER)[1]).unlink()
+    with pytest.raises(corpus_mod.CorpusError, match="incomplete: it lacks 'index/heads-layer01.head-codes.npy'") as err:
+        load_corpus(str(broken), cache=CorpusCache())
+    assert "\n" not in str(err.value) and str(tmp_path) not in str(err.value)
 
 
 @pytest.mark.parametrize("which", ["codes", "refine", "quant"])

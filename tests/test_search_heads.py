@@ -2,8 +2,9 @@
 
 Checked against naive re-implementations over the corpus's own float16 vectors (--keep-vectors): each
 vector's cell is its nearest centroid per head, the candidates are exactly the vectors whose selected heads
-fall in the query's nearest cells, scoring every cell equals the index's own full scan, and corpus.search
-takes this path for <= 3 heads.
+fall in the query's nearest cells, scoring every cell equals the index's own full scan (the FAISS path of
+version-1 corpora, whose heads index is IVF + SQ6), and corpus.search takes the per-head codes for every
+heads query (version 2).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def test_card_and_files(corpus, built):
     info = corpus.index_info("heads", LAYER)
     hc = info["head_cells"]
     assert (hc["centroids"], hc["cells"]) == cf.head_cells_files("heads", LAYER)
-    assert set(hc["nprobe"]) == {"1", "3"} and set(hc["recall_at_50"]) == {"1", "3"}
+    H = corpus.num_heads
+    assert set(hc["nprobe"]) == {"1", "3", str(H)} and set(hc["recall_at_50"]) == {"1", "3", str(H)}
     assert all(0 < r <= 1 for r in hc["recall_at_50"].values())
     cents, cells = corpus._head_cells(LAYER)
     H = corpus.num_heads
@@ -93,14 +95,18 @@ def test_candidates_match_a_naive_selection(corpus, built):
     assert got.size == len(X)  # every cell: every vector
 
 
-def test_every_cell_equals_the_index_full_scan(corpus):
+def test_every_cell_equals_the_index_full_scan(corpus, built, tmp_path):
+    """Version-1 layout (a FAISS IVF + SQ6 heads index beside the cells, as the builder still makes when a
+    factory is forced): the ID-selector path over every cell equals the index's own full scan."""
     import faiss
 
     from corpus_builder import indexing
     from exbert_hub.corpus import search_head_cells
 
-    index = corpus._index("heads", LAYER)
-    cents, cells = corpus._head_cells(LAYER)
+    stats = indexing.build_index(tmp_path, "heads", LAYER, [_kept(built[1]).astype(np.float16)],
+                                 num_heads=corpus.num_heads, factory="IVF16,SQ6", recall_queries=40)
+    index = faiss.read_index(str(tmp_path / stats["file"]))
+    cents, cells = np.load(tmp_path / stats["head_cells"]["centroids"]), np.load(tmp_path / stats["head_cells"]["cells"])
     H = corpus.num_heads
     rng = np.random.default_rng(0)
     queries = rng.standard_normal((20, index.d)).astype(np.float32)
@@ -117,8 +123,8 @@ def test_search_uses_the_per_head_cells(corpus, engine, built, monkeypatch):
 
     X = _kept(built[1])
     calls = []
-    real = corpus_mod.search_head_cells
-    monkeypatch.setattr(corpus_mod, "search_head_cells", lambda *a, **k: calls.append(a[5]) or real(*a, **k))
+    real = corpus_mod.HeadCodes.search
+    monkeypatch.setattr(corpus_mod.HeadCodes, "search", lambda self, *a, **k: calls.append(a[2]) or real(self, *a, **k))
     info = corpus.index_info("heads", LAYER)
     for sid in (3, 50, 120):
         a = engine.analyze(corpus.sentence(sid))
@@ -134,8 +140,10 @@ def test_search_uses_the_per_head_cells(corpus, engine, built, monkeypatch):
     assert calls == [info["head_cells"]["nprobe"]["1"], info["head_cells"]["nprobe"]["3"],
                      info["head_cells"]["nprobe"]["3"]] * 3
     a = engine.analyze(corpus.sentence(3))
-    corpus.search(a, token=2, layer=LAYER, by="heads", heads=[0, 1, 2, 3], k=5)  # all heads: the IVF cells
-    assert len(calls) == 9
+    H = corpus.num_heads
+    hits = corpus.search(a, token=2, layer=LAYER, by="heads", k=5)  # all heads: the per-head codes too
+    assert (hits[0].sentence_id, hits[0].token_index) == (3, 2) and hits[0].score == pytest.approx(1.0, abs=2e-2)
+    assert len(calls) == 10 and calls[-1] == info["head_cells"]["nprobe"][str(H)]
 
 
 def test_damaged_cells_file_is_one_line(built, tmp_path):
