@@ -245,13 +245,14 @@ def check_texts(docs: list[tuple[int, str]], limit: int = 200) -> list[str]:
 
 
 def forward(runner: vectors.VectorRunner, encoded: list, texts: list[str], batch_size: int) -> list:
-    """Vectors (BatchVectors) of every sentence, in the given order; the model runs them in length-sorted batches."""
+    """What the corpus keeps of every sentence (``vectors.KeptVectors``), in the given order; the model runs
+    them in length-sorted batches."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
     out: list = [None] * len(encoded)
     bs = max(1, batch_size)
     for b in range(0, len(order), bs):
         idx = order[b:b + bs]
-        for i, vec in zip(idx, runner.run([encoded[i] for i in idx], [texts[i] for i in idx])):
+        for i, vec in zip(idx, runner.kept([encoded[i] for i in idx], [texts[i] for i in idx])):
             out[i] = vec
     return out
 
@@ -577,9 +578,8 @@ class Builder:
                         trows[c].append(value)
                 tid += 1
                 vrow += 0 if special else 1
-            real = ~np.asarray(enc.special, dtype=bool)
-            emb_parts.append(vec.hidden[:, real])
-            head_parts.append(vec.contexts[:, real])
+            emb_parts.append(vec.embedding)  # already the non-special tokens, normalised, float16
+            head_parts.append(vec.heads)
         assert tid - payload["token_base"] == info["tokens"] and vrow - payload["vector_base"] == info["vectors"]
         return {"sentences": srows, "tokens": trows, "embedding": emb_parts, "heads": head_parts,
                 "vector_base": payload["vector_base"]}
@@ -597,8 +597,8 @@ class Builder:
                            self.out / cf.sentences_file(shard))
             _write_parquet(pa.table(tables["tokens"], schema=cf.arrow_schema(cf.TOKEN_COLUMNS)),
                            self.out / cf.tokens_file(shard))
-            emb = vectors.normalise_embedding(np.concatenate(tables["embedding"], axis=1)).astype(np.float16)
-            heads = vectors.normalise_heads(np.concatenate(tables["heads"], axis=1), self.num_heads).astype(np.float16)
+            emb = np.concatenate(tables["embedding"], axis=1)  # float16 unit vectors (VectorRunner.kept)
+            heads = np.concatenate(tables["heads"], axis=1)
             streaming = self._streaming()
             for kind, arr in (("embedding", emb), ("heads", heads)):
                 for p, layer in enumerate(self.layers):

@@ -456,3 +456,35 @@ def test_publish_cli_uses_hfapi(tiny_corpus, monkeypatch, capsys):
     assert "published: https://huggingface.co/datasets/user/name/commit/abc" in capsys.readouterr().out
     token, api = made[0]
     assert token == "t0k" and api.calls[0][1]["private"] is True
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "bart"])
+def test_kept_vectors_are_the_normalised_engine_vectors(tiny, family):
+    """VectorRunner.kept (the builder's path: gather, normalise and round in torch) stores for every
+    non-special token exactly what normalising engine.analyze's vectors in numpy gives, to float16 rounding
+    (bart: the per-text engine.analyze fallback)."""
+    import exbert_hub
+    from corpus_builder import vectors
+
+    engine = exbert_hub.load(str(tiny(family)))
+    layers = list(range(engine.num_layers))
+    runner = vectors.VectorRunner(engine, layers)
+    texts = ["The cat sat on the mat.", "A much longer sentence about the history of the Roman empire and its wars.",
+             "Hi there.", "Python is a programming language."]
+    enc = vectors.encode(engine, texts)
+    kept = runner.kept(enc, texts)
+    assert runner.batched == (family != "bart")
+    for text, e, k in zip(texts, enc, kept):
+        a = engine.analyze(text)
+        real = ~a.special
+        assert k.embedding.dtype == np.float16 and k.heads.dtype == np.float16
+        assert k.embedding.shape == (len(layers), int(real.sum()), a.hidden_states.shape[-1])
+        assert k.heads.shape == (len(layers), int(real.sum()), a.contexts.shape[-1])
+        emb = vectors.normalise_embedding(a.hidden_states[1:][:, real])
+        heads = vectors.normalise_heads(a.contexts[:, real], engine.num_heads)
+        # unit vectors: components <= 1; float16 rounds at 2^-11 relative, the float32 paths differ far below
+        for got, want in ((k.embedding, emb), (k.heads, heads)):
+            assert np.abs(got.astype(np.float32) - want).max() < 2.0 ** -10
+        norms = np.linalg.norm(k.heads.astype(np.float32).reshape(len(layers), -1, engine.num_heads,
+                                                                  a.contexts.shape[-1] // engine.num_heads), axis=-1)
+        assert np.allclose(norms, 1, atol=2e-3)
