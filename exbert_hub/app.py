@@ -17,7 +17,7 @@ import warnings
 import gradio as gr
 
 from . import engine as _engine
-from .analysis import Analysis, kind_phrase
+from .analysis import ENCODER_DECODER, Analysis, kind_phrase
 from .budget import Budget
 from .errors import ExbertError, user_message
 from .inputs import as_text
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"gradio\.queueing")
 
 DEFAULT_TEXT = "The cat sat on the mat because it was tired."
+PAIR_LABEL = "Sentence B (optional, encoders)"
+DECODER_LABEL = "Decoder text (encoder-decoders; empty: the text itself)"
 TAB_IDS = tuple(t.id for t in TABS)
 
 
@@ -149,7 +151,8 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
             message: banner(" ".join(note), "info") if note else "",
             model_box: req.model,
             key_state: key,
-            pair_box: gr.update(visible=eng.kind in PAIR_KINDS),
+            pair_box: gr.update(visible=eng.kind in PAIR_KINDS or eng.kind == ENCODER_DECODER,
+                                label=DECODER_LABEL if eng.kind == ENCODER_DECODER else PAIR_LABEL),
             view_state: {k: v for k, v in (view or {}).items() if k != "keep_view"},
             shown_state: {tab: key},
             tab_state: tab,
@@ -187,7 +190,7 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
                                        max_lines=1, elem_id="xh-model")
             with gr.Column(scale=7):
                 text_box = gr.Textbox(value=DEFAULT_TEXT, label="Text", lines=2, max_lines=8, elem_id="xh-text")
-                pair_box = gr.Textbox(value="", label="Sentence B (optional, encoders)", lines=1, max_lines=4,
+                pair_box = gr.Textbox(value="", label=PAIR_LABEL, lines=1, max_lines=4,
                                       elem_id="xh-pair")
             with gr.Column(scale=1, min_width=120):
                 analyze_btn = gr.Button("Analyze", variant="primary", elem_id="xh-analyze")
@@ -236,7 +239,7 @@ def build_app(model: str = DEFAULT_MODEL, *, corpus=None, store: AnalysisStore |
                 name = model
             out[model_box] = name
             out[text_box] = text
-            out[pair_box] = gr.update(value=pair, **({"visible": out[pair_box]["visible"]} if pair_box in out else {}))
+            out[pair_box] = {**out.get(pair_box, gr.update()), "value": pair}  # (label and visibility from run)
             if tab != tab_list[0].id:
                 out[tabs_box] = gr.Tabs(selected=tab)
             return out

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import engine as _engine
-from .analysis import CLASSIFIERS, ENCODER, MASKED_LM, Analysis
+from .analysis import CLASSIFIERS, ENCODER, ENCODER_DECODER, MASKED_LM, Analysis
 from .budget import Budget, analysis_bytes, release_freed_memory
 from .errors import InputError
 from .policy import Policy
@@ -90,7 +90,9 @@ class AnalysisStore:
                 return key, self._items[key][0]
         eng = eng or get_engine(req.model)
         pair = req.pair if req.pair and eng.kind in PAIR_KINDS else None
-        extra = {"target": req.target} if req.target is not None else {}  # (other kinds: the engine says no)
+        # encoder-decoders: the second text (the app's second box, the API's `pair`) is the decoder's text
+        target = req.target if req.target is not None or eng.kind != ENCODER_DECODER else req.pair
+        extra = {"target": target} if target is not None else {}  # (other kinds: the engine says no)
         if self.budget is None:
             analysis = eng.analyze(req.text, pair=pair, mask=list(req.mask) or None, top_k=5, truncate=req.truncate,
                                    **extra)

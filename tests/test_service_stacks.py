@@ -110,6 +110,8 @@ def test_request_target_reaches_the_engine(encdec):
     assert a.target == TARGET and a.decoder_tokens == encdec.a.decoder_tokens
     _, b = store.run(plain, eng)
     assert b.target == TEXT  # no target: the decoder reads the text itself
+    _, c = store.run(Request("m", TEXT, pair=TARGET), eng)  # the second text of an encoder-decoder
+    assert c.target == TARGET and c.pair is None and c.tokens == encdec.a.tokens
 
 
 def test_explorer_payload_per_stack(encdec):
@@ -206,21 +208,24 @@ def t5_api(tiny, tiny_engine):
         demo.close()
 
 
-def test_api_stack_and_target(t5_api):
+def test_api_stack_and_decoder_text(t5_api):
+    """/attention takes `stack`; for encoder-decoders `pair` is the decoder's text (the app's second box)."""
     eng, c = t5_api.engine, t5_api.client
     a = eng.analyze(TEXT, target=TARGET)
     ref = model_attentions(eng, a)
-    got = np.asarray(c.predict(text=TEXT, layer=1, head=2, stack="cross", target=TARGET, api_name="/attention"))
+    got = np.asarray(c.predict(text=TEXT, layer=1, head=2, stack="cross", pair=TARGET, api_name="/attention"))
     assert got.shape == (len(a.decoder_tokens), len(a.tokens))
     f32_close(got, ref["cross"][1][2], reduction=got.shape[1] + 8)
-    got = np.asarray(c.predict(text=TEXT, layer=0, head=-1, stack="decoder", target=TARGET, api_name="/attention"))
+    got = np.asarray(c.predict(text=TEXT, layer=0, head=-1, stack="decoder", pair=TARGET, api_name="/attention"))
     f32_close(got, ref["decoder"][0].mean(axis=0), reduction=got.shape[1] + 8)
-    res = c.predict(text=TEXT, target=TARGET, stack="cross", api_name="/analyze")
-    assert res["stack"] == "cross" and res["query_tokens"] == a.decoder_tokens and res["key_tokens"] == a.tokens
+    plain = eng.analyze(TEXT)  # no decoder text: the decoder reads the text itself
+    got = np.asarray(c.predict(text=TEXT, layer=0, head=1, stack="cross", api_name="/attention"))
+    f32_close(got, plain.cross_attentions[0, 1], reduction=got.shape[1] + 8)
+    res = c.predict(text=TEXT, pair=TARGET, api_name="/analyze")
+    assert res["stacks"] == ["encoder", "decoder", "cross"] and res["decoder_tokens"] == a.decoder_tokens
+    assert res["tokens"] == a.tokens and len(res["predictions"]) == len(a.decoder_tokens)
     with pytest.raises(Exception, match="choose one of: encoder, decoder, cross") as err:
         c.predict(text=TEXT, layer=0, head=0, stack="diagonal", api_name="/attention")
     assert "Traceback" not in str(err.value)
-    with pytest.raises(Exception, match="choose one of: encoder, decoder, cross"):
-        c.predict(text=TEXT, stack="diagonal", api_name="/analyze")
     with pytest.raises(Exception, match="stack has 40 characters"):
-        c.predict(text=TEXT, stack="x" * 40, api_name="/analyze")
+        c.predict(text=TEXT, layer=0, head=0, stack="x" * 40, api_name="/attention")

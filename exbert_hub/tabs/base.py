@@ -59,17 +59,15 @@ class AppContext:
     outputs: list = field(default_factory=list)
     banner: Callable[..., str] | None = None  # banner(text, level="warning") -> the banner's HTML
 
-    def analysis(self, model, text, pair=None, mask=(), request=None, target=None) -> tuple["Engine", "Analysis"]:
-        """(engine, analysis) for an API call: every argument checked, the model through the policy.
-        ``target``: the decoder's text of an encoder-decoder (None: the text itself)."""
+    def analysis(self, model, text, pair=None, mask=(), request=None) -> tuple["Engine", "Analysis"]:
+        """(engine, analysis) for an API call: every argument checked, the model through the policy."""
         from ..service import Request
 
         name = (as_text(model, "model", optional=True) or self.default_model).strip()
         text = as_text(text, "text")
         pair = as_text(pair, "pair", optional=True)
-        target = as_text(target, "target", optional=True)
         eng = self.engine_for(name, request)
-        _, a = self.store.run(Request(name, text, pair, tuple(mask), target=target), eng)
+        _, a = self.store.run(Request(name, text, pair, tuple(mask)), eng)
         return eng, a
 
 

@@ -8,18 +8,13 @@ import gradio as gr
 
 from ..analysis import CAUSAL_LM, kind_phrase
 from ..errors import ExbertError, InputError, user_message
-from ..inputs import as_int, as_text
+from ..inputs import as_int
 from ..service import link_stack, stack_of, summarize
 from ..views.explorer import DEFAULT_THRESHOLD, ExplorerView, explorer_payload, layer_payload, rows_payload
 from ..hub.app_export import export_controls
 from .base import AppContext, Tab, api_error, link_float, link_int
 
 log = logging.getLogger(__name__)
-
-
-def stack_arg(stack) -> str | None:
-    """A visitor's ``stack`` argument: a short name or None (checked against the analysis by stack_of)."""
-    return as_text(stack, "stack", optional=True, max_chars=20)
 
 
 def fetch_layer(store, data) -> dict:
@@ -106,24 +101,22 @@ class ExplorerTab(Tab):
         self.view.mask(on_mask, inputs=[ctx.key_state], outputs=ctx.outputs, api_visibility="private")
 
     def api(self, ctx: AppContext) -> None:
-        def analyze(text: str, pair: str | None = None, model: str | None = None, target: str | None = None,
-                    stack: str | None = None, request: gr.Request = None) -> dict:
-            """Analyze a text (and optional sentence B for encoders, or the decoder's `target` text for
-            encoder-decoders): tokens, layers, heads, kind, top-5 predictions. `stack` (encoder-decoders:
-            encoder, decoder or cross) chooses what layers, heads, query_tokens and key_tokens describe."""
+        def analyze(text: str, pair: str | None = None, model: str | None = None, request: gr.Request = None) -> dict:
+            """Analyze a text (and optional sentence B for encoders; for encoder-decoders `pair` is the
+            decoder's text, default the text itself): tokens, layers, heads, kind, top-5 predictions, the
+            attention stacks and the decoder's tokens."""
             try:
-                eng, a = ctx.analysis(model, text, pair, request=request, target=target)
-                return summarize(eng, a, stack_arg(stack))
+                return summarize(*ctx.analysis(model, text, pair, request=request))
             except Exception as err:  # noqa: BLE001
                 raise api_error(err) from None
 
         def mask(text: str, position: int, model: str | None = None, pair: str | None = None,
-                 stack: str | None = None, request: gr.Request = None) -> dict:
+                 request: gr.Request = None) -> dict:
             """Replace token `position` by the mask token, run again: the /analyze result plus `mask_predictions`."""
             try:
                 position = as_int(position, "position", lo=0)
                 eng, a = ctx.analysis(model, text, pair, (position,), request=request)
-                out = summarize(eng, a, stack_arg(stack))
+                out = summarize(eng, a)
                 out["mask_predictions"] = (out["predictions"] or [[]])[position] if out["predictions"] else []
                 return out
             except Exception as err:  # noqa: BLE001

@@ -47,13 +47,12 @@ class HeadTab(Tab):
 
     def api(self, ctx: AppContext) -> None:
         def attention(text: str, layer: int, head: int, model: str | None = None, pair: str | None = None,
-                      stack: str | None = None, target: str | None = None,
-                      request: gr.Request = None) -> list[list[float]]:
+                      stack: str | None = None, request: gr.Request = None) -> list[list[float]]:
             """Attention of one head (head=-1: mean of the layer's heads) as a list of rows, rows = from
             (queries), columns = to (keys). Encoder-decoders: `stack` encoder, decoder or cross (decoder
-            rows, encoder columns), `target` the decoder's text (default: the text itself)."""
+            rows, encoder columns); `pair` is the decoder's text (default: the text itself)."""
             try:
-                _, a = ctx.analysis(model, text, pair, request=request, target=target)
+                _, a = ctx.analysis(model, text, pair, request=request)
                 layer, head, stack = layer_head_args(a, layer, head, stack)
                 return attention_matrix(a, layer, head, stack).tolist()
             except Exception as err:  # noqa: BLE001

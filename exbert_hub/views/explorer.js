@@ -1294,7 +1294,9 @@
       stack: isMainStack() ? null : S.stack,
     };
     if (withText) {
-      values.model = p.model; values.text = p.text; values.pair = p.pair || null;
+      // (encoder-decoders: the second box, `pair` in the address, is the decoder's text when it is not the text)
+      const target = p.model_kind === "encoder-decoder" && p.target != null && p.target !== p.text ? p.target : null;
+      values.model = p.model; values.text = p.text; values.pair = p.pair || target;
       values.mask = p.masked.length ? p.masked.join(",") : null;
     }
     XH.setUrlParams(values);

@@ -251,3 +251,11 @@ class ExplorerView(gr.HTML):
 
     def api_info(self) -> dict:
         return {"type": "object", "description": "explorer payload (see exbert_hub.views.explorer.explorer_payload)"}
+
+    def __getattr__(self, name: str):
+        # gr.HTML answers any name quoted in its JS with an event trigger; the JS quotes the stack name
+        # "self", and Gradio's config would read getattr(component, "self") for the constructor's `self`
+        # (an event trigger holding a lock: every page load then failed to deep-copy the config)
+        if name == "self":
+            raise AttributeError(name)
+        return super().__getattr__(name)

@@ -175,7 +175,7 @@ def url_params(page) -> dict:
     return {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
 
 
-def test_stack_in_the_app_deep_link_lazy_layers_and_search(page, explorer_app, tiny, monkeypatch):
+def test_stack_in_the_app_deep_link_lazy_layers_and_search(page, explorer_app, tiny, tiny_engine, monkeypatch):
     """In the app: ?stack=cross opens the cross attention; the choice goes into the address; the other stacks'
     layers come from the server when the page does not hold them; corpus search says it needs the encoder."""
     from exbert_hub.views import explorer
@@ -207,6 +207,23 @@ def test_stack_in_the_app_deep_link_lazy_layers_and_search(page, explorer_app, t
     page.click("button[role='tab']:has-text('Head view')")
     page.wait_for_function("() => { const h = document.querySelector('#xh-head-view .xh-hv'); return h && h.dataset.stack === 'cross' && +h.dataset.lines > 0; }")
     page.screenshot(path=str(ARTIFACTS / "head_view_encdec_cross.png"), full_page=True)
+    # the decoder's text: the second box (its label says so), in the address as `pair`
+    page.click("button[role='tab']:has-text('Attention explorer')")
+    page.wait_for_selector(".xb-root[data-ready='1']")
+    assert "Decoder text" in page.text_content("#xh-pair")
+    key = page.evaluate("() => document.querySelector('.xb-root').dataset.key")
+    page.fill("#xh-pair textarea", TARGET)
+    page.click("#xh-analyze")
+    page.wait_for_function("k => document.querySelector('.xb-root').dataset.key !== k", arg=key)
+    page.wait_for_function("() => document.querySelector('.xb-root').dataset.stack === 'cross'")  # the stack shown stays
+    a = tiny_engine("t5").analyze(TEXT, target=TARGET)
+    left = page.evaluate("() => Array.from(document.querySelectorAll('.xb-col-left .xb-tok')).map(t => t.textContent)")
+    assert left == list(a.decoder_input.display) and url_params(page)["pair"] == TARGET
+    page.reload()
+    page.wait_for_selector(".xb-root[data-ready='1']", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('.xb-root').dataset.stack === 'cross'")
+    assert page.evaluate("() => Array.from(document.querySelectorAll('.xb-col-left .xb-tok')).map(t => t.textContent)") == left
+    assert page.input_value("#xh-pair textarea") == TARGET
     # a link naming a stack the model does not have: the encoder, and a line saying why
     page.goto(explorer_app.url + "?" + urlencode({"model": t5, "text": TEXT, "stack": "sideways"}))
     page.wait_for_selector(".xb-root[data-ready='1']", timeout=60_000)
