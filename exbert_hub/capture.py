@@ -78,7 +78,9 @@ class AttentionCall:
     weights: torch.Tensor | None  # [heads, q, k] in a recording with keep_weights, else None
     context: torch.Tensor  # [q, heads, head_dim]
     batch_context: torch.Tensor  # [batch, q, heads, head_dim]: every sequence of a batched pass (corpus builder)
-    causal: bool = False  # the mask is exactly the causal pattern (fused recordings only)
+    causal: bool = False  # the mask is exactly the causal pattern
+    mask_fill: float = 0.0  # the mask's minimum (its fill above the diagonal when causal)
+    mask_key: int = 0  # id() of the mask tensor the model passed (layers share it; ``mask`` is a view of it)
 
 
 @dataclass
@@ -87,23 +89,30 @@ class Recording:
     fused: bool = False  # compute outputs with fused attention (no weights are made)
     keep_weights: bool = False  # keep a reference to each layer's weights (L x H x T x T alive at once)
     trim: bool = False  # release_freed_memory() after each recorded call (long inputs)
-    # id(mask tensor) -> (the tensor, is it causal): one check per mask tensor and pass (layers share it)
+    # id(mask tensor) -> (the tensor, is it causal, its minimum): one check per mask tensor and pass
+    # (layers share it; keyed by the tensor the model passes, not by a view of it, which is new per call)
     _causal: dict = field(default_factory=dict)
 
-    def is_causal(self, mask: torch.Tensor | None) -> bool:
-        """Whether an additive mask [.., q, k] is the causal pattern: 0 on and below the diagonal, its
-        minimum (a very negative fill) above it. Any other mask (padding, sliding window) is not."""
-        if mask is None or mask.shape[-1] != mask.shape[-2] or mask.shape[-1] < 2:
-            return False
+    def describe_mask(self, mask: torch.Tensor | None) -> tuple[bool, float]:
+        """(is it causal, its minimum) of an additive mask [.., q, k]. Causal: 0 on and below the diagonal,
+        its minimum (a very negative fill) above it; any other mask (padding, sliding window) is not."""
+        if mask is None:
+            return False, 0.0
         hit = self._causal.get(id(mask))
         if hit is not None and hit[0] is mask:
-            return hit[1]
+            return hit[1], hit[2]
         m = mask.reshape(-1, mask.shape[-2], mask.shape[-1])
         fill = m.min()
-        future = torch.ones(m.shape[-2:], dtype=torch.bool, device=m.device).triu_(1)
-        causal = bool(fill < -1e4) and bool((m[:, ~future] == 0).all()) and bool((m[:, future] == fill).all())
-        self._causal[id(mask)] = (mask, causal)
-        return causal
+        causal = False
+        if mask.shape[-1] == mask.shape[-2] >= 2:
+            future = torch.ones(m.shape[-2:], dtype=torch.bool, device=m.device).triu_(1)
+            causal = bool(fill < -1e4) and bool((m[:, ~future] == 0).all()) and bool((m[:, future] == fill).all())
+        self._causal[id(mask)] = (mask, causal, float(fill))
+        return causal, float(fill)
+
+    def is_causal(self, mask: torch.Tensor | None) -> bool:
+        """Whether an additive mask [.., q, k] is the causal pattern (see ``describe_mask``)."""
+        return self.describe_mask(mask)[0]
 
 
 # kwargs of an eager attention call that fused attention cannot reproduce: such calls run the eager code
@@ -134,12 +143,12 @@ def _wrap(original):
         rec = _ACTIVE.get()
         fused = (rec is not None and rec.fused and not args
                  and not any(kwargs.get(name) is not None for name in _NOT_FUSABLE))
-        causal = False
+        # once per mask tensor and pass (the layers share it), in eager recordings too
+        causal, fill = rec.describe_mask(attention_mask) if rec is not None else (False, 0.0)
         if fused:
             scaling = kwargs.get("scaling")
             if scaling is None:
                 scaling = query.size(-1) ** -0.5
-            causal = rec.is_causal(attention_mask)
             out = _fused(module, query, key, value, attention_mask, scaling, kwargs.get("position_bias"), causal,
                          float(kwargs.get("dropout", 0.0) or 0.0))
         else:
@@ -163,6 +172,8 @@ def _wrap(original):
                     context=attn_output[0],
                     batch_context=attn_output,
                     causal=causal,
+                    mask_fill=fill,
+                    mask_key=id(attention_mask),
                 )
             )
             if rec.trim:

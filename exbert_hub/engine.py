@@ -1095,21 +1095,23 @@ class Engine:
             log.warning("%s: the pass recorded %s attention calls for %s layers; keeping the model's weights",
                         self.name, {k: len(v) for k, v in by_stack.items()}, layers)
             return None
-        specs: dict[int, MaskSpec] = {}  # one description per mask tensor (layers share it)
+        # one description per mask tensor the model passed (layers share it; c.mask is a view, new per call).
+        # The calls keep views of those tensors alive, so their ids stay unique while this runs.
+        specs: dict[int, MaskSpec] = {}
 
         def spec_of(c: capture.AttentionCall) -> MaskSpec:
             m = c.mask
             if m is None:
                 return MaskSpec("none")
-            if id(m) not in specs:
-                if c.causal or rec.is_causal(m):
-                    specs[id(m)] = MaskSpec("causal", fill=float(m.min()))
+            if c.mask_key not in specs:
+                if c.causal:
+                    specs[c.mask_key] = MaskSpec("causal", fill=c.mask_fill)
                 elif not bool(m.any()):
-                    specs[id(m)] = MaskSpec("none")
+                    specs[c.mask_key] = MaskSpec("none")
                 else:
                     q, k = c.query.shape[-2], c.key.shape[-2]
-                    specs[id(m)] = MaskSpec("dense", dense=np.broadcast_to(_numpy(m)[0], (q, k)))
-            return specs[id(m)]
+                    specs[c.mask_key] = MaskSpec("dense", dense=np.broadcast_to(_numpy(m)[0], (q, k)))
+            return specs[c.mask_key]
 
         stacks = {}
         for name, n in layers.items():

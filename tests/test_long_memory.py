@@ -124,3 +124,48 @@ def test_smollm2_4096_tokens_peak_under_3gb():
     assert got["nbytes"] < 1.0e9
     assert got["row_sums"] == pytest.approx([1.0, 1.0], abs=1e-5)
     assert got["peak_mb"] < 2600, got
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_mask_described_once_per_pass(family, tiny, monkeypatch):
+    """The layers share one mask tensor; each call sees a new view of it. It is checked once per pass
+    (at 512 SmolLM2 tokens, 30 checks of the view cost more than the attention itself), and every layer's
+    description is what the mask is."""
+    engine = exbert_hub.load(str(tiny(family)), cache=ModelCache())
+    recs = []
+    real = capture.recording
+
+    def spy(**kw):
+        cm = real(**kw)
+        rec = cm.__enter__()
+        recs.append(rec)
+
+        class _CM:
+            def __enter__(self):
+                return rec
+
+            def __exit__(self, *exc):
+                return cm.__exit__(*exc)
+
+        return _CM()
+
+    monkeypatch.setattr(capture, "recording", spy)
+    checks = []
+    describe = capture.Recording.describe_mask
+
+    def counted(self, mask):
+        if mask is not None and id(mask) not in self._causal:
+            checks.append(tuple(mask.shape))
+        return describe(self, mask)
+
+    monkeypatch.setattr(capture.Recording, "describe_mask", counted)
+    a = engine.analyze("The cat sat on the mat, and the dog slept.")
+    assert len(recs) == 1 and len(recs[0].calls) == a.num_layers
+    assert len(checks) <= 1
+    kinds = {s.kind for s in a.main_stack.mask_specs}
+    assert kinds == ({"causal"} if family == "llama" else {"none"})
+    if family == "llama":
+        T = len(a.tokens)
+        spec = a.main_stack.mask_specs[0]
+        assert spec.fill < -1e4
+        np.testing.assert_array_equal(a.main_stack.masks[a.num_layers - 1], np.triu(np.full((T, T), spec.fill, np.float32), 1))
