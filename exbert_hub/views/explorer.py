@@ -102,9 +102,9 @@ def explorer_payload(
     sends it back to fetch layers and to mask tokens). all_layers: send every layer (default: when they
     fit in ALL_LAYERS_BYTES; the other stacks' layers too when all of them fit).
 
-    The left column is the stack's queries, the right its keys: ``sequences[stacks[i]["query_seq"]]``
-    and ``sequences[...["key_seq"]]`` ("input" or "decoder": for "cross", decoder tokens on the left and
-    the encoder's on the right). The top-level token lists are the input's (the encoder's).
+    The left column is the stack's queries, the right its keys: ``stacks[i]["query_seq"]`` and
+    ``["key_seq"]`` name their tokens, "input" (the top-level token lists: the input's, the encoder's) or
+    "decoder" (``sequences["decoder"]``); for "cross", decoder tokens on the left, the encoder's on the right.
 
     Long inputs (one dense layer over rows.LONG_LAYER_BYTES) with a key: no attention in the payload
     (``"long": True``); the browser fetches sparse blocks of the rows in view (:func:`rows_payload`).
@@ -130,9 +130,8 @@ def explorer_payload(
     weights_list = None
     if weights is not None and len(weights) == num_heads:
         weights_list = [float(max(w, 0.0)) for w in weights]
-    sequences = {"input": _sequence_json(analysis, "input")}
-    if analysis.decoder_input is not None:
-        sequences["decoder"] = _sequence_json(analysis, "decoder")
+    inp = _sequence_json(analysis, "input")  # the top-level token lists (not repeated in `sequences`)
+    sequences = {"decoder": _sequence_json(analysis, "decoder")} if analysis.decoder_input is not None else {}
     shown = {str(i): encode_attention(att[i]) for i in layers}
     if rollout and all_layers:
         shown[str(num_layers)] = rollout_layer(analysis, stack)
@@ -143,7 +142,6 @@ def explorer_payload(
                 others[name] = {str(i): encode_attention(other.attentions[i]) for i in range(other.num_layers)}
                 if _rollout_ok(other, False):
                     others[name][str(other.num_layers)] = rollout_layer(analysis, name)
-    inp = sequences["input"]
     return {
         "view": "explorer",
         "key": key,
@@ -230,7 +228,8 @@ def rows_payload(analysis: Analysis, layer: int, block: int | None = None, row: 
 
 
 class ExplorerView(gr.HTML):
-    """exBERT's attention explorer. ``fetch_layer([key, layer]) -> payload`` serves lazy layers.
+    """exBERT's attention explorer. ``fetch_layer({key, layer, stack?, block?, row?}) -> payload`` serves lazy
+    layers (the app's: exbert_hub.tabs.explorer.fetch_layer).
 
     Custom events: ``mask`` (data: position, key and the current view: stack, layer, heads, token,
     threshold, hide_special, weights).
