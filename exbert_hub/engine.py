@@ -45,11 +45,6 @@ from .errors import InputError, ModelNotFoundError, UnsupportedModelError
 from .policy import Policy, PolicyError, _shown
 from .resolve import LOAD_LOCK, Resolved, resolve
 
-# torch's float32 matmul precision on CPU is one process-wide setting: the logit lens switches it to
-# bfloat16 products for a moment (exbert_hub.analyses.lens); forward passes hold this lock so that none
-# of them runs while it is switched
-MATMUL_PRECISION_LOCK = threading.Lock()
-
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 8192
@@ -902,7 +897,7 @@ class Engine:
             inputs["decoder_input_ids"] = torch.as_tensor(decoder_seq.ids)[None]
         inputs = {k: v.to(dev) for k, v in inputs.items()}
 
-        with self._loaded.lock, MATMUL_PRECISION_LOCK, torch.inference_mode():
+        with self._loaded.lock, torch.inference_mode():
             # queries and keys recorded, attention weights never kept (fused from FUSED_FROM_TOKENS on). If
             # some layer's attention did not go through the recorded function: the model's own weights.
             mode = "materialise"

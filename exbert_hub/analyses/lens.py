@@ -26,7 +26,9 @@ view asks for the rows it shows).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -34,7 +36,6 @@ import numpy as np
 import torch
 
 from ..analysis import CAUSAL_LM, ENCODER_DECODER, MASKED_LM, Analysis, kind_phrase
-from ..engine import MATMUL_PRECISION_LOCK
 from ..errors import InputError, UnsupportedModelError
 
 # final norms of causal LMs, looked up on the base model (then on its ``decoder``, OPT-style)
@@ -42,14 +43,19 @@ _FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f",
 MAX_TOP_K = 100
 # logits held at once: chunk x vocab floats (4 MB x chunk for a 49k vocabulary)
 DEFAULT_CHUNK = 128
-# the fast lens (bfloat16 candidates, float32 rescoring): positions per block (block x vocab float32
-# logits at once: 12 MB for 64 x 49k), candidates rescored per position beyond top_k, group size of
-# the error bound, the vocabulary size from which it is the default, bfloat16's unit roundoff
-FAST_CHUNK = 64
-FAST_CANDIDATES = 32
+# the fast lens (bfloat16 products, float32 rescoring; _fast_lens): blocks of FAST_ROWS positions x
+# FAST_VOCAB tokens (their logits stay in the CPU's cache between product and reductions), groups of
+# VOCAB_GROUP tokens share one error bound, k + FAST_EXTRA_GROUPS groups per row rescored in float32
+# (at most FAST_RESCORE (row, group) pairs at once), the vocabulary size from which it is used,
+# bfloat16's and float32's unit roundoff
+FAST_ROWS = 256
+FAST_VOCAB = 4096
 VOCAB_GROUP = 128
+FAST_EXTRA_GROUPS = 2
+FAST_RESCORE = 1 << 17
 FAST_MIN_VOCAB = 8192
 BF16_U = 2.0 ** -8
+F32_U = 2.0 ** -24
 
 
 @dataclass
@@ -253,6 +259,8 @@ class Lens:
 
     ``top_ids`` int64[L + 1, P, k] and ``top_probs`` float32[L + 1, P, k] (softmax over the whole
     vocabulary, descending) at ``positions`` int64[P]; ``stack`` is "self" or "decoder".
+    ``prob_error`` float32[L + 1, P] (fast lens only, else None): a bound on the relative error of every
+    probability of the cell against the softmax in exact arithmetic (0 where computed in float32).
     """
 
     stack: str
@@ -260,6 +268,7 @@ class Lens:
     top_ids: np.ndarray
     top_probs: np.ndarray
     head: str
+    prob_error: np.ndarray | None = None
 
     @property
     def num_states(self) -> int:
@@ -302,82 +311,182 @@ def bf16_matmul_supported() -> bool:
         return False
 
 
-@contextmanager
-def _bf16_products():
-    """float32 matmuls inside use bfloat16-rounded inputs with float32 accumulation and output (oneDNN).
+@dataclass
+class _FastWeights:
+    """The output head prepared for the fast lens (made once per weight tensor, see _fast_weights).
 
-    The setting is process-wide: MATMUL_PRECISION_LOCK keeps the engine's forward passes out meanwhile.
+    G = ceil(vocab / VOCAB_GROUP) groups of VOCAB_GROUP consecutive tokens; the vocabulary is padded to
+    G * VOCAB_GROUP rows (zero weights, bias -inf: padded tokens have logit -inf everywhere).
     """
-    with MATMUL_PRECISION_LOCK:
-        old = torch.backends.mkldnn.matmul.fp32_precision
-        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
-        try:
-            yield
-        finally:
-            torch.backends.mkldnn.matmul.fp32_precision = old
+
+    version: int
+    wb: torch.Tensor  # bfloat16[G * VOCAB_GROUP, hidden]: the weight rounded to nearest
+    w: torch.Tensor  # float32[G, VOCAB_GROUP, hidden]: the weight (padded) for the exact rescoring
+    bias: torch.Tensor | None  # float32[G * VOCAB_GROUP] (-inf on padding); None: no bias, no padding
+    gmax: torch.Tensor  # float32[G, hidden]: max |weight| over each group, per hidden unit
 
 
-def _group_max_abs(weight: torch.Tensor) -> torch.Tensor:
-    """float32[groups, hidden]: max |weight| over each group of VOCAB_GROUP consecutive vocabulary rows."""
+# id(weight) -> (weak reference to the weight, prepared): a few models' heads (56 MB each for SmolLM2)
+_FAST_WEIGHTS: "OrderedDict[int, tuple[weakref.ref, _FastWeights]]" = OrderedDict()
+_FAST_WEIGHTS_KEPT = 4
+_FAST_WEIGHTS_LOCK = threading.Lock()
+
+
+def _fast_weights(lin: LinearHead) -> _FastWeights:
+    """bfloat16 copy, padded float32 groups and group maxima of ``lin``'s weight, cached per tensor
+    (remade when the weight is changed in place: its version counter moves)."""
+    weight = lin.weight
+    with _FAST_WEIGHTS_LOCK:
+        ref, got = _FAST_WEIGHTS.get(id(weight), (None, None))
+        if got is not None and ref() is weight and got.version == weight._version:
+            _FAST_WEIGHTS.move_to_end(id(weight))
+            return got
     v, d = weight.shape
     g = -(-v // VOCAB_GROUP)
     pad = g * VOCAB_GROUP - v
-    a = weight.detach().abs()
+    w = weight.detach().float()
+    bias = None if lin.bias is None else lin.bias.detach().float().reshape(-1)
     if pad:
-        a = torch.cat([a, a.new_zeros(pad, d)])
-    return a.view(g, VOCAB_GROUP, d).amax(1)
+        w = torch.cat([w, w.new_zeros(pad, d)])
+        bias = torch.cat([bias if bias is not None else w.new_zeros(v), w.new_full((pad,), float("-inf"))])
+    prepared = _FastWeights(version=weight._version, wb=w.to(torch.bfloat16), w=w.view(g, VOCAB_GROUP, d),
+                            bias=bias, gmax=w.abs().view(g, VOCAB_GROUP, d).amax(1))
+    with _FAST_WEIGHTS_LOCK:
+        _FAST_WEIGHTS[id(weight)] = (weakref.ref(weight), prepared)
+        while len(_FAST_WEIGHTS) > _FAST_WEIGHTS_KEPT:
+            _FAST_WEIGHTS.popitem(last=False)
+    return prepared
 
 
-def _fast_block(x: torch.Tensor, lin: LinearHead, gmax_w: torch.Tensor, k: int, m: int):
-    """Exact top-k of one block of positions, from bfloat16 candidates rescored in float32.
+def _bf16_group_stats(x: torch.Tensor, fw: _FastWeights, post: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group maxima and sums of exp of the bfloat16 logits of one layer, never the [n, vocab] logits whole.
 
-    ``x`` float32[R, hidden] (normed). Returns (ids int64[R, k], log-probabilities float32[R, k],
-    certified bool[R]); rows not certified must be recomputed in float32 by the caller.
-
-    Why the top-k is exact: every product x . w_j with bfloat16 inputs (rounded to nearest; float32
-    accumulation and output) is within delta_j = (2u + u^2 + d 2^-24) sum_i |x_i| |w_ji| of the exact
-    one (u = 2^-8), and sum_i |x_i| |w_ji| <= sum_i |x_i| G_gi with G_g the max |w| over j's group of
-    VOCAB_GROUP tokens (one small product). The top m (bfloat16) candidates are rescored in float32;
-    their k-th best exact logit e_k is at most the true k-th best, so no other token j can be in the
-    top-k when min(b_m, max of j's group) + delta_g < e_k, b_m being the m-th best bfloat16 logit.
-    The normaliser: the candidates' exact terms plus the bfloat16 terms of the rest of the vocabulary
-    (each within a factor exp(+-delta_j) of its exact value).
+    ``x`` float32[n, hidden] (normed and pre-scaled). Returns (gmax float32[n, G]: max bfloat16 logit
+    of each group, gsum float32[n, G]: sum over each group of exp(logit - m), m float32[n]: the row's
+    max bfloat16 logit). Blocks of FAST_ROWS positions x FAST_VOCAB tokens stay in the CPU's cache
+    between the product and the two reductions.
     """
-    w, d = lin.weight, x.shape[-1]
-    x = x * lin.pre_scale if lin.pre_scale != 1.0 else x
-    with _bf16_products():
-        logits = x @ w.T  # float32[R, vocab]
-    if lin.bias is not None:
-        logits += lin.bias
-    if lin.post_mult != 1.0:
-        logits *= lin.post_mult
-    # (one fused pass) bfloat16 log-probabilities: logits - lse_bf, per row
-    lp = torch.log_softmax(logits, dim=-1)
-    cand_lp, cand = lp.topk(m, dim=-1)  # [R, m], descending
-    lse_bf = logits.gather(1, cand[:, :1]) - cand_lp[:, :1]  # [R, 1]
-    del logits
-    exact = torch.bmm(w[cand], x.unsqueeze(-1)).squeeze(-1)  # float32 rescoring [R, m]
-    if lin.bias is not None:
-        exact += lin.bias[cand]
-    if lin.post_mult != 1.0:
-        exact *= lin.post_mult
-    ex_lp = exact - lse_bf  # exact logits on the bfloat16 log-probability scale
-    z = 1.0 - torch.exp(cand_lp).sum(-1) + torch.exp(ex_lp).sum(-1)  # Z / Z_bf
-    logp = ex_lp - torch.log(z).unsqueeze(-1)
-    top_logp, order = logp.topk(k, dim=-1)
-    ids = cand.gather(1, order)
-    # certificate, on the log-probability scale (a shift by lse_bf per row)
-    e_k = ex_lp.gather(1, order[:, -1:])  # [R, 1]
-    v, g = lp.shape[-1], gmax_w.shape[0]
-    pad = g * VOCAB_GROUP - v
-    if pad:
-        lp = torch.cat([lp, lp.new_full((lp.shape[0], pad), float("-inf"))], dim=1)
-    rest = torch.minimum(lp.view(-1, g, VOCAB_GROUP).amax(-1), cand_lp[:, -1:])  # [R, groups]
-    c = (2 * BF16_U + BF16_U ** 2 + d * 2.0 ** -24) * 1.01
-    delta = (x.abs() @ gmax_w.T) * (c * lin.post_mult)  # [R, groups], float32 (outside the bf16 context)
-    margin = 1e-6 * (e_k.abs() + lse_bf.abs())  # float32 rounding of the shifts
-    certified = ((rest + delta) < e_k - margin).all(-1)
-    return ids, top_logp, certified
+    n = x.shape[0]
+    g = fw.w.shape[0]
+    per = FAST_VOCAB // VOCAB_GROUP  # groups per block
+    xb = x.to(torch.bfloat16)
+    gmax = torch.empty(n, g)
+    gsum = torch.empty(n, g)
+    for i in range(0, n, FAST_ROWS):
+        xr = xb[i:i + FAST_ROWS]
+        r = xr.shape[0]
+        shifts = []
+        for j in range(0, g, per):
+            jj = min(g, j + per)
+            logits = (xr @ fw.wb[j * VOCAB_GROUP:jj * VOCAB_GROUP].T).float()  # bfloat16 products, float32 sums
+            if fw.bias is not None:
+                logits += fw.bias[j * VOCAB_GROUP:jj * VOCAB_GROUP]
+            if post != 1.0:
+                logits *= post
+            grouped = logits.view(r, jj - j, VOCAB_GROUP)
+            gm = grouped.amax(-1)  # [r, groups of the block]
+            shift = gm.amax(-1, keepdim=True)  # [r, 1]: the block's max, so exp never overflows
+            gmax[i:i + r, j:jj] = gm
+            logits.sub_(shift).exp_()
+            gsum[i:i + r, j:jj] = grouped.sum(-1)
+            shifts.append((j, jj, shift))
+        m = gmax[i:i + r].amax(-1, keepdim=True)
+        for j, jj, shift in shifts:  # every block's sums relative to the row's max
+            gsum[i:i + r, j:jj] *= torch.exp(shift - m)
+    return gmax, gsum, gmax.amax(-1)
+
+
+def _fast_lens(xs: list[torch.Tensor], head: LensHead, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-k ids of every row of every layer, from bfloat16 products bounded and rescored in float32.
+
+    ``xs``: per hidden state float32[n, hidden] (normed). Returns (ids int64[S, n, k], probabilities
+    float32[S, n, k], prob_error float32[S, n]: a bound on |p - p_exact| / p_exact of every probability
+    of the row, p_exact being the softmax in exact arithmetic of the float32 inputs).
+
+    The bound. With bfloat16 inputs (rounded to nearest, unit u = 2^-8), exact products and float32
+    accumulation (gamma = d 2^-24 / (1 - d 2^-24)), then a bfloat16 output (rounding u), every bfloat16
+    logit b_j is within delta_j = c S_j of the exact l_j, c = 2u + u^2 + (gamma + u)(1 + u)^2 (1 + gamma),
+    S_j = sum_i |x_i| |w_ji| <= sum_i |x_i| G_gi (G_g: the max |w| over token j's group g; one small
+    [n, hidden] x [hidden, G] product). Per group: max b + delta bounds every exact logit of the group
+    from above. The Q groups of highest bound are rescored exactly (float32); the top-k among their
+    tokens is the true top-k when the best bound of the other groups is below the k-th rescored logit
+    (else the row is computed in float32). The normaliser Z: the rescored tokens' exact terms plus the
+    other groups' bfloat16 sums; since |exp(l) - exp(b)| <= exp(b) expm1(delta), its error is at most
+    E = sum over the other groups of gsum_g expm1(delta_g), and every probability's relative error at
+    most E / Z_est (plus float32 rounding).
+    """
+    lin = head.linear
+    fw = _fast_weights(lin)
+    post, pre = float(lin.post_mult), float(lin.pre_scale)
+    g, _, d = fw.w.shape
+    q = min(g, k + FAST_EXTRA_GROUPS)
+    gamma = d * F32_U / (1 - d * F32_U)
+    c = (2 * BF16_U + BF16_U ** 2 + (gamma + BF16_U) * (1 + BF16_U) ** 2 * (1 + gamma)) * 1.01 * post
+    n_s, n = len(xs), xs[0].shape[0] if xs else 0
+    ids = np.zeros((n_s, n, k), dtype=np.int64)
+    probs = np.zeros((n_s, n, k), dtype=np.float32)
+    err = np.zeros((n_s, n), dtype=np.float32)
+    if n == 0:
+        return ids, probs, err
+    per_state = []
+    for x0 in xs:  # bounds and bfloat16 sums, one layer at a time
+        x = x0 * pre if pre != 1.0 else x0
+        gmax, gsum, m = _bf16_group_stats(x, fw, post)
+        delta = (x.abs() @ fw.gmax.T) * c  # [n, G]
+        top_ub, cand = (gmax + delta).topk(min(g, q + 1), dim=-1)
+        rest_ub = top_ub[:, q] if g > q else torch.full((n,), float("-inf"))
+        cand = cand[:, :q].contiguous()  # [n, q] groups to rescore
+        outside = torch.ones(n, g, dtype=torch.bool)
+        outside.scatter_(1, cand, False)
+        per_state.append(dict(x=x, x0=x0, m=m, cand=cand, rest_ub=rest_ub, z_rest=(gsum * outside).sum(-1),
+                              e_bound=(gsum * torch.expm1(delta) * outside).sum(-1),
+                              margin=4 * gamma * post * delta.amax(-1) / c))
+    # the rescoring of several layers at once (one product per group in use), at most FAST_RESCORE rows x q
+    step = max(1, FAST_RESCORE // max(1, n * q))
+    for s0 in range(0, n_s, step):
+        batch = per_state[s0:s0 + step]
+        exact_all = _rescore(torch.cat([b["x"] for b in batch]), torch.cat([b["cand"] for b in batch]), fw, post)
+        for s, b, exact in zip(range(s0, s0 + step), batch, exact_all.split(n)):
+            z = b["z_rest"] + torch.exp(exact - b["m"][:, None]).sum(-1)
+            top_e, slot = exact.topk(k, dim=-1)
+            tok = b["cand"].gather(1, slot // VOCAB_GROUP) * VOCAB_GROUP + slot % VOCAB_GROUP
+            # certain: every other group's bound is below the k-th rescored logit (minus float32 rounding)
+            ok = b["rest_ub"] < top_e[:, -1] - (b["margin"] + 1e-6 * top_e[:, -1].abs())
+            logp = top_e - (b["m"] + torch.log(z))[:, None]
+            rel = b["e_bound"] / z
+            if not bool(ok.all()):  # not certain: these rows in float32, whole
+                bad = (~ok).nonzero().squeeze(-1)
+                for i in range(0, bad.numel(), DEFAULT_CHUNK):
+                    rows = bad[i:i + DEFAULT_CHUNK]
+                    top = torch.topk(torch.log_softmax(head.head(b["x0"][rows]).float(), dim=-1), k=k, dim=-1)
+                    tok[rows], logp[rows], rel[rows] = top.indices, top.values, 0.0
+            ids[s], probs[s], err[s] = tok.numpy(), logp.exp().numpy(), rel.numpy()
+    return ids, probs, err
+
+
+def _rescore(x: torch.Tensor, cand: torch.Tensor, fw: _FastWeights, post: float) -> torch.Tensor:
+    """float32[n, q * VOCAB_GROUP]: the exact (float32) logits of every token of each row's q groups ``cand``.
+
+    The rows asking for one group are multiplied by it together (one product per group in use), not
+    one gathered weight copy per row.
+    """
+    n, q = cand.shape
+    flat = cand.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    groups, counts = torch.unique_consecutive(flat[order], return_counts=True)
+    rows = order // q  # the row of each (row, slot) pair, in group order
+    out = torch.empty(n * q, VOCAB_GROUP)
+    start = 0
+    for grp, cnt in zip(groups.tolist(), counts.tolist()):
+        sel = order[start:start + cnt]
+        out[sel] = x[rows[start:start + cnt]] @ fw.w[grp].T
+        start += cnt
+    out = out.view(n, q * VOCAB_GROUP)
+    if fw.bias is not None:
+        out += fw.bias.view(-1, VOCAB_GROUP)[cand].reshape(n, -1)
+    if post != 1.0:
+        out *= post
+    return out
 
 
 def logit_lens(
@@ -396,15 +505,15 @@ def logit_lens(
     decoder's hidden states are read. Causal LMs predict the token after each position, masked LMs the
     token at it (as ``analysis.predictions``).
 
-    ``fast=True`` (opt-in; used where the head is one linear map on the CPU in float32, the vocabulary has
-    at least FAST_MIN_VOCAB tokens and the CPU multiplies bfloat16 natively): candidates from bfloat16
-    products, rescored in float32, the top-k ids certified exact (rows that cannot be certified are
-    recomputed in float32); probabilities have exact numerators and a normaliser whose rest-of-vocabulary
-    part comes from the bfloat16 products (see _fast_block; SmolLM2 at 1k tokens: relative error median
-    5e-7, 99th percentile 1.5e-3, worst seen 2.7% on a flat row). The last layer is always float32 (it is the
-    model's own prediction). Default ``fast=False``: everything in float32. (Opt-in because it gains
-    about 1.4x on 2 cores, its probabilities are not exact, and it switches a process-wide matmul
-    setting for a moment, which other threads' forward passes outside Engine.analyze do not wait for.)
+    ``fast=True`` (used where the head is one linear map on the CPU, the vocabulary has at least
+    FAST_MIN_VOCAB tokens and the CPU multiplies bfloat16 natively; else the float32 lens): every layer,
+    the last one included, through bfloat16 products in cache-sized blocks, with per-group error
+    bounds; the groups that can hold the top-k are rescored in float32, so the top-k ids are those of
+    exact arithmetic (rows whose bounds cannot tell are computed in float32, whole) and their logits are
+    float32; the softmax normaliser takes the rest of the vocabulary from the bfloat16 products, within
+    the bound ``Lens.prob_error`` states per cell (see _fast_lens). No process-wide setting is touched.
+    Default ``fast=False``: everything in float32 (the last layer then equals the model's own logits
+    to float32 rounding).
     """
     top_k = _check_top_k(top_k)
     stack, states = _stack_states(analysis, stack)
@@ -424,22 +533,12 @@ def logit_lens(
     with torch.inference_mode():
         if fast:
             k = min(top_k, vocab)
-            m = min(vocab, k + FAST_CANDIDATES)
-            gmax_w = _group_max_abs(lin.weight)
-            # the last layer in float32: it is the model's own prediction, to float32 rounding
-            for s in range(n_states - 1):
-                layer = head.pre(torch.from_numpy(np.ascontiguousarray(states[s][pos])), last=False)
-                for i in range(0, pos.size, FAST_CHUNK):
-                    x = layer[i:i + FAST_CHUNK]
-                    bid, blp, ok = _fast_block(x, lin, gmax_w, k, m)
-                    if not bool(ok.all()):  # not certain: these rows in float32
-                        bad = (~ok).nonzero().squeeze(-1)
-                        logp = torch.log_softmax(head.head(x[bad]).float(), dim=-1)
-                        top = torch.topk(logp, k=k, dim=-1)
-                        bid[bad], blp[bad] = top.indices, top.values
-                    ids[s, i:i + FAST_CHUNK, :k] = bid.numpy()
-                    probs[s, i:i + FAST_CHUNK, :k] = blp.exp().numpy()
-        for s in range(n_states - 1 if fast else 0, n_states):  # float32
+            xs = [head.pre(torch.from_numpy(np.ascontiguousarray(states[s][pos])), last=s == n_states - 1)
+                  for s in range(n_states)]
+            f_ids, f_probs, err = _fast_lens(xs, head, k)
+            ids[:, :, :k], probs[:, :, :k] = f_ids, f_probs
+            return Lens(stack=stack, positions=pos, top_ids=ids, top_probs=probs, head=head.describe, prob_error=err)
+        for s in range(n_states):  # float32
             layer = torch.from_numpy(np.ascontiguousarray(states[s][pos])).to(dev)
             for i in range(0, pos.size, chunk):
                 logits = head.logits(layer[i:i + chunk], last=s == n_states - 1)
