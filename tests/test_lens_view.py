@@ -78,3 +78,29 @@ def test_masked_lm_opens_on_the_first_position_and_t5_reads_the_decoder(tiny_eng
     a = t5.analyze("a source text", target="a decoder text")
     p = lens_view_payload(a, t5)
     assert p["stack"] == "decoder" and p["tokens"] == [str(t) for t in a.decoder_input.display]
+
+
+def test_rows_come_from_the_fast_lens_over_a_whole_span(llama, monkeypatch):
+    """The view's grid is the fast lens (exact top-k, bounded probabilities), computed for SPAN_ROWS
+    positions at once and cached: every block of the span is a slice of that one computation."""
+    from exbert_hub.analyses import lens as lens_mod
+    from exbert_hub.views import lens_view as view_mod
+
+    eng, a = llama
+    monkeypatch.setattr(lens_mod, "FAST_MIN_VOCAB", 0)  # the tiny vocabulary would use float32
+    fast = logit_lens(a, eng, top_k=5, fast=True)
+    assert fast.prob_error is not None and (fast.prob_error > 0).any()
+    words = fast.tokens(eng.tokenizer)
+    calls = []
+    real = view_mod._span_lens
+    monkeypatch.setattr(view_mod, "_span_lens", lambda *args: calls.append(args[2]) or real(*args))
+    monkeypatch.setattr(view_mod, "CACHE", LensCache())
+    n = len(a.tokens)
+    for block in range((n + ROW_BLOCK - 1) // ROW_BLOCK):
+        rows = lens_rows_payload(a, eng, block, key="fast-span")
+        for r, pos in enumerate(range(rows["start"], rows["end"])):
+            for s in range(fast.num_states):
+                assert rows["words"][r][s] == words[s][pos]
+                assert rows["ids"][r][s] == fast.top_ids[s, pos].tolist()
+                np.testing.assert_allclose(rows["probs"][r][s], fast.top_probs[s, pos], atol=1e-5)
+    assert calls == [0]  # one span computed, once

@@ -26,6 +26,7 @@ from ..generation import generated_flags
 from . import asset, common_head, sequence_continuations
 
 ROW_BLOCK = 64  # positions per block of rows
+SPAN_ROWS = 1024  # positions the lens computes at once (a multiple of ROW_BLOCK); blocks are slices of it
 TOP_K = 5
 _CACHE_BLOCKS = 256  # blocks of lens rows kept (each ~ROW_BLOCK x layers x TOP_K words)
 
@@ -60,22 +61,38 @@ class LensCache:
 CACHE = LensCache()
 
 
-def _block_rows(analysis: Analysis, engine, block: int, top_k: int) -> dict:
+def _span_lens(analysis: Analysis, engine, span: int, top_k: int) -> Lens:
+    """The fast lens (exact top-k, bounded probabilities: analyses.lens.logit_lens(fast=True)) of
+    SPAN_ROWS positions at once: a 1k-token text's whole grid in one call, then every block is a slice."""
+    n = lens_positions(analysis)
+    return logit_lens(analysis, engine, top_k=top_k, positions=range(span * SPAN_ROWS, min(n, (span + 1) * SPAN_ROWS)),
+                      fast=True)
+
+
+def _block_rows(analysis: Analysis, engine, block: int, top_k: int, key: str | None = None) -> dict:
     """``{"start", "end", "words": [row][state][k], "probs": [row][state][k]}`` for one block."""
     n = lens_positions(analysis)
     start = int(block) * ROW_BLOCK
     if not 0 <= start < n:
         raise InputError(f"row block {block} is out of range: this text has {n} positions")
     end = min(start + ROW_BLOCK, n)
-    lens: Lens = logit_lens(analysis, engine, top_k=top_k, positions=range(start, end))
-    words = lens.tokens(engine.tokenizer)  # [state][row][k]
-    probs = np.round(lens.top_probs.astype(np.float64), 5)
+    span = start // SPAN_ROWS
+    if key is None:
+        lens = _span_lens(analysis, engine, span, top_k)
+    else:
+        lens = CACHE.get((key, "span", span, int(top_k)), lambda: _span_lens(analysis, engine, span, top_k))
+    rows = slice(start - span * SPAN_ROWS, end - span * SPAN_ROWS)
+    top_ids, top_probs = lens.top_ids[:, rows], lens.top_probs[:, rows]
+    flat = top_ids.reshape(-1).tolist()
+    words_flat = engine.tokenizer.batch_decode([[i] for i in flat])
+    n_s, n_r, k = top_ids.shape
+    probs = np.round(top_probs.astype(np.float64), 5)
     return {
         "start": start,
         "end": end,
-        "words": [[words[s][r] for s in range(lens.num_states)] for r in range(end - start)],
-        "probs": [[probs[s, r].tolist() for s in range(lens.num_states)] for r in range(end - start)],
-        "ids": [[lens.top_ids[s, r].tolist() for s in range(lens.num_states)] for r in range(end - start)],
+        "words": [[words_flat[(s * n_r + r) * k:(s * n_r + r + 1) * k] for s in range(n_s)] for r in range(n_r)],
+        "probs": [[probs[s, r].tolist() for s in range(n_s)] for r in range(n_r)],
+        "ids": [[top_ids[s, r].tolist() for s in range(n_s)] for r in range(n_r)],
     }
 
 
@@ -83,7 +100,7 @@ def lens_rows_payload(analysis: Analysis, engine, block: int, *, key: str | None
     """One block of rows (cached by ``key`` when given)."""
     if key is None:
         return _block_rows(analysis, engine, block, top_k)
-    return CACHE.get((key, int(block), int(top_k)), lambda: _block_rows(analysis, engine, block, top_k))
+    return CACHE.get((key, int(block), int(top_k)), lambda: _block_rows(analysis, engine, block, top_k, key))
 
 
 def lens_target_payload(analysis: Analysis, engine, position: int, token: str | int) -> dict:
