@@ -156,3 +156,10 @@ def test_png_export_works_where_an_asyncio_loop_runs(bert, tmp_path):
     with ThreadPoolExecutor(max_workers=1) as pool:
         path = pool.submit(asyncio.run, inside_a_loop()).result()
     assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_explorer_export_keeps_the_chosen_stack(t5):
+    payload, _, _ = view_payload(t5, "explorer", ViewState(stack="cross", layer=1))
+    assert payload["stack"] == "cross"
+    default, _, _ = view_payload(t5, "explorer", ViewState())
+    assert default["stack"] == "encoder"

@@ -103,3 +103,26 @@ def test_the_first_tab_gets_its_value_from_the_deep_link(tiny, tiny_engine):
     echo = next(c for c in demo.blocks.values() if getattr(c, "elem_id", None) == "xh-echo")
     assert out[echo]["tokens"] == tiny_engine("bert").analyze(TEXT).tokens
     assert out[echo]["layer"] == 1
+
+
+def test_views_of_a_stack_link_clamp_to_that_stack(tiny_engine):
+    """A link with stack=cross names a decoder token: the head, neuron and model tabs open that stack, and
+    the token index is kept inside the decoder's tokens (not read as an encoder token)."""
+    from exbert_hub.tabs.head import HeadTab
+    from exbert_hub.tabs.model import ModelTab
+    from exbert_hub.tabs.neuron import NeuronTab
+
+    eng = tiny_engine("t5")
+    a = eng.analyze("The cat sat on the mat and then it slept all day long.", target="Die Katze.")
+    enc, dec = a.stack("encoder"), a.stack("cross")
+    assert dec.q_len < enc.q_len  # the test needs a decoder shorter than the encoder
+    inside, outside = dec.q_len - 1, dec.q_len + 1  # the second is an encoder token only
+    for tab in (HeadTab(), NeuronTab(), ModelTab()):
+        value = tab.value(None, None, a, eng, {"stack": "cross", "layer": 1, "token": inside})
+        assert value["stack"] == "cross", tab.id
+    nv = NeuronTab().value(None, None, a, eng, {"stack": "cross", "layer": 1, "heads": [1], "token": inside})
+    assert (nv["stack"], nv["terms"]["layer"], nv["terms"]["head"], nv["terms"]["token"]) == ("cross", 1, 1, inside)
+    far = NeuronTab().value(None, None, a, eng, {"stack": "cross", "token": outside})
+    assert far["terms"]["token"] != outside
+    bad = HeadTab().value(None, None, a, eng, {"stack": "nope"})
+    assert bad["stack"] == "encoder" and "nope" in bad["stack_note"]

@@ -183,12 +183,12 @@ def view_payload(analysis: Analysis, view: str, state: ViewState, *, budget: int
     answers = _Answers(budget)
     heads = None if state.heads is None else list(state.heads)
     selection = {"layer": state.layer, "heads": heads, "token": state.token}
-    stack = resolve_stack(analysis, state.stack) if view != "explorer" else None
+    stack = resolve_stack(analysis, state.stack)
     if view == "explorer":
         # every layer inline: nothing to fetch; masking needs the model, so it is off in an export
         payload = explorer_payload(analysis, layer=state.layer, heads=heads, token=state.token,
                                    threshold=state.threshold, hide_special=state.hide_special,
-                                   key=None, can_mask=False, all_layers=True)
+                                   key=None, can_mask=False, all_layers=True, stack=stack)
     elif view == "head":
         payload = head_view_payload(analysis, layer=state.layer, heads=heads, stack=stack,
                                     pair_filter=state.pair_filter, key=EXPORT_KEY, prefetch_bytes=math.inf)

@@ -140,11 +140,13 @@ def link_int_list(value: str | None) -> list[int] | None:
     return [x for x in (link_int(v) for v in value.split(",")) if x is not None]
 
 
-def clamp_view(a: "Analysis", view: dict) -> tuple[int, list[int] | None, int | None]:
-    """(layer, heads, token) of the view state, kept inside the analysis's shape."""
-    layer = min(max(link_int(view.get("layer"), 0), 0), a.num_layers - 1)
+def clamp_view(a: "Analysis", view: dict, stack: str | None = None) -> tuple[int, list[int] | None, int | None]:
+    """(layer, heads, token) of the view state, kept inside the shape of ``stack`` (default the main one):
+    its layers and heads, and its query tokens (the decoder's for "decoder" and "cross")."""
+    st = a.main_stack if stack is None else a.stack(stack)
+    layer = min(max(link_int(view.get("layer"), 0), 0), st.num_layers - 1)
     heads = view.get("heads")
-    heads = None if heads is None else [h for h in heads if 0 <= h < a.num_heads] or None
+    heads = None if heads is None else [h for h in heads if 0 <= h < st.num_heads] or None
     token = view.get("token")
-    token = token if token is not None and 0 <= token < len(a.tokens) else None
+    token = token if token is not None and 0 <= token < st.q_len else None
     return layer, heads, token

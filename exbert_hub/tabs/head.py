@@ -8,7 +8,7 @@ from ..inputs import as_int, as_text
 from ..service import StoreRef, attention_matrix, check_layer_head, link_stack
 from ..views.head_view import HeadView, head_view_payload
 from ..hub.app_export import export_controls
-from .base import AppContext, Tab, api_error, clamp_view, link_int
+from .base import AppContext, Tab, api_error, clamp_view
 
 
 def layer_head_args(a, layer, head, stack, one_head: bool = False) -> tuple[int, int, str | None]:
@@ -34,12 +34,7 @@ class HeadTab(Tab):
 
     def value(self, ctx, key, analysis, engine, view):
         stack, note = link_stack(analysis, view)
-        if stack == analysis.main_stack.name:
-            layer, heads, _ = clamp_view(analysis, view)
-        else:  # the decoder's or cross attention: its own layers and heads
-            st = analysis.stack(stack)
-            layer = min(max(link_int(view.get("layer"), 0), 0), st.num_layers - 1)
-            heads = [h for h in (view.get("heads") or []) if 0 <= h < st.num_heads] or None
+        layer, heads, _ = clamp_view(analysis, view, stack)
         value = head_view_payload(analysis, key=key, layer=layer, heads=heads, stack=stack)
         if note:
             value["stack_note"] = note

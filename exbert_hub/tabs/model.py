@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..service import StoreRef
+from ..service import StoreRef, link_stack
 from ..views.model_view import ModelView, model_view_payload
 from ..hub.app_export import export_controls
 from .base import AppContext, Tab
@@ -20,4 +20,5 @@ class ModelTab(Tab):
         return view
 
     def value(self, ctx, key, analysis, engine, view):
-        return model_view_payload(analysis, key=key)
+        stack, _ = link_stack(analysis, view)  # a stack the analysis lacks: the main one (the head view says why)
+        return model_view_payload(analysis, key=key, stack=stack)

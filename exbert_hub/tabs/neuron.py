@@ -7,7 +7,7 @@ import gradio as gr
 import numpy as np
 
 from ..inputs import as_int
-from ..service import StoreRef
+from ..service import StoreRef, link_stack
 from ..views.neuron_view import NeuronView, neuron_view_payload
 from ..hub.app_export import export_controls
 from .base import AppContext, Tab, api_error, clamp_view
@@ -24,8 +24,10 @@ class NeuronTab(Tab):
         return view
 
     def value(self, ctx, key, analysis, engine, view):
-        layer, heads, token = clamp_view(analysis, view)
-        return neuron_view_payload(analysis, key=key, layer=layer, head=heads[0] if heads else 0, token=token)
+        stack, _ = link_stack(analysis, view)  # a stack the analysis lacks: the main one (the head view says why)
+        layer, heads, token = clamp_view(analysis, view, stack)
+        return neuron_view_payload(analysis, key=key, layer=layer, head=heads[0] if heads else 0, token=token,
+                                   stack=stack)
 
     def api(self, ctx: AppContext) -> None:
         def query_key(text: str, layer: int, head: int, model: str | None = None, pair: str | None = None,
