@@ -16,7 +16,7 @@
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py reindex bench/out/docstrings-corpus
     # one-head / three-head / all-heads search at 1M beside exact search (builder's index code, reader's search)
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py vectors1m        # bench/out/vec1m, no spaCy
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py heads --layer 1 --n 1000000 --queries 100
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py heads --layer 1 --n 1000000 --queries 100 --embedding
     # how the index codes were chosen: recall@50 / bytes / build time of factory strings on 50k kept vectors
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_corpus.py codes bench/out/docstrings-corpus --layer 4
 
@@ -483,15 +483,29 @@ def vectors1m(args) -> dict:
     return {"bench": "vectors1m", "out": str(out), "vectors": n, "shards": shard}
 
 
-def heads_at_scale(args) -> dict:
-    """One-head, three-head and all-heads search at >= 1M real vectors, side by side with exact search.
+def _timed(fn, queries) -> tuple[list[float], np.ndarray]:
+    """(milliseconds per query, int64[q, 50] rows found), one query at a time."""
+    ms, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        r = fn(q)
+        ms.append((time.perf_counter() - t) * 1000)
+        found.append(r)
+    return ms, np.stack(found)
 
-    ``--vectors DIR``: float16 unit vectors in ``DIR/heads-layerNN/shard-*.npy`` (a corpus's kept vectors/
-    folder, or bench/out/vec1m from ``vectors1m``). The first ``--n`` rows are indexed with the builder's
-    own code (``indexing.build_index``: IVF + codes + per-head cells, nprobe tuned on corpus rows); queries
-    are the next rows (tokens of sentences NOT indexed), each with 1 or 3 random heads kept, searched one
-    at a time through the reader's own search path (``Corpus._search`` logic: per-head cells for <= 3 heads,
-    the IVF cells for all). Exact: brute force (faiss.knn) over the same float16 vectors, also timed."""
+
+def heads_at_scale(args) -> dict:
+    """Embedding, one-head, three-head and all-heads search at >= 1M real vectors, beside exact search.
+
+    ``--vectors DIR``: float16 unit vectors in ``DIR/{heads,embedding}-layerNN/shard-*.npy`` (a corpus's kept
+    vectors/ folder, or bench/out/vec1m from ``vectors1m``). The first ``--n`` rows are indexed with the
+    builder's own code (``indexing.build_index``: per-head cells + 10-bit per-head codes for heads, format 2;
+    IVF + RaBitQ5 for embeddings; nprobe tuned on corpus rows); queries are the next rows (tokens of sentences
+    NOT indexed), each with 1 or 3 random heads kept or all, searched one at a time through the reader's own
+    path (``HeadCodes.search`` with the card's nprobe, as ``Corpus._search``; the FAISS index for embeddings).
+    Exact: brute force (faiss.knn) over the same float16 vectors, timed in the same run. Bytes: the files
+    the index wrote, on disk."""
+    import shutil
     import tempfile
 
     import faiss
@@ -500,104 +514,73 @@ def heads_at_scale(args) -> dict:
     from exbert_hub import corpus as corpus_mod
 
     layer = args.layer
-    files = sorted((Path(args.vectors) / f"heads-layer{layer:02d}").glob("shard-*.npy"))
-    arrays = [np.load(f, mmap_mode="r") for f in files]
-    X = np.concatenate([np.asarray(a) for a in arrays])
-    base, Q = X[: args.n], np.asarray(X[args.n: args.n + args.queries], dtype=np.float32)
+
+    def rows_of(kind):
+        files = sorted((Path(args.vectors) / f"{kind}-layer{layer:02d}").glob("shard-*.npy"))
+        X = np.concatenate([np.load(f, mmap_mode="r") for f in files])
+        return X[: args.n], np.asarray(X[args.n: args.n + args.queries], dtype=np.float32)
+
     H = args.heads
     folder = Path(tempfile.mkdtemp(prefix="heads-bench-", dir=ROOT / "bench/out"))
+    out = {"bench": "search at scale (format 2)", "layer": layer, "faiss_threads": faiss.omp_get_max_threads(),
+           "load_avg_before": load_avg(), "cases": []}
+    base, Q = rows_of("heads")
     t0 = time.perf_counter()
-    stats = indexing.build_index(folder, "heads", layer, [base], num_heads=H, factory=args.factory,
-                                 recall_queries=args.recall_queries)
-    build_s = time.perf_counter() - t0
-    index = faiss.read_index(str(folder / stats["file"]))
-    ivf = faiss.extract_index_ivf(index)
-    ivf.parallel_mode = 1
+    stats = indexing.build_index(folder, "heads", layer, [base], num_heads=H, recall_queries=args.recall_queries)
+    out.update(vectors=len(base), heads_build_seconds=round(time.perf_counter() - t0, 1),
+               heads_card={k: v for k, v in stats.items() if k != "head_cells"}, heads_card_head_cells=stats["head_cells"])
     hc = stats["head_cells"]
-    cents, cells = np.load(folder / hc["centroids"]), np.load(folder / hc["cells"])
-    codes = None
-    if "codes" in hc:  # per-head residual codes, memory-mapped as the reader opens them
-        hk = hc["codes"]
-        codes = corpus_mod.HeadCodes(cents, cells, np.load(folder / hk["quant"]),
-                                     np.load(folder / hk["codes"], mmap_mode="r"),
-                                     np.load(folder / hk["refine"], mmap_mode="r"))
+    files = {f: (folder / f).stat().st_size for f in hc["files"]}
+    out["heads_bytes_per_vector"] = {Path(f).name: round(b / len(base), 2) for f, b in files.items()}
+    out["heads_bytes_per_vector"]["total"] = round(sum(files.values()) / len(base), 2)
+    hk = hc["codes"]
+    codes = corpus_mod.HeadCodes(np.load(folder / hc["centroids"]), np.load(folder / hc["cells"]),
+                                 np.load(folder / hk["quant"]), np.load(folder / hk["codes"], mmap_mode="r"),
+                                 np.load(folder / hk["refine"], mmap_mode="r"))
+    t0 = time.perf_counter()
+    for h in range(H):
+        codes.ivf(h)
+    out["heads_first_use_seconds"] = round(time.perf_counter() - t0, 2)  # each head's FAISS lists, made once
     rng = np.random.default_rng(args.seed)
     base32 = np.asarray(base, dtype=np.float32)
-    all_heads_nprobe = None
-    if codes is not None:  # all heads scored from the per-head codes: nprobe tuned like the builder's, on corpus rows
-        t2 = time.perf_counter()
-        q_rows = rng.choice(len(base), size=args.recall_queries, replace=False)
-        qa = base32[q_rows]
-        truth_a = indexing.without_self(indexing.exact_topk(indexing.VectorSource([base]), qa, 51), q_rows, 50)
-        all_heads_nprobe, tuned_a, held_a = indexing.tune_head_cells(
-            index, cents, cells, qa, [list(range(H))] * len(qa), truth_a, q_rows, 50, indexing.RECALL_TARGET, codes)
-        all_heads_tuning = {"nprobe": all_heads_nprobe, "recall_tuning": round(tuned_a, 4),
-                            "recall_held_out": round(held_a, 4), "seconds": round(time.perf_counter() - t2, 1)}
-        print(json.dumps({"all_heads_tuning": all_heads_tuning}), flush=True)
-    out = {"bench": "heads search at scale", "vectors": len(base), "dim": int(X.shape[1]), "layer": layer,
-           "factory": stats["factory"], "index_bytes": stats["bytes"], "bytes_per_vector": round(stats["bytes"] / len(base), 1),
-           "head_cell_bytes_per_vector": round(sum((folder / f).stat().st_size for f in hc["files"][:2]) / len(base), 1),
-           "head_code_bytes_per_vector": round(sum((folder / f).stat().st_size for f in hc["files"][2:]) / len(base), 1),
-           "faiss_index_bytes_per_vector": round((folder / stats["file"]).stat().st_size / len(base), 1),
-           "build_seconds": round(build_s, 1), "card": {k: v for k, v in stats.items() if k != "head_cells"},
-           "card_head_cells": hc, "faiss_threads": faiss.omp_get_max_threads(), "load_avg_before": load_avg(), "cases": []}
+    exact = lambda q: faiss.knn(q[None], base32, 50, metric=faiss.METRIC_INNER_PRODUCT)[1][0]  # noqa: E731
     for m in (1, 3, H):
         if m == H:
             qs, kept = Q, [list(range(H))] * len(Q)
         else:
             qs, kept = indexing.few_head_queries(Q, H, m, rng)
-        t1 = time.perf_counter()
-        truth_s, truth = [], []
-        for q in qs:  # exact, one query at a time, like the searches
-            t = time.perf_counter()
-            _, r = faiss.knn(q[None], base32, 50, metric=faiss.METRIC_INNER_PRODUCT)
-            truth_s.append((time.perf_counter() - t) * 1000)
-            truth.append(r[0])
-        truth = np.stack(truth)
-        ms, found = [], []
-        nprobe = corpus_mod.head_cells_nprobe(stats, m)
-        for q, hs in zip(qs, kept):
-            t = time.perf_counter()
-            if nprobe is not None:
-                _, r = corpus_mod.search_head_cells(index, cents, cells, q[None], [hs], nprobe, 50, codes=codes)
-            else:
-                ivf.nprobe = int(stats["nprobe"])
-                _, r = index.search(q[None], 50)
-            ms.append((time.perf_counter() - t) * 1000)
-            found.append(r[0])
-        case = {"heads": m, "path": ("per-head codes" if codes is not None else "per-head cells") if nprobe is not None else "IVF cells",
-                "nprobe": nprobe if nprobe is not None else stats["nprobe"],
+        exact_ms, truth = _timed(exact, qs)
+        nprobe = corpus_mod.head_codes_nprobe(stats, m)
+        it = iter(kept)
+        ms, found = _timed(lambda q: codes.search(q, next(it), nprobe, 50)[1], qs)
+        case = {"by": "heads", "heads": m, "path": "per-head codes", "nprobe": f"{nprobe} of {hc['cells_per_head']} per head",
                 "median_ms": round(statistics.median(ms), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-                "recall_at_50": round(indexing.recall(np.stack(found), truth), 4),
-                "exact_median_ms": round(statistics.median(truth_s), 2)}
-        if m < H and "nprobe_one_head" in stats:  # the IVF-cells path for the same queries (before per-head cells)
-            ivf.nprobe = int(stats["nprobe_one_head"])
-            ms2, found2 = [], []
-            for q in qs:
-                t = time.perf_counter()
-                _, r = index.search(q[None], 50)
-                ms2.append((time.perf_counter() - t) * 1000)
-                found2.append(r[0])
-            case.update(ivf_cells_nprobe=int(stats["nprobe_one_head"]), ivf_cells_median_ms=round(statistics.median(ms2), 2),
-                        ivf_cells_recall_at_50=round(indexing.recall(np.stack(found2), truth), 4))
-        if m == H and all_heads_nprobe is not None:  # the same queries through the per-head codes
-            ms3, found3 = [], []
-            for q in qs:
-                t = time.perf_counter()
-                _, r = codes.search(q, list(range(H)), all_heads_nprobe, 50)
-                ms3.append((time.perf_counter() - t) * 1000)
-                found3.append(r)
-            case.update(codes_nprobe=all_heads_nprobe, codes_median_ms=round(statistics.median(ms3), 2),
-                        codes_p99_ms=round(float(np.percentile(ms3, 99)), 2),
-                        codes_recall_at_50=round(indexing.recall(np.stack(found3), truth), 4))
+                "recall_at_50": round(indexing.recall(found, truth), 4), "exact_median_ms": round(statistics.median(exact_ms), 2),
+                "card_recall_at_50": hc["recall_at_50"].get(str(m)), "load_avg": load_avg()}
         out["cases"].append(case)
         print(json.dumps(case), flush=True)
-    if codes is not None:
-        out["all_heads_tuning"] = all_heads_tuning
+    del base32
+    if args.embedding:
+        ebase, EQ = rows_of("embedding")
+        t0 = time.perf_counter()
+        est = indexing.build_index(folder, "embedding", layer, [ebase], num_heads=H, recall_queries=args.recall_queries)
+        out["embedding_build_seconds"] = round(time.perf_counter() - t0, 1)
+        out["embedding_card"] = est
+        out["embedding_bytes_per_vector"] = round((folder / est["file"]).stat().st_size / len(ebase), 2)
+        index = faiss.read_index(str(folder / est["file"]))
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe, ivf.parallel_mode = int(est["nprobe"]), 1  # as the reader opens it
+        e32 = np.asarray(ebase, dtype=np.float32)
+        exact_ms, truth = _timed(lambda q: faiss.knn(q[None], e32, 50, metric=faiss.METRIC_INNER_PRODUCT)[1][0], EQ)
+        ms, found = _timed(lambda q: index.search(q[None], 50)[1][0], EQ)
+        case = {"by": "embedding", "path": est["factory"], "nprobe": est["nprobe"],
+                "median_ms": round(statistics.median(ms), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+                "recall_at_50": round(indexing.recall(found, truth), 4), "exact_median_ms": round(statistics.median(exact_ms), 2),
+                "card_recall_at_50": est["recall_at_50"], "load_avg": load_avg()}
+        out["cases"].append(case)
+        print(json.dumps(case), flush=True)
     out["load_avg_after"] = load_avg()
     if not args.keep:
-        import shutil
-
         shutil.rmtree(folder, ignore_errors=True)
     return out
 
@@ -646,8 +629,8 @@ def main() -> None:
     hs.add_argument("--heads", type=int, default=12)
     hs.add_argument("--queries", type=int, default=200)
     hs.add_argument("--recall-queries", type=int, default=200)
-    hs.add_argument("--factory", default=None)
     hs.add_argument("--seed", type=int, default=0)
+    hs.add_argument("--embedding", action="store_true", help="also the embedding index of the same layer and rows")
     hs.add_argument("--keep", action="store_true")
     args = p.parse_args()
     if args.cmd == "docstrings":

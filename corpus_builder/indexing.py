@@ -1,4 +1,5 @@
-"""FAISS indexes of a corpus: exact below a size threshold, compressed (IVF + 6-bit scalar codes) above it.
+"""Indexes of a corpus: exact below a size threshold, compressed above it (embeddings: FAISS IVF + RaBitQ5;
+heads: per-head cells + 10-bit per-head residual codes, format version 2).
 
 Exact tier: the float16 vectors themselves are stored (``index/<kind>-layerNN/*.npy``); the reader adds
 them to a ``faiss.IndexFlatIP`` when first searched (inner product = cosine on unit vectors, exact up to
@@ -8,7 +9,7 @@ Compressed tier: a FAISS ``index_factory`` index: an inverted file of ``nlist`` 
 of two near sqrt(n)) whose vectors are coded
 - embeddings: ``RaBitQ5`` (extended RaBitQ, 5 bits per dimension + correction factors: 262 bytes for 384
   dimensions, plus 8 bytes of id);
-- contexts (``heads``): ``SQ6``, 6-bit scalar codes (288 bytes + id). Unlike RaBitQ (whose random
+- contexts (``heads``, version 1, or with a forced factory): ``SQ6``, 6-bit scalar codes (288 bytes + id). Unlike RaBitQ (whose random
   rotation mixes the heads, so one head's error is the whole vector's), each head keeps its own
   dimensions and a query on a subset of heads reads only their codes.
 
@@ -32,6 +33,12 @@ with nprobe tuned and recall@50 measured for 1 and 3 heads (card ``head_cells``)
 stored as 10-bit codes of its residual to its cell's centroid (``head_cells.codes``: 8 bits + 2 refinement
 bits, head_dim * 1.25 bytes per head and vector), so those queries are scored in numpy on the candidates'
 rows; 6-bit codes cap one-head recall@50 at ~0.80 at 1M, 8 bits at ~0.93, 10 bits at ~0.96.
+
+Format version 2 (``build_head_codes``): a compressed heads index is ONLY the per-head cells and codes
+(no FAISS file: version 1's IVF + SQ6 file, 298 bytes per vector, is gone); every heads query, one head to
+all of them, is scored from them (``exbert_hub.corpus.HeadCodes``: each head's 8-bit codes scanned by a
+FAISS IVF-SQ8 made in memory when first searched, the best rows re-scored with all 10 bits), nprobe tuned
+and recall@50 measured for 1, 3 and all heads. A forced ``factory`` still builds the version-1 layout.
 
 Streaming (``IndexStream``): the builder trains each index on the first vectors past the exact limit and
 encodes every later shard as it arrives; recall is measured from each shard's exact top-k of the sampled
@@ -475,6 +482,7 @@ def head_codes_card(folder: Path, layer: int, centroids, cells, quant, codes, re
     H, C, d = centroids.shape
     crel, hrel = cf.head_cells_files("heads", layer)
     qrel, krel, rrel = cf.head_codes_files("heads", layer)
+    (folder / cf.INDEX_DIR).mkdir(parents=True, exist_ok=True)
     for rel, a in ((crel, centroids), (hrel, cells), (qrel, quant), (krel, codes), (rrel, refine)):
         _save(folder / rel, a)
     head_codes = HeadCodes(centroids, cells, quant, codes, refine)

@@ -214,7 +214,9 @@ CARD_FIELDS: dict[str, str] = {
     "indexes": "per kind, per layer: tier, file, factory, nprobe, recall_at_50 (compressed tier), bytes; compressed "
                "heads indexes also head_cells: {centroids, cells, cells_per_head, nprobe: {heads: cells visited per "
                "selected head}, recall_at_50: {heads: measured}, max_heads, codes: {quant, codes, refine, bits, rerank} "
-               "when per-head residual codes exist}",
+               "when per-head residual codes exist}; version 2: a compressed heads index is its per-head cells "
+               "and codes alone (file = the codes file, factory HeadCells+HeadCodes10, nprobe / recall_at_50 for "
+               "all heads, head_cells.nprobe for 1, 3 and all heads)",
     "timings": "seconds spent reading+annotating, running the model, building indexes; tokens per second",
     "exbert_hub_version": "version of the library that built it",
 }

@@ -110,7 +110,7 @@ def test_candidates_scores_and_top_k_match_naive(corpus, built):
 
 
 def test_recall_against_exact_search(corpus, built):
-    """Against the float16 vectors' exact top 20 on one and three heads, every cell visited: the codes
+    """Against the float16 vectors' exact top 20 on one, three and all heads, every cell visited: the codes
     alone decide (the card's tuned nprobe is checked at 1M in bench/RESULTS.md)."""
     from corpus_builder import indexing
 
@@ -119,7 +119,7 @@ def test_recall_against_exact_search(corpus, built):
     H, C, _ = hc.centroids.shape
     rng = np.random.default_rng(1)
     rows = rng.choice(len(X), size=40, replace=False)
-    for m in (1, 3):
+    for m in (1, 3, H):  # format 2: all heads are scored from the per-head codes too
         qs, kept = indexing.few_head_queries(X[rows], H, m, rng)
         found = np.stack([hc.search(q, hs, C, 20)[1] for q, hs in zip(qs, kept)])
         truth = np.stack([np.argsort(-(X @ q), kind="stable")[:20] for q in qs])
@@ -191,3 +191,17 @@ def test_damaged_code_files_are_one_line(built, tmp_path, which):
     with pytest.raises(CorpusError, match="not a readable .npy file") as err:
         load_corpus(str(copy), cache=CorpusCache())
     assert "\n" not in str(err.value)
+
+
+def test_newer_format_is_refused_in_one_line(built, tmp_path):
+    from exbert_hub.corpus import CorpusCache, CorpusError, load_corpus
+
+    copy = shutil.copytree(built, tmp_path / "newer")
+    card = cf.read_card(copy)
+    assert card["format_version"] == cf.FORMAT_VERSION == 2
+    card["format_version"] = cf.FORMAT_VERSION + 1
+    cf.write_card(copy, card, (built / cf.CARD_FILE).read_text().split("---", 2)[2])
+    with pytest.raises(CorpusError, match="version '3'; this exbert-hub reads 'exbert-hub-corpus' up to version 2: "
+                                          "upgrade exbert-hub") as err:
+        load_corpus(str(copy), cache=CorpusCache())
+    assert "\n" not in str(err.value) and str(tmp_path) not in str(err.value)
