@@ -244,16 +244,59 @@ def check_texts(docs: list[tuple[int, str]], limit: int = 200) -> list[str]:
     return out
 
 
-def forward(runner: vectors.VectorRunner, encoded: list, texts: list[str], batch_size: int) -> list:
+class ThreadChooser:
+    """torch's thread count for each batch, by measured speed: every thread, or one.
+
+    On an idle machine every thread is fastest; on a shared, oversubscribed one (other processes on the
+    cores) OpenMP threads wait for each other and one thread was measured up to 2-6x faster (bench_build).
+    Each option is timed on real batches (seconds per padded token, a moving average); the faster one runs,
+    the other is tried again every ``every`` batches so a change of load is followed. ``cap()`` (e.g. the
+    threads a busy spaCy worker leaves) bounds the choice."""
+
+    def __init__(self, most: int, cap: Callable[[], int] | None = None, every: int = 32):
+        self.options = sorted({1, max(1, most)}, reverse=True)
+        self.cap, self.every = cap, every
+        self.rate: dict[int, float] = {}
+        self.batches = 0
+
+    def pick(self) -> int:
+        limit = self.cap() if self.cap is not None else self.options[0]
+        options = [n for n in self.options if n <= limit] or [1]
+        self.batches += 1
+        for n in options:
+            if n not in self.rate:
+                return n
+        best = min(options, key=lambda n: self.rate[n])
+        if len(options) > 1 and self.batches % self.every == 0:
+            return next(n for n in options if n != best)
+        return best
+
+    def record(self, threads: int, padded_tokens: int, seconds: float) -> None:
+        r = seconds / max(padded_tokens, 1)
+        old = self.rate.get(threads)
+        self.rate[threads] = r if old is None else 0.5 * (old + r)
+
+
+def forward(runner: vectors.VectorRunner, encoded: list, texts: list[str], batch_size: int,
+            threads: ThreadChooser | None = None) -> list:
     """What the corpus keeps of every sentence (``vectors.KeptVectors``), in the given order; the model runs
-    them in length-sorted batches."""
+    them in length-sorted batches (with ``threads``: each batch on the thread count it picks)."""
+    import torch
+
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
     out: list = [None] * len(encoded)
     bs = max(1, batch_size)
     for b in range(0, len(order), bs):
         idx = order[b:b + bs]
+        n = None
+        if threads is not None:
+            n = threads.pick()
+            torch.set_num_threads(n)
+        t0 = time.perf_counter()
         for i, vec in zip(idx, runner.kept([encoded[i] for i in idx], [texts[i] for i in idx])):
             out[i] = vec
+        if n is not None:
+            threads.record(n, len(idx) * max(len(encoded[i].ids) for i in idx), time.perf_counter() - t0)
     return out
 
 
@@ -319,19 +362,39 @@ class Builder:
         self.shard_chars = self.s.shard_chars
         if self.s.max_sentences:
             self.shard_chars = max(2_000, min(self.shard_chars, self.s.max_sentences * 150))
-        # fails early when the pipeline is missing; a build with spaCy workers asks the first one (its
-        # pipeline loaded while the model did), so this process never loads spaCy
-        workers = self._workers
-        self.spacy_info = workers[0].info() if workers else annotate.pipeline_info(self.s.spacy)
         self.source = sources.open_source(self.s.source, config=self.s.config, split=self.s.split, column=self.s.column)
+        self.runner = vectors.VectorRunner(e, self.layers)
+        workers = self._workers
+        if workers:
+            self._early_check()
+        # fails early when the pipeline is missing; a build with spaCy workers asks the first one (its
+        # pipeline loaded while the model did and the check ran), so this process never loads spaCy
+        self.spacy_info = workers[0].info() if workers else annotate.pipeline_info(self.s.spacy)
         self.identity = dict(self.s.identity(), source=self.source.description, layers=self.layers, model_fingerprint=_model_fingerprint(e),
                              spacy=self.spacy_info["pipeline"] + "-" + str(self.spacy_info["version"]),
                              format_version=cf.FORMAT_VERSION)
-        self.runner = vectors.VectorRunner(e, self.layers)
         self.streams = {(kind, layer): indexing.IndexStream(self.out, kind, layer, self.num_heads, self.s.index_factory,
                                                             self.s.recall_queries)
                         for kind in cf.KINDS for layer in self.layers}
         self._written: list[dict] = []  # shards finished (this run or an earlier one), for _maybe_train
+
+    def _early_check(self) -> None:
+        """While the spaCy workers load their pipeline: the batched-path check on the first shard's raw
+        text and the card's probe, on the threads the workers leave (the model would wait otherwise)."""
+        import torch
+
+        t0 = time.time()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads - len(self._workers)))
+        try:
+            first = next(_shards(self.source.documents(), self.shard_chars), None)
+            texts = check_texts(first[1]) if first else []
+            if texts:
+                self.batch_check = check_batched(self.engine, self.runner, texts, self.max_tokens)
+            self._probe = self._probe_fingerprint()
+        finally:
+            torch.set_num_threads(threads)
+        self.seconds_check = round(time.time() - t0, 3)
 
     # --- stage 1: shards -----------------------------------------------------------------------------
     def _done_shards(self) -> dict[int, dict]:
@@ -428,11 +491,13 @@ class Builder:
             self._workers = [annotate.Worker(self.s.spacy) for _ in range(max(0, self.s.workers))]
         workers = self._workers
         # CPU sharing: while a spaCy worker is busy the model runs on one thread fewer (oversubscribed
-        # OpenMP threads spin and slow everyone); once spaCy is ahead and idle, it gets every thread
+        # OpenMP threads spin and slow everyone); once spaCy is ahead and idle, every thread or one,
+        # whichever the last batches ran faster on (ThreadChooser: a machine shared with other work)
         threads = torch.get_num_threads()
         shared = max(1, threads - len(workers)) if workers else threads
+        chooser = ThreadChooser(threads, cap=lambda: shared if any(not w.idle() for w in workers) else threads)
         pending: deque[tuple[int, list, annotate.Worker | None]] = deque()
-        checked = False
+        checked = getattr(self, "batch_check", None) is not None  # _early_check ran it
         turn = 0
         try:
             shard_iter = _shards(self.source.documents(), self.shard_chars)
@@ -457,16 +522,6 @@ class Builder:
                     yield ShardWork(shard, len(docs))
                     continue
                 check = None
-                if not checked and worker is not None:
-                    # while spaCy splits the first shard: the batched-path check (on the shard's raw text)
-                    # and the card's probe, on the threads the worker leaves
-                    t0 = time.time()
-                    torch.set_num_threads(shared)
-                    texts = check_texts(docs)
-                    if texts:
-                        check, checked = check_batched(self.engine, self.runner, texts, self.max_tokens), True
-                    self._probe = self._probe_fingerprint()
-                    self.seconds_check = round(time.time() - t0, 3)
                 t0 = time.time()
                 sents = worker.result() if worker is not None else self._annotate_inline(docs)
                 t_spacy = time.time() - t0
@@ -477,10 +532,9 @@ class Builder:
                     self.seconds_check = round(time.time() - t1, 3)
                 encoded = vectors.encode(self.engine, [s.text for s in sents]) if sents else []
 
-                def model(keep: list[int], encoded=encoded, sents=sents) -> list[vectors.BatchVectors]:
-                    torch.set_num_threads(shared if any(not w.idle() for w in workers) else threads)
+                def model(keep: list[int], encoded=encoded, sents=sents) -> list[vectors.KeptVectors]:
                     return forward(self.runner, [encoded[i] for i in keep], [sents[i].text for i in keep],
-                                   self.s.batch_size)
+                                   self.s.batch_size, chooser)
 
                 yield ShardWork(shard, len(docs), sents, encoded, model, seconds_spacy=t_spacy, batch_check=check)
         finally:
