@@ -241,14 +241,16 @@ def few_head_queries(queries: np.ndarray, num_heads: int, m: int, rng: np.random
 
 
 def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k, target,
-                    codes=None) -> tuple[int, float, float]:
+                    codes=None, cells_count: int | None = None) -> tuple[int, float, float]:
     """Smallest cells-per-head nprobe reaching ``target`` recall on the first half of the queries; its
-    recall on the other half. The search is the reader's own (exbert_hub.corpus.search_head_cells)."""
+    recall on the other half. The search is the reader's own (exbert_hub.corpus.search_head_cells).
+    ``cells_count``: the cells nprobe counts (default: the per-head cells; the coarse cells for many heads)."""
     from exbert_hub.corpus import search_head_cells
 
     half = len(queries) // 2
+    top = int(cells_count or centroids.shape[1])
     candidates = [p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-                  if p < centroids.shape[1]] + [centroids.shape[1]]
+                  if p < top] + [top]
 
     def measure(p: int, sl: slice) -> float:
         _, found = search_head_cells(index, centroids, cells, queries[sl], kept[sl], p, k + 1, codes=codes)
@@ -449,50 +451,78 @@ def build_head_codes(folder: Path, layer: int, source: VectorSource, *, num_head
     t0 = time.time()
     rng = np.random.default_rng(seed)
     C = head_cells_count(source.n)
-    n_train = min(source.n, max_train, C * 64)
+    nlist = default_nlist(source.n)
+    n_train = min(source.n, max_train, max(C, nlist) * 64)
     sample = source.take(np.sort(rng.choice(source.n, size=n_train, replace=False)))
-    centroids = train_head_cells(sample, num_heads, C, seed)
-    quant = train_head_codes(sample, centroids)
+    centroids = train_head_cells(sample[: C * 64], num_heads, C, seed)
+    quant = train_head_codes(sample[: C * 64], centroids)
+    coarse = train_coarse_cells(sample, nlist, seed)
     d = centroids.shape[2]
     cells = np.empty((num_heads, source.n), dtype=np.uint8 if C <= 256 else np.uint16)
     codes = np.empty((num_heads, source.n, d), dtype=np.uint8)
     refine = np.empty((num_heads, source.n, -(-d // 4)), dtype=np.uint8)
+    coarse_cells = np.empty(source.n, dtype=np.uint16)
     for start, chunk in source.chunks():
         end = start + len(chunk)
         cells[:, start:end] = assign_head_cells(centroids, chunk)
         codes[:, start:end], refine[:, start:end] = encode_head_codes(quant, centroids, chunk, cells[:, start:end])
+        coarse_cells[start:end] = assign_coarse_cells(coarse, chunk)
     nq = min(recall_queries, source.n)
     q_rows = rng.choice(source.n, size=nq, replace=False)
     sets = head_recall_sets(source.take(q_rows), num_heads, rng)
     k = min(RECALL_K, source.n - 1)
     both = exact_topk(source, np.concatenate([q for q, _ in sets.values()]), k + 1)
     truth = {m: without_self(both[i * nq:(i + 1) * nq], q_rows, k) for i, m in enumerate(sets)}
-    stats = head_codes_card(folder, layer, centroids, cells, quant, codes, refine, sets, truth, q_rows, k, target)
+    stats = head_codes_card(folder, layer, centroids, cells, quant, codes, refine, (coarse, coarse_cells), sets,
+                            truth, q_rows, k, target)
     stats.update(train_vectors=int(n_train), seconds=round(time.time() - t0, 2))
     return stats
 
 
-def head_codes_card(folder: Path, layer: int, centroids, cells, quant, codes, refine, sets: dict, truth: dict,
-                    q_rows: np.ndarray, k: int, target: float) -> dict:
-    """Write the per-head cells and codes files of a compressed heads index; tune and measure through the
-    reader's own search (``exbert_hub.corpus.HeadCodes``); its card entry."""
-    from exbert_hub.corpus import HEAD_CODE_RERANK, HeadCodes
+def train_coarse_cells(sample: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
+    """float32[nlist, D]: k-means centroids of whole (all-heads) vectors: the cells many-head queries visit."""
+    import faiss
+
+    km = faiss.Kmeans(sample.shape[1], nlist, niter=IVF_TRAIN_ITERATIONS, seed=seed)
+    km.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return km.centroids
+
+
+def assign_coarse_cells(centroids: np.ndarray, chunk: np.ndarray) -> np.ndarray:
+    """uint16[n]: the nearest (inner product) coarse cell of each vector of ``chunk``."""
+    import faiss
+
+    _, a = faiss.knn(np.ascontiguousarray(chunk, dtype=np.float32), centroids, 1, metric=faiss.METRIC_INNER_PRODUCT)
+    return a[:, 0].astype(np.uint16)
+
+
+def head_codes_card(folder: Path, layer: int, centroids, cells, quant, codes, refine, coarse, sets: dict,
+                    truth: dict, q_rows: np.ndarray, k: int, target: float) -> dict:
+    """Write the per-head cells and codes files (and the coarse cells: ``coarse`` = (centroids, cells)) of a
+    compressed heads index; tune and measure through the reader's own search (``exbert_hub.corpus.HeadCodes``);
+    its card entry."""
+    from exbert_hub.corpus import HEAD_CELLS_MAX_HEADS, HEAD_CODE_RERANK, HeadCodes
 
     folder = Path(folder)
     H, C, d = centroids.shape
     crel, hrel = cf.head_cells_files("heads", layer)
     qrel, krel, rrel = cf.head_codes_files("heads", layer)
+    ccrel, cnrel = cf.head_coarse_files("heads", layer)
     (folder / cf.INDEX_DIR).mkdir(parents=True, exist_ok=True)
-    for rel, a in ((crel, centroids), (hrel, cells), (qrel, quant), (krel, codes), (rrel, refine)):
+    for rel, a in ((crel, centroids), (hrel, cells), (qrel, quant), (krel, codes), (rrel, refine),
+                   (ccrel, coarse[0]), (cnrel, coarse[1])):
         _save(folder / rel, a)
-    head_codes = HeadCodes(centroids, cells, quant, codes, refine)
-    hc = {"centroids": crel, "cells": hrel, "files": [crel, hrel, qrel, krel, rrel], "cells_per_head": int(C),
-          "nprobe": {}, "recall_at_50": {}, "recall_at_50_tuning": {},
-          "codes": {"quant": qrel, "codes": krel, "refine": rrel, "bits": HEAD_CODE_BITS, "rerank": HEAD_CODE_RERANK}}
+    head_codes = HeadCodes(centroids, cells, quant, codes, refine, coarse)
+    hc = {"centroids": crel, "cells": hrel, "files": [crel, hrel, qrel, krel, rrel, ccrel, cnrel],
+          "cells_per_head": int(C), "nprobe": {}, "recall_at_50": {}, "recall_at_50_tuning": {},
+          "codes": {"quant": qrel, "codes": krel, "refine": rrel, "bits": HEAD_CODE_BITS, "rerank": HEAD_CODE_RERANK},
+          "coarse": {"centroids": ccrel, "cells": cnrel, "nlist": int(len(coarse[0]))}}
     for m, (qs, kept) in sets.items():
         if not len(qs):
             continue
-        p, tuned, measured = tune_head_cells(None, centroids, cells, qs, kept, truth[m], q_rows, k, target, head_codes)
+        count = len(coarse[0]) if m > HEAD_CELLS_MAX_HEADS else None  # many heads: nprobe counts coarse cells
+        p, tuned, measured = tune_head_cells(None, centroids, cells, qs, kept, truth[m], q_rows, k, target, head_codes,
+                                             cells_count=count)
         hc["nprobe"][str(m)], hc["recall_at_50"][str(m)], hc["recall_at_50_tuning"][str(m)] = \
             p, round(measured, 4), round(tuned, 4)
     hc["max_heads"] = H
@@ -560,14 +590,15 @@ class IndexStream:
         """``train`` of a per-head codes index: cells, the codes' grid and the recall queries (1, 3, all heads)."""
         rng = np.random.default_rng(self.seed)
         C = head_cells_count(n_est)
-        n_train = min(source.n, max_train, C * 64)
+        n_train = min(source.n, max_train, max(C, default_nlist(n_est)) * 64)
         sample = source.take(np.sort(rng.choice(source.n, size=n_train, replace=False)))
         nq = min(self.recall_queries, source.n)
         q_rows = np.sort(rng.choice(source.n, size=nq, replace=False))
         sets = head_recall_sets(source.take(q_rows), self.num_heads, rng)
-        centroids = train_head_cells(sample, self.num_heads, C, self.seed)
+        centroids = train_head_cells(sample[: C * 64], self.num_heads, C, self.seed)
         extra = {"factory": np.array(HEAD_CODES_FACTORY), "train_vectors": np.array(n_train), "q_rows": q_rows,
-                 "centroids": centroids, "head_quant": train_head_codes(sample, centroids)}
+                 "centroids": centroids, "head_quant": train_head_codes(sample[: C * 64], centroids),
+                 "coarse": train_coarse_cells(sample, default_nlist(n_est), self.seed)}
         for m, (qs, kept) in sets.items():
             extra[f"q_{m}"] = qs
             extra[f"q_{m}_heads"] = np.array(kept, dtype=np.int64).reshape(len(qs), -1)
@@ -640,6 +671,7 @@ class IndexStream:
             hcodes, hrefine = encode_head_codes(extra["head_quant"], extra["centroids"], x, cells)
             _save(self.codes_dir / f"{name}.hcodes.npy", hcodes)
             _save(self.codes_dir / f"{name}.hrefine.npy", hrefine)
+            _save(self.codes_dir / f"{name}.coarse.npy", assign_coarse_cells(extra["coarse"], x))
             _save_npz(self.codes_dir / f"{name}.truth.npz", truth)
             _save(self.codes_dir / f"{name}.cells.npy", cells)  # last: its presence means the shard's files are whole
             return
@@ -746,12 +778,13 @@ class IndexStream:
 
     def _finish_codes(self, shards: list[int], extra: dict, target: float, t0: float) -> dict:
         """``finish`` of a per-head codes index: the shards' cells and codes joined, tuned, measured."""
-        cells, hcodes, hrefine = [], [], []
+        cells, hcodes, hrefine, coarse = [], [], [], []
         truth: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         counts = head_query_counts(self.num_heads)
         for s in shards:
             name = self.codes_dir / f"shard-{s:05d}"
             cells.append(np.load(f"{name}.cells.npy"))
+            coarse.append(np.load(f"{name}.coarse.npy"))
             hcodes.append(np.load(f"{name}.hcodes.npy"))
             hrefine.append(np.load(f"{name}.hrefine.npy"))
             with np.load(f"{name}.truth.npz") as z:
@@ -765,8 +798,8 @@ class IndexStream:
         sets = {m: (extra[f"q_{m}"], [list(map(int, r)) for r in extra[f"q_{m}_heads"]]) for m in counts if m in truth}
         exact = {m: without_self(truth[m][1], q_rows, k) for m in sets}
         stats = head_codes_card(self.folder, self.layer, extra["centroids"], cells_all, extra["head_quant"],
-                                np.concatenate(hcodes, axis=1), np.concatenate(hrefine, axis=1), sets, exact, q_rows,
-                                k, target)
+                                np.concatenate(hcodes, axis=1), np.concatenate(hrefine, axis=1),
+                                (extra["coarse"], np.concatenate(coarse)), sets, exact, q_rows, k, target)
         stats.update(train_vectors=int(extra["train_vectors"]), streamed=True, seconds_finish=round(time.time() - t0, 2))
         return stats
 

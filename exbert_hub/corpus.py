@@ -509,14 +509,56 @@ class HeadCodes:
     cells) are scored with the 8-bit part, the best ``rerank`` again with all 10 bits.
 
     centroids: float32[H, C, d]; cells: uint8/uint16[H, N]; quant: float32[H, 2, d]; codes: uint8[H, N, d];
-    refine: uint8[H, N, d // 4] (dimension j's low bits at bits 2 * (j % 4) of byte j // 4)."""
+    refine: uint8[H, N, d // 4] (dimension j's low bits at bits 2 * (j % 4) of byte j // 4).
+    coarse: (float32[nlist, H * d] k-means centroids of the whole vectors, uint16[N] each vector's cell), or
+    None: queries on more than HEAD_CELLS_MAX_HEADS heads visit those cells (``coarse_ivf``)."""
 
-    def __init__(self, centroids, cells, quant, codes, refine):
+    def __init__(self, centroids, cells, quant, codes, refine, coarse=None):
         self.centroids, self.cells, self.codes, self.refine = centroids, cells, codes, refine
         self.lo, self.step = quant[:, 0], quant[:, 1]
+        self.coarse = coarse
         self._lists: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._ivfs: dict[int, Any] = {}
         self._lock = threading.Lock()
+        self._coarse_lock = threading.Lock()
+        self._coarse_ivf = None
+
+    def decode(self, rows: slice | np.ndarray) -> np.ndarray:
+        """float32[n, H * d]: the vectors of ``rows`` as their 10-bit codes give them."""
+        H, C, d = self.centroids.shape
+        parts = []
+        for h in range(H):
+            code = np.asarray(self.codes[h][rows], dtype=np.float32) * 4
+            packed = np.asarray(self.refine[h][rows])
+            code += ((packed[:, :, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3).reshape(len(code), -1)[:, :d]
+            parts.append(self.centroids[h][self.cells[h][rows]] + self.lo[h] + code * self.step[h])
+        return np.concatenate(parts, axis=1)
+
+    def coarse_ivf(self):
+        """Queries on many heads: a FAISS IVF-SQ8 over the coarse cells of the whole vectors, made in memory
+        on first use from the decoded 10-bit codes (8 bits per dimension over each dimension's range), so
+        its cells are scanned in SIMD code; its best rows are then re-scored with all 10 bits."""
+        import faiss
+
+        with self._coarse_lock:
+            if self._coarse_ivf is not None:
+                return self._coarse_ivf
+            cents, assign = self.coarse
+            D, n = cents.shape[1], self.ntotal
+            quantizer = faiss.IndexFlatIP(D)
+            quantizer.add(np.ascontiguousarray(cents, dtype=np.float32))
+            index = faiss.IndexIVFScalarQuantizer(quantizer, D, len(cents), faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_INNER_PRODUCT, False)
+            sample = np.linspace(0, n - 1, num=min(n, 50_000)).astype(np.int64)
+            index.train(np.ascontiguousarray(self.decode(sample)))  # (the quantizer is already trained)
+            for a in range(0, n, 65536):
+                b = min(n, a + 65536)
+                x = np.ascontiguousarray(self.decode(slice(a, b)))
+                ids = np.arange(a, b, dtype=np.int64)
+                lists = np.ascontiguousarray(np.asarray(assign[a:b]), dtype=np.int64)
+                index.add_core(b - a, faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
+            self._coarse_ivf = index
+            return index
 
     def _cell_lists(self, h: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows of head h sorted by cell, int64[C + 1] start of each cell in them), made on first use."""
@@ -599,12 +641,17 @@ class HeadCodes:
 
     def first_stage(self, query: np.ndarray, heads: Sequence[int], nprobe: int, r: int) -> np.ndarray:
         """int64 rows (at most ``r``) to re-score with all 10 bits: one head: the best ``r`` of its ``nprobe``
-        nearest cells by the 8-bit codes (FAISS, ``ivf``). Several heads: each head's best HEAD_CODE_UNION
-        there; the union ranked by the sum of those scores, a head that did not list a row counting that
-        head's lowest listed score (no row it left out scores above it in the cells it visited)."""
+        nearest cells by the 8-bit codes (FAISS, ``ivf``). Two or three heads: each head's best
+        HEAD_CODE_UNION there, the union ranked by its 8-bit scores summed over the selected heads. More heads
+        (with coarse cells): the best ``r`` of the ``nprobe`` nearest coarse cells (``coarse_ivf``)."""
         import faiss
 
         d = self.centroids.shape[2]
+        if len(heads) > HEAD_CELLS_MAX_HEADS and self.coarse is not None:
+            q = np.ascontiguousarray(query[None], dtype=np.float32)  # the other heads are zero
+            nlist = len(self.coarse[0])
+            _, i = self.coarse_ivf().search(q, r, params=faiss.SearchParametersIVF(nprobe=max(1, min(int(nprobe), nlist))))
+            return i[0][i[0] >= 0]
         params = faiss.SearchParametersIVF(nprobe=max(1, min(int(nprobe), self.centroids.shape[1])))
         each = r if len(heads) == 1 else max(r, HEAD_CODE_UNION)
 
@@ -618,15 +665,10 @@ class HeadCodes:
         lists = [one(h) for h in heads] if len(heads) == 1 else list(_head_pool().map(one, heads))
         if len(lists) == 1:
             return lists[0][1]
-        rows, inverse = np.unique(np.concatenate([i for _, i in lists]), return_inverse=True)
-        total = np.zeros(len(rows), dtype=np.float32)
-        at = 0
-        for s, i in lists:
-            est = np.full(len(rows), s[-1] if len(s) else 0.0, dtype=np.float32)
-            est[inverse[at:at + len(i)]] = s
-            total += est
-            at += len(i)
+        # the union scored on every selected head (8 bits): a row one head did not list still counts there
+        rows = np.unique(np.concatenate([i for _, i in lists]))
         if len(rows) > r:
+            total = self.scores(query, heads, rows, refined=False)
             rows = rows[np.argpartition(-total, r - 1)[:r]]
         return rows
 
@@ -729,7 +771,7 @@ class Corpus:
         self._vector_files: dict[tuple[str, int], list[tuple[str, Path]]] = {}
         self._head_cell_files: dict[int, tuple[Path, Path]] = {}
         self._head_cell_arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._head_code_files: dict[int, tuple[Path, Path, Path]] = {}
+        self._head_code_files: dict[int, tuple[Path, ...]] = {}
         self._head_codes_loaded: dict[int, HeadCodes] = {}
         self.disk_bytes = 0
         self._check_index_files()
@@ -852,6 +894,20 @@ class Corpus:
             self.disk_bytes += size
             self._index_bytes += size
             paths.append(path)
+        coarse = info["head_cells"].get("coarse")
+        if isinstance(coarse, dict):  # format 2: the coarse cells of many-head queries
+            nlist = coarse.get("nlist")
+            want = {"centroids": ((nlist, H * d), np.float32), "cells": ((N,), np.uint16)}
+            for key, (shape, dtype) in want.items():
+                rel = coarse.get(key)
+                path = confined(self.location, rel)
+                got, gdtype = self._npy_header(rel, path, what)
+                if tuple(got) != shape or gdtype != dtype:
+                    raise self._damaged(f"{rel} holds {gdtype} {tuple(got)}, not {np.dtype(dtype)} {list(shape)} ({what})")
+                self.disk_bytes += path.stat().st_size
+                self._index_bytes += path.stat().st_size
+                paths.append(path)
+            self._index_bytes += N * (H * d + 8)  # in memory: the coarse cells' IVF-SQ8 and its ids
         self._head_code_files[layer] = tuple(paths)
 
     def _head_codes(self, layer: int) -> HeadCodes | None:
@@ -864,10 +920,11 @@ class Corpus:
             if layer not in self._head_codes_loaded:
                 try:
                     quant = np.load(files[0], allow_pickle=False)
-                    codes, refine = (np.load(p, mmap_mode="r", allow_pickle=False) for p in files[1:])
+                    codes, refine = (np.load(p, mmap_mode="r", allow_pickle=False) for p in files[1:3])
+                    coarse = tuple(np.load(p, allow_pickle=False) for p in files[3:5]) if len(files) == 5 else None
                 except Exception:  # noqa: BLE001 - truncated or rewritten since the header check
                     raise self._damaged(f"its per-head codes for layer {layer} cannot be read") from None
-                self._head_codes_loaded[layer] = HeadCodes(cells[0], cells[1], quant, codes, refine)
+                self._head_codes_loaded[layer] = HeadCodes(cells[0], cells[1], quant, codes, refine, coarse)
             return self._head_codes_loaded[layer]
 
     def _head_cells(self, layer: int):

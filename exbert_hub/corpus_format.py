@@ -120,6 +120,13 @@ def head_codes_files(kind: str, layer: int) -> tuple[str, str, str]:
             f"{INDEX_DIR}/{stem}.head-refine.npy")
 
 
+def head_coarse_files(kind: str, layer: int) -> tuple[str, str]:
+    """(centroids, cells) of the coarse cells of a format-2 heads index: float32[nlist, heads * head_dim]
+    k-means centroids of the whole vectors, uint16[N] each vector's cell (queries on more than 3 heads)."""
+    stem = index_stem(kind, layer)
+    return f"{INDEX_DIR}/{stem}.coarse-centroids.npy", f"{INDEX_DIR}/{stem}.coarse-cells.npy"
+
+
 def vectors_shard_name(shard: int) -> str:
     return f"shard-{shard:05d}.npy"
 

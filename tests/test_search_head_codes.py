@@ -70,6 +70,16 @@ def test_card_files_and_decode(corpus, built):
     X = _kept(built)
     hc = corpus._head_codes(LAYER)
     H, C, d = hc.centroids.shape
+    np.testing.assert_allclose(hc.decode(slice(0, 300)), np.concatenate([_naive_decode(hc, h)[:300] for h in range(H)], axis=1),
+                               rtol=1e-5, atol=1e-6)
+    # the coarse cells (queries on more than 3 heads): each vector's nearest coarse centroid
+    coarse = info["head_cells"]["coarse"]
+    assert (coarse["centroids"], coarse["cells"]) == cf.head_coarse_files("heads", LAYER)
+    assert {coarse["centroids"], coarse["cells"]} <= set(files)
+    cents, assign = hc.coarse
+    assert cents.shape == (coarse["nlist"], H * d) and assign.shape == (len(X),) and assign.dtype == np.uint16
+    ip = X @ cents.T
+    assert np.all(ip[np.arange(len(X)), assign] >= ip.max(axis=1) - 1e-4)
     for h in range(H):
         dec = _naive_decode(hc, h)
         err = np.abs(dec - X[:, h * d:(h + 1) * d])
