@@ -540,7 +540,12 @@ def heads_at_scale(args) -> dict:
     t0 = time.perf_counter()
     for h in range(H):
         codes.ivf(h)
-    out["heads_first_use_seconds"] = round(time.perf_counter() - t0, 2)  # each head's FAISS lists, made once
+    t1 = time.perf_counter()
+    codes.coarse_ivf()
+    out["heads_first_use_seconds"] = {"per_head_lists": round(t1 - t0, 2), "coarse_ivf": round(time.perf_counter() - t1, 2)}
+    sizes = np.bincount(np.asarray(codes.coarse[1], dtype=np.int64), minlength=hc["coarse"]["nlist"])
+    out["coarse_cell_sizes"] = {"mean": round(float(sizes.mean()), 1), "max": int(sizes.max()),
+                                "largest_10_percent_hold": round(float(np.sort(sizes)[-len(sizes) // 10:].sum() / sizes.sum()), 3)}
     rng = np.random.default_rng(args.seed)
     base32 = np.asarray(base, dtype=np.float32)
     exact = lambda q: faiss.knn(q[None], base32, 50, metric=faiss.METRIC_INNER_PRODUCT)[1][0]  # noqa: E731
@@ -553,7 +558,9 @@ def heads_at_scale(args) -> dict:
         nprobe = corpus_mod.head_codes_nprobe(stats, m)
         it = iter(kept)
         ms, found = _timed(lambda q: codes.search(q, next(it), nprobe, 50)[1], qs)
-        case = {"by": "heads", "heads": m, "path": "per-head codes", "nprobe": f"{nprobe} of {hc['cells_per_head']} per head",
+        where = f"{nprobe} of {hc['cells_per_head']} per head" if m <= corpus_mod.HEAD_CELLS_MAX_HEADS \
+            else f"{nprobe} of {hc['coarse']['nlist']} coarse cells"
+        case = {"by": "heads", "heads": m, "path": "per-head codes", "nprobe": where,
                 "median_ms": round(statistics.median(ms), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
                 "recall_at_50": round(indexing.recall(found, truth), 4), "exact_median_ms": round(statistics.median(exact_ms), 2),
                 "card_recall_at_50": hc["recall_at_50"].get(str(m)), "load_avg": load_avg()}
@@ -573,8 +580,11 @@ def heads_at_scale(args) -> dict:
         e32 = np.asarray(ebase, dtype=np.float32)
         exact_ms, truth = _timed(lambda q: faiss.knn(q[None], e32, 50, metric=faiss.METRIC_INNER_PRODUCT)[1][0], EQ)
         ms, found = _timed(lambda q: index.search(q[None], 50)[1][0], EQ)
+        ivf.parallel_mode = 0  # one thread per query, for comparison (the reader's is 1)
+        ms0, _ = _timed(lambda q: index.search(q[None], 50)[1][0], EQ)
         case = {"by": "embedding", "path": est["factory"], "nprobe": est["nprobe"],
                 "median_ms": round(statistics.median(ms), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+                "one_thread_median_ms": round(statistics.median(ms0), 2),
                 "recall_at_50": round(indexing.recall(found, truth), 4), "exact_median_ms": round(statistics.median(exact_ms), 2),
                 "card_recall_at_50": est["recall_at_50"], "load_avg": load_avg()}
         out["cases"].append(case)
