@@ -106,7 +106,7 @@ def test_no_key_value_cache_and_trimmed_recording(tiny, monkeypatch):
 @pytest.mark.integration
 def test_smollm2_4096_tokens_peak_under_3gb():
     """The issue's target: 4,096 tokens analysed, the server process's peak RSS (model included) <= 3 GB.
-    Measured 2.03 GB (bench/RESULTS.md H11f); 2.6 GB leaves room for other allocator behaviour."""
+    Measured 2030 MiB (bench/RESULTS.md H11f); 2,600 MiB leaves room for other allocator behaviour."""
     got = _run("""
         import json, resource, torch
         from pydoc_data.topics import topics
