@@ -536,7 +536,8 @@ def heads_at_scale(args) -> dict:
     hk = hc["codes"]
     codes = corpus_mod.HeadCodes(np.load(folder / hc["centroids"]), np.load(folder / hc["cells"]),
                                  np.load(folder / hk["quant"]), np.load(folder / hk["codes"], mmap_mode="r"),
-                                 np.load(folder / hk["refine"], mmap_mode="r"))
+                                 np.load(folder / hk["refine"], mmap_mode="r"),
+                                 (np.load(folder / hc["coarse"]["centroids"]), np.load(folder / hc["coarse"]["cells"])))
     t0 = time.perf_counter()
     for h in range(H):
         codes.ivf(h)
