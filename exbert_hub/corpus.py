@@ -500,7 +500,8 @@ def _head_pool():
 
 
 class HeadCodes:
-    """Per-head cells with per-head residual codes: one-head and few-head search scored in numpy.
+    """Per-head cells with per-head residual codes: every heads search of a format-2 corpus (and one-head /
+    few-head search of a format-1 corpus that has codes).
 
     Each head's slice x_h of a vector is stored as its cell c (``cells[h]``) and the residual x_h - centroid
     coded on a uniform 10-bit grid per dimension (``lo + code * step``): the high 8 bits in ``codes``, the
