@@ -1151,9 +1151,15 @@ class Engine:
 
     def _classification(self, out) -> Classification | None:
         """Label names and probabilities of a classification head (None for other kinds)."""
+        return self.classify(out.logits[0]) if self.kind in CLASSIFIERS else None
+
+    def classify(self, logits) -> Classification:
+        """Label names and probabilities of this classifier's ``logits``: float[labels] (sequence
+        classification) or float[T, labels] (token classification), a tensor or an array."""
         if self.kind not in CLASSIFIERS:
-            return None
-        logits = out.logits[0].float().cpu()  # [labels] (sequence) or [T, labels] (token)
+            raise InputError(f"{self.name} is {kind_phrase(self.kind)}, not a classifier: it has no labels")
+        logits = torch.as_tensor(np.asarray(logits) if not isinstance(logits, torch.Tensor) else logits)
+        logits = logits.float().cpu()
         problem = getattr(self.config, "problem_type", None)
         if problem == "multi_label_classification":
             activation, probs = "sigmoid", torch.sigmoid(logits)

@@ -972,14 +972,9 @@ def analyze_examples(engine, examples: ExampleSet, *, track: str = "all", batch_
 
 def _predictions(engine, result: ExamplesAnalysis, outputs: list[batching.ExampleOutput]) -> None:
     """Fill the prediction fields from each example's logits (classifiers) or top ids (LMs)."""
-    import types
-
-    import torch
-
     rows_by_example = [result.row_token[result.row_example == e] for e in range(len(outputs))]
     if engine.kind in CLASSIFIERS and all(o.logits is not None for o in outputs):
-        per = [engine._classification(types.SimpleNamespace(logits=torch.from_numpy(np.asarray(o.logits))[None]))
-               for o in outputs]
+        per = [engine.classify(o.logits) for o in outputs]
         result.class_labels = per[0].labels if per else []
         if engine.kind == SEQUENCE_CLASSIFICATION:
             result.probabilities = np.stack([c.probabilities for c in per]).astype(np.float32)

@@ -162,3 +162,20 @@ def test_detect_kind_from_architectures(architectures, kind):
     from transformers import BertConfig
 
     assert detect_kind(BertConfig(architectures=architectures)) == kind
+
+
+@pytest.mark.parametrize("family", ["bert-seqcls", "bert-tokcls"])
+def test_classify_turns_logits_into_the_analysis_classification(family, folder, cache):
+    """engine.classify (what analyze_examples uses) gives what analyze gives, from an array or a tensor."""
+    engine = exbert_hub.load(str(folder(family)), cache=cache)
+    c = engine.analyze(TEXT).classification
+    for logits in (c.logits, torch.from_numpy(c.logits)):
+        got = engine.classify(logits)
+        assert got.labels == c.labels and got.per_token == c.per_token and got.activation == c.activation
+        np.testing.assert_array_equal(got.probabilities, c.probabilities)
+
+
+def test_classify_refuses_a_model_without_labels(folder, cache):
+    engine = exbert_hub.load(str(folder("bert")), cache=cache)
+    with pytest.raises(exbert_hub.errors.InputError, match="not a classifier"):
+        engine.classify(np.zeros(3, np.float32))
