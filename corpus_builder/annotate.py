@@ -124,6 +124,9 @@ def annotate(pipeline: str, documents: list[tuple[int, str]], min_words: int = 3
 # could leave orphans. The worker exits when its stdin closes, so it dies with a killed builder.
 
 
+WORKER_NICE = 10  # the worker's scheduling niceness (os.nice): below the model's threads on a shared core
+
+
 def _send(stream, obj) -> None:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(struct.pack("<Q", len(data)))
@@ -195,6 +198,10 @@ class Worker:
         _send(self.proc.stdin, (documents, min_words, max_chars))
         self.pending += 1
 
+    def ready(self) -> int:
+        """Answers waiting to be taken by result() (shards spaCy is ahead by)."""
+        return self._answers.qsize()
+
     def idle(self) -> bool:
         """Every submitted request has been answered (the process waits for work)."""
         return self._answers.qsize() >= self.pending
@@ -232,6 +239,10 @@ def _worker_main(pipeline: str) -> None:
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but results on the pipe
+    try:  # spaCy works ahead of the model: on a busy core the model's threads go first
+        os.nice(WORKER_NICE)
+    except (AttributeError, OSError):
+        pass
     requests: queue.Queue = queue.Queue()
 
     def reader():

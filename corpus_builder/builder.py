@@ -490,20 +490,42 @@ class Builder:
         if self._workers is None:
             self._workers = [annotate.Worker(self.s.spacy) for _ in range(max(0, self.s.workers))]
         workers = self._workers
-        # CPU sharing: while a spaCy worker is busy the model runs on one thread fewer (oversubscribed
-        # OpenMP threads spin and slow everyone); once spaCy is ahead and idle, every thread or one,
-        # whichever the last batches ran faster on (ThreadChooser: a machine shared with other work)
+        # CPU sharing: while a spaCy worker is busy on a shard the model will need next, the model runs on
+        # one thread fewer (oversubscribed OpenMP threads spin and slow everyone); when spaCy is a shard
+        # ahead (an answer waits) its work is prefetch: the model takes every thread (the worker is niced,
+        # annotate.WORKER_NICE); then every thread or one, whichever the last batches ran faster on
+        # (ThreadChooser: a machine shared with other work)
         threads = torch.get_num_threads()
         shared = max(1, threads - len(workers)) if workers else threads
-        chooser = ThreadChooser(threads, cap=lambda: shared if any(not w.idle() for w in workers) else threads)
+
+        def cap() -> int:
+            behind = any(not w.idle() and not w.ready() for w in workers)
+            return shared if behind else threads
+
+        chooser = ThreadChooser(threads, cap=cap)
         pending: deque[tuple[int, list, annotate.Worker | None]] = deque()
         checked = getattr(self, "batch_check", None) is not None  # _early_check ran it
         turn = 0
+        yielded = [0, 0]  # shards and sentences handed to the model so far
+
+        def ahead() -> int:
+            """Shards to keep submitted: PREFETCH per worker, but with --max-sentences no more than the
+            sentences still wanted need at the rate seen so far (spaCy on shards the build never reads
+            would hold the model to one thread fewer for nothing)."""
+            full = len(workers) * PREFETCH + 1
+            cap = self.s.max_sentences
+            if not cap:
+                return full
+            if not yielded[0]:
+                return min(full, 2)  # shard_chars is sized for the cap: about one shard
+            per = max(1, yielded[1] // yielded[0])
+            return max(1, min(full, -(-(cap - yielded[1]) // per) + 1))
+
         try:
             shard_iter = _shards(self.source.documents(), self.shard_chars)
             exhausted = False
             while True:
-                while not exhausted and len(pending) < len(workers) * PREFETCH + 1:
+                while not exhausted and len(pending) < ahead():
                     try:
                         shard, docs = next(shard_iter)
                     except StopIteration:
@@ -531,6 +553,8 @@ class Builder:
                     checked = True
                     self.seconds_check = round(time.time() - t1, 3)
                 encoded = vectors.encode(self.engine, [s.text for s in sents]) if sents else []
+                yielded[0] += 1
+                yielded[1] += len(sents)
 
                 def model(keep: list[int], encoded=encoded, sents=sents) -> list[vectors.KeptVectors]:
                     return forward(self.runner, [encoded[i] for i in keep], [sents[i].text for i in keep],

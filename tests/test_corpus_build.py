@@ -514,3 +514,16 @@ def test_thread_chooser_follows_the_faster_option():
     assert c.pick() == 2  # two retries of 2 threads at the new speed moved its average below 1 thread's
     busy[0] = True
     assert {c.pick() for _ in range(10)} == {1}
+
+
+def test_spacy_is_not_given_shards_a_capped_build_never_reads(tiny, text_file, tmp_path, monkeypatch):
+    """With --max-sentences the spaCy worker gets about the shards the cap needs, not PREFETCH more: spaCy
+    on shards the build never reads would only hold the model to one thread fewer."""
+    from corpus_builder import annotate, build
+    submitted = []
+    real = annotate.Worker.submit
+    monkeypatch.setattr(annotate.Worker, "submit", lambda self, docs, *a, **k: submitted.append(len(docs)) or real(self, docs, *a, **k))
+    out = tmp_path / "capped"
+    build(str(tiny("bert")), str(text_file), str(out), max_sentences=12, workers=1, progress=False, shard_chars=600)
+    used = cf.read_card(out)["counts"]["shards"]
+    assert len(submitted) <= used + 2, (len(submitted), used)  # without the limit: 6 submitted for 2 used
