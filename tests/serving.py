@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from contextlib import contextmanager
 
 
 def free_port() -> int:
@@ -21,3 +22,18 @@ def launch_on_free_port(demo, attempts: int = 3, **kwargs):
             demo.close()
             if attempt == attempts - 1:
                 raise
+
+
+@contextmanager
+def served_app(model: str):
+    """(demo, gradio_client.Client) of ``build_app(model)`` with a store of its own, launched on a free port."""
+    from gradio_client import Client
+
+    from exbert_hub.app import AnalysisStore, build_app
+
+    demo = build_app(model, store=AnalysisStore())
+    launch_on_free_port(demo)
+    try:
+        yield demo, Client(demo.local_url, verbose=False)
+    finally:
+        demo.close()

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from serving import launch_on_free_port
+from serving import served_app
 
 from exbert_hub.views.transport import decode_attention, encode_attention, encode_signed, max_abs_error
 
@@ -69,18 +69,9 @@ def test_explorer_payload_is_compact_and_json_safe(tiny_engine):
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def api(tiny, tiny_engine):
-    from gradio_client import Client
-
-    from exbert_hub.app import AnalysisStore, build_app
-
     model = str(tiny("bert"))
-    demo = build_app(model, store=AnalysisStore())
-    launch_on_free_port(demo)
-    try:
-        client = Client(demo.local_url, verbose=False)
+    with served_app(model) as (demo, client):
         yield SimpleNamespace(client=client, model=model, engine=tiny_engine("bert"), demo=demo)
-    finally:
-        demo.close()
 
 
 def test_api_names_are_documented(api):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from serving import launch_on_free_port
+from serving import served_app
 from tolerances import f32_close
 
 from exbert_hub.errors import InputError
@@ -195,17 +195,8 @@ def test_link_stack_is_lenient(encdec):
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def t5_api(tiny, tiny_engine):
-    from gradio_client import Client
-
-    from exbert_hub.app import AnalysisStore, build_app
-
-    model = str(tiny("t5"))
-    demo = build_app(model, store=AnalysisStore())
-    launch_on_free_port(demo)
-    try:
-        yield SimpleNamespace(client=Client(demo.local_url, verbose=False), engine=tiny_engine("t5"))
-    finally:
-        demo.close()
+    with served_app(str(tiny("t5"))) as (_, client):
+        yield SimpleNamespace(client=client, engine=tiny_engine("t5"))
 
 
 def test_api_stack_and_decoder_text(t5_api):
