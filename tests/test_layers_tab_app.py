@@ -21,6 +21,7 @@ def app_client(tiny, tmp_path_factory):
 
     from exbert_hub.app import AnalysisStore, build_app
 
+    old = os.environ.get("EXBERT_HUB_CACHE")
     os.environ["EXBERT_HUB_CACHE"] = str(tmp_path_factory.mktemp("xl-cache"))
     model = str(tiny("bert"))
     demo = build_app(model, store=AnalysisStore())
@@ -29,6 +30,11 @@ def app_client(tiny, tmp_path_factory):
         yield Client(demo.local_url, verbose=False), model
     finally:
         demo.close()
+        # later tests (and their subprocesses) use the usual cache again, where the packaged models are converted
+        if old is None:
+            os.environ.pop("EXBERT_HUB_CACHE", None)
+        else:
+            os.environ["EXBERT_HUB_CACHE"] = old
 
 
 def _reference(model: str, lines: list[str]):
