@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -40,6 +39,13 @@ def _rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _peak_mb() -> float:
+    """This process's own high-water RSS (VmHWM). ru_maxrss would include the high-water mark of the process
+    that spawned it (Linux keeps it across vfork + exec); the driver here is small, but a big one is not."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def _text(tokenizer, n: int) -> str:
@@ -78,7 +84,7 @@ def child(mode: str, n: int) -> dict:
         tokens = int(ids.shape[1])
         assert len(out.attentions) == engine.num_layers
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_mb()
     return {"mode": mode, "tokens": tokens, "seconds": seconds, "peak_mb": peak, "call_mb": peak - base}
 
 
