@@ -373,9 +373,8 @@ class Builder:
         self.identity = dict(self.s.identity(), source=self.source.description, layers=self.layers, model_fingerprint=_model_fingerprint(e),
                              spacy=self.spacy_info["pipeline"] + "-" + str(self.spacy_info["version"]),
                              format_version=cf.FORMAT_VERSION)
-        hints: dict = {}  # nprobe of one heads layer is the next one's first guess (indexing.tune_head_cells)
         self.streams = {(kind, layer): indexing.IndexStream(self.out, kind, layer, self.num_heads, self.s.index_factory,
-                                                            self.s.recall_queries, nprobe_hints=hints)
+                                                            self.s.recall_queries)
                         for kind in cf.KINDS for layer in self.layers}
         self._written: list[dict] = []  # shards finished (this run or an earlier one), for _maybe_train
 

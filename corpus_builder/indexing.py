@@ -241,13 +241,10 @@ def few_head_queries(queries: np.ndarray, num_heads: int, m: int, rng: np.random
 
 
 def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k, target,
-                    codes=None, cells_count: int | None = None, hint: int | None = None) -> tuple[int, float, float]:
+                    codes=None, cells_count: int | None = None) -> tuple[int, float, float]:
     """Smallest cells-per-head nprobe reaching ``target`` recall on the first half of the queries; its
     recall on the other half. The search is the reader's own (exbert_hub.corpus.search_head_cells).
-    ``cells_count``: the cells nprobe counts (default: the per-head cells; the coarse cells for many heads).
-    ``hint`` (e.g. the previous layer's nprobe): when it reaches ``target`` and the candidate below it does
-    not, it is the answer after two measurements instead of a binary search (each measurement is a search
-    per query: the tuning was most of a compressed build's index time)."""
+    ``cells_count``: the cells nprobe counts (default: the per-head cells; the coarse cells for many heads)."""
     from exbert_hub.corpus import search_head_cells
 
     half = len(queries) // 2
@@ -259,11 +256,6 @@ def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k,
         _, found = search_head_cells(index, centroids, cells, queries[sl], kept[sl], p, k + 1, codes=codes)
         return recall(without_self(found, self_rows[sl], k), truth[sl])
 
-    if hint in candidates and candidates.index(hint) > 0:
-        at = candidates.index(hint)
-        got = measure(hint, slice(0, half))
-        if got >= target and measure(candidates[at - 1], slice(0, half)) < target:
-            return int(hint), got, measure(hint, slice(half, None))
     measured: dict[int, float] = {len(candidates) - 1: measure(candidates[-1], slice(0, half))}
     # the codes' precision caps recall (every cell visited); past that cap more cells only cost time
     target = min(target, measured[len(candidates) - 1] - SATURATION_MARGIN)
@@ -508,11 +500,10 @@ def assign_coarse_cells(centroids: np.ndarray, chunk: np.ndarray) -> np.ndarray:
 
 
 def head_codes_card(folder: Path, layer: int, centroids, cells, quant, codes, refine, coarse, sets: dict,
-                    truth: dict, q_rows: np.ndarray, k: int, target: float, hints: dict | None = None) -> dict:
+                    truth: dict, q_rows: np.ndarray, k: int, target: float) -> dict:
     """Write the per-head cells and codes files (and the coarse cells: ``coarse`` = (centroids, cells)) of a
     compressed heads index; tune and measure through the reader's own search (``exbert_hub.corpus.HeadCodes``);
-    its card entry. ``hints``: {heads per query: nprobe} of an earlier layer, read as tuning hints and
-    updated with this layer's."""
+    its card entry."""
     from exbert_hub.corpus import HEAD_CELLS_MAX_HEADS, HEAD_CODE_RERANK, HeadCodes
 
     folder = Path(folder)
@@ -534,9 +525,7 @@ def head_codes_card(folder: Path, layer: int, centroids, cells, quant, codes, re
             continue
         count = len(coarse[0]) if m > HEAD_CELLS_MAX_HEADS else None  # many heads: nprobe counts coarse cells
         p, tuned, measured = tune_head_cells(None, centroids, cells, qs, kept, truth[m], q_rows, k, target, head_codes,
-                                             cells_count=count, hint=None if hints is None else hints.get(m))
-        if hints is not None:
-            hints[m] = p
+                                             cells_count=count)
         hc["nprobe"][str(m)], hc["recall_at_50"][str(m)], hc["recall_at_50_tuning"][str(m)] = \
             p, round(measured, 4), round(tuned, 4)
     hc["max_heads"] = H
@@ -571,9 +560,8 @@ class IndexStream:
     """
 
     def __init__(self, folder: Path, kind: str, layer: int, num_heads: int, factory: str | None,
-                 recall_queries: int, seed: int = 0, nprobe_hints: dict | None = None):
+                 recall_queries: int, seed: int = 0):
         self.folder, self.kind, self.layer, self.num_heads = Path(folder), kind, layer, num_heads
-        self.nprobe_hints = nprobe_hints  # shared by the layers of one build (head_codes_card's hints)
         self.factory, self.recall_queries, self.seed = factory, recall_queries, seed
         stem = cf.index_stem(kind, layer)
         self.vectors_dir = self.folder / cf.build_vectors_dir(kind, layer)
@@ -814,8 +802,7 @@ class IndexStream:
         exact = {m: without_self(truth[m][1], q_rows, k) for m in sets}
         stats = head_codes_card(self.folder, self.layer, extra["centroids"], cells_all, extra["head_quant"],
                                 np.concatenate(hcodes, axis=1), np.concatenate(hrefine, axis=1),
-                                (extra["coarse"], np.concatenate(coarse)), sets, exact, q_rows, k, target,
-                                hints=self.nprobe_hints)
+                                (extra["coarse"], np.concatenate(coarse)), sets, exact, q_rows, k, target)
         stats.update(train_vectors=int(extra["train_vectors"]), streamed=True, seconds_finish=round(time.time() - t0, 2))
         return stats
 

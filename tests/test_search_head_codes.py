@@ -215,31 +215,3 @@ def test_newer_format_is_refused_in_one_line(built, tmp_path):
                                           "upgrade exbert-hub") as err:
         load_corpus(str(copy), cache=CorpusCache())
     assert "\n" not in str(err.value) and str(tmp_path) not in str(err.value)
-
-
-def test_nprobe_hint_gives_the_binary_searchs_answer_in_two_measurements(monkeypatch):
-    """tune_head_cells with the previous layer's nprobe as a hint: the same nprobe as the full search when
-    the hint is right (two measurements on the tuning half instead of the binary search), and the full
-    search when it is not."""
-    import exbert_hub.corpus as corpus_mod
-    from corpus_builder import indexing
-
-    # recall grows with nprobe and reaches 0.95 at 16 cells; saturates at 0.99 (every cell)
-    table = {1: 0.3, 2: 0.5, 4: 0.7, 8: 0.9, 12: 0.93, 16: 0.955, 24: 0.97, 32: 0.98, 48: 0.985, 64: 0.99}
-    calls = []
-    monkeypatch.setattr(corpus_mod, "search_head_cells", lambda *a, **k: (None, a[5]))
-    monkeypatch.setattr(indexing, "without_self", lambda found, rows, k: found)
-    monkeypatch.setattr(indexing, "recall", lambda p, truth: calls.append(p) or table[p])
-    centroids = np.zeros((2, 64, 4), np.float32)
-    queries, kept, truth, rows = np.zeros((10, 8)), [[0]] * 10, np.zeros((10, 5)), np.arange(10)
-
-    def tune(hint):
-        calls.clear()
-        got = indexing.tune_head_cells(None, centroids, None, queries, kept, truth, rows, 5, 0.95, hint=hint)
-        return got[0], len(calls)
-
-    full, n_full = tune(None)
-    assert full == 16 and n_full >= 5
-    assert tune(16) == (16, 3)  # the hint, the candidate below it, the held-out half
-    for wrong in (8, 24, 64):  # too few cells, more than needed, every cell: the full search's answer
-        assert tune(wrong)[0] == 16
