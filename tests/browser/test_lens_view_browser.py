@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from serving import launch_on_free_port
+from view_labels import token_label
 
 from exbert_hub.analyses.lens import logit_lens
 from exbert_hub.views.head_view import AnalysisStore
@@ -14,18 +15,6 @@ from exbert_hub.views.lens_view import ROW_BLOCK, LensView, lens_view_payload
 pytestmark = pytest.mark.browser
 
 TEXT = " ".join(["the cat sat on the mat"] * 25)
-
-
-def _label(s: str) -> str:
-    """What the grid shows for a word: exbertHub.tokenLabel (common.js): empty -> the empty-set sign,
-    newlines and tabs as arrows, leading/trailing spaces as middle dots."""
-    if s == "":
-        return "\u2205"
-    s = s.replace("\n", "\u21b5").replace("\t", "\u21e5")
-    lead, trail = len(s) - len(s.lstrip(" ")), len(s) - len(s.rstrip(" "))
-    if lead == len(s):
-        return "\u00b7" * lead
-    return "\u00b7" * lead + s.strip(" ") + "\u00b7" * trail
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +48,11 @@ def test_grid_cell_click_topk_and_target_plot(page, lens_app):
     page.wait_for_selector(f'.xl-row[data-pos="{last}"] .xl-cell:not(.xl-loading)')
     # the grid opened on the last position (the next token of the text); every cell is Python's top word
     for pos in (last, last - 3):
-        assert _cells(page, pos) == [_label(words[s][pos][0]) for s in range(lens.num_states)]
+        assert _cells(page, pos) == [token_label(words[s][pos][0]) for s in range(lens.num_states)]
     # click the cell of the middle layer: its top-5 with probabilities
     page.click(f'.xl-row[data-pos="{last - 3}"] .xl-cell[data-state="1"]')
     items = page.eval_on_selector_all(".xl-topk li .xl-word", "bs => bs.map(b => b.textContent)")
-    assert items == [_label(w) for w in words[1][last - 3]]
+    assert items == [token_label(w) for w in words[1][last - 3]]
     assert page.locator(".xl-cell.xl-selected").count() == 1
     # the default target (the last layer's top token) is traced: two SVG lines with one point per state
     page.wait_for_selector("svg.xl-chart-prob polyline", state="attached")  # flat lines have no height
@@ -75,7 +64,7 @@ def test_grid_cell_click_topk_and_target_plot(page, lens_app):
     third = int(lens.top_ids[1, last - 3, 2])
     page.locator(".xl-topk li .xl-word").nth(2).click()
     page.wait_for_function("(w) => document.querySelector('.xl-target-input').value === w",
-                           arg=_label(eng.tokenizer.decode([third])))
+                           arg=token_label(eng.tokenizer.decode([third])))
     assert page.locator("svg.xl-chart-rank polyline").count() == 1
     assert not page.errors
 
@@ -89,7 +78,7 @@ def test_scrolling_fetches_the_rows_not_sent(page, lens_app):
     page.wait_for_selector('.xl-root[data-ready="1"]')
     page.eval_on_selector(".xl-scroller", "s => { s.scrollTop = 0; }")
     page.wait_for_selector('.xl-row[data-pos="0"] .xl-cell:not(.xl-loading)')
-    assert _cells(page, 2) == [_label(words[s][2][0]) for s in range(lens.num_states)]
+    assert _cells(page, 2) == [token_label(words[s][2][0]) for s in range(lens.num_states)]
     # only the rows in sight are in the page
     assert page.locator(".xl-row[data-pos]").count() < 60
     assert not page.errors
