@@ -878,15 +878,12 @@ class Corpus:
         if isinstance(hc.get("codes"), dict):  # absent in corpora built before the per-head codes
             self._check_head_codes(layer, info, cshape[1])
 
-    def _check_head_codes(self, layer: int, info: dict, n_cells: int) -> None:
-        codes = info["head_cells"]["codes"]
-        what = f"the per-head codes of its heads index for layer {layer}"
-        H, N, d = self.num_heads, info["vectors"], info["dim"] // self.num_heads
-        want = {"quant": ((H, 2, d), np.float32), "codes": ((H, N, d), np.uint8),
-                "refine": ((H, N, -(-d // 4)), np.uint8)}
+    def _checked_npy(self, files: dict, want: dict, what: str) -> list[Path]:
+        """The paths of ``files[key]`` for each ``want[key] = (shape, dtype)``, their .npy headers checked (a
+        mismatch is a damaged corpus) and their bytes counted."""
         paths = []
         for key, (shape, dtype) in want.items():
-            rel = codes.get(key)
+            rel = files.get(key)
             path = confined(self.location, rel)
             got, gdtype = self._npy_header(rel, path, what)
             if tuple(got) != shape or gdtype != dtype:
@@ -895,19 +892,19 @@ class Corpus:
             self.disk_bytes += size
             self._index_bytes += size
             paths.append(path)
+        return paths
+
+    def _check_head_codes(self, layer: int, info: dict, n_cells: int) -> None:
+        codes = info["head_cells"]["codes"]
+        what = f"the per-head codes of its heads index for layer {layer}"
+        H, N, d = self.num_heads, info["vectors"], info["dim"] // self.num_heads
+        want = {"quant": ((H, 2, d), np.float32), "codes": ((H, N, d), np.uint8),
+                "refine": ((H, N, -(-d // 4)), np.uint8)}
+        paths = self._checked_npy(codes, want, what)
         coarse = info["head_cells"].get("coarse")
         if isinstance(coarse, dict):  # format 2: the coarse cells of many-head queries
             nlist = coarse.get("nlist")
-            want = {"centroids": ((nlist, H * d), np.float32), "cells": ((N,), np.uint16)}
-            for key, (shape, dtype) in want.items():
-                rel = coarse.get(key)
-                path = confined(self.location, rel)
-                got, gdtype = self._npy_header(rel, path, what)
-                if tuple(got) != shape or gdtype != dtype:
-                    raise self._damaged(f"{rel} holds {gdtype} {tuple(got)}, not {np.dtype(dtype)} {list(shape)} ({what})")
-                self.disk_bytes += path.stat().st_size
-                self._index_bytes += path.stat().st_size
-                paths.append(path)
+            paths += self._checked_npy(coarse, {"centroids": ((nlist, H * d), np.float32), "cells": ((N,), np.uint16)}, what)
             self._index_bytes += N * (H * d + 8)  # in memory: the coarse cells' IVF-SQ8 and its ids
         self._head_code_files[layer] = tuple(paths)
 
