@@ -244,33 +244,117 @@ def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k,
                     codes=None, cells_count: int | None = None) -> tuple[int, float, float]:
     """Smallest cells-per-head nprobe reaching ``target`` recall on the first half of the queries; its
     recall on the other half. The search is the reader's own (exbert_hub.corpus.search_head_cells).
-    ``cells_count``: the cells nprobe counts (default: the per-head cells; the coarse cells for many heads)."""
+    ``cells_count``: the cells nprobe counts (default: the per-head cells; the coarse cells for many heads).
+
+    With ``codes`` the nprobe is first guessed from ``estimated_head_recalls`` (every candidate nprobe from
+    one pass over the codes) and the guess checked by the reader's search; the binary search over the
+    reader's search, which used to cost every build ~7 searches of every tuning query per head count and
+    layer (bench/RESULTS.md, S15), runs only when that check fails."""
     from exbert_hub.corpus import search_head_cells
 
     half = len(queries) // 2
     top = int(cells_count or centroids.shape[1])
     candidates = [p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
                   if p < top] + [top]
+    last = len(candidates) - 1
 
     def measure(p: int, sl: slice) -> float:
         _, found = search_head_cells(index, centroids, cells, queries[sl], kept[sl], p, k + 1, codes=codes)
         return recall(without_self(found, self_rows[sl], k), truth[sl])
 
-    measured: dict[int, float] = {len(candidates) - 1: measure(candidates[-1], slice(0, half))}
+    measured: dict[int, float] = {}
+
+    def at(i: int) -> float:
+        if i not in measured:
+            measured[i] = measure(candidates[i], slice(0, half))
+        return measured[i]
+
+    lo = 0
+    if codes is not None and half:
+        est = estimated_head_recalls(codes, queries[:half], kept[:half], truth[:half], self_rows[:half], k,
+                                     candidates, coarse=cells_count is not None)
+        guess_target = min(target, float(est[-1]) - SATURATION_MARGIN)
+        guess = int(np.argmax(est >= guess_target))
+        if at(guess) >= guess_target:
+            return int(candidates[guess]), at(guess), measure(candidates[guess], slice(half, None))
+        lo = min(guess + 1, last)  # the first stage dropped rows the estimate kept: search above the guess
     # the codes' precision caps recall (every cell visited); past that cap more cells only cost time
-    target = min(target, measured[len(candidates) - 1] - SATURATION_MARGIN)
-    lo, hi = 0, len(candidates) - 1
+    target = min(target, at(last) - SATURATION_MARGIN)
+    if lo and at(lo - 1) >= target:  # (the guess, under a cap lower than the estimate's)
+        lo -= 1
+    hi = last
     while lo < hi:
         mid = (lo + hi) // 2
-        measured.setdefault(mid, measure(candidates[mid], slice(0, half)))
-        if measured[mid] >= target:
+        if at(mid) >= target:
             hi = mid
         else:
             lo = mid + 1
-    tuned = measured.get(lo, None)
-    if tuned is None:
-        tuned = measure(candidates[lo], slice(0, half))
-    return int(candidates[lo]), tuned, measure(candidates[lo], slice(half, None))
+    return int(candidates[lo]), at(lo), measure(candidates[lo], slice(half, None))
+
+
+ESTIMATE_CHUNK = 32768  # rows decoded at a time by estimated_head_recalls
+
+
+def estimated_head_recalls(codes, queries: np.ndarray, kept, truth: np.ndarray, self_rows: np.ndarray, k: int,
+                           nprobes, coarse: bool = False) -> np.ndarray:
+    """float64[len(nprobes)]: mean recall@k, at each nprobe, of a per-head codes search whose first stage
+    kept EVERY vector of the visited cells: each query's top ``k`` by its 10-bit codes among the vectors whose
+    selected heads fall in its ``nprobe`` nearest cells (``coarse``: whose coarse cell is among its nearest).
+
+    The reader's search (``exbert_hub.corpus.HeadCodes.search``) re-scores only its first stage's best rows,
+    so this is an estimate of its recall, usually from above. Computed for every nprobe from one pass over
+    the codes: a true neighbour's place among the visited vectors depends only on the vectors scoring at
+    least the query's lowest-scoring true neighbour, so only those are kept (per query, sorted by score)."""
+    from exbert_hub.corpus import HEAD_CELLS_MAX_HEADS
+
+    H, C, d = codes.centroids.shape
+    Q = np.ascontiguousarray(queries, dtype=np.float32)
+    nq, n = len(Q), codes.ntotal
+    nprobes = np.asarray(list(nprobes), dtype=np.int64)
+    if not nq:
+        return np.zeros(len(nprobes))
+    # each query's lowest 10-bit score over its true top k, less a float margin (the chunked products below
+    # may round differently from these)
+    true_rows, where = np.unique(np.asarray(truth, dtype=np.int64), return_inverse=True)
+    true_scores = codes.decode(true_rows) @ Q.T  # [true rows, queries]: one decode for every query
+    where = where.reshape(np.shape(truth))
+    tau = np.array([true_scores[where[i], i].min() for i in range(nq)], dtype=np.float32)
+    tau -= 1e-4 * np.maximum(1.0, np.abs(tau))
+    rows_parts: list[np.ndarray] = []
+    query_parts: list[np.ndarray] = []
+    score_parts: list[np.ndarray] = []
+    for a in range(0, n, ESTIMATE_CHUNK):
+        b = min(n, a + ESTIMATE_CHUNK)
+        s = codes.decode(slice(a, b)) @ Q.T  # [rows, queries]
+        r, qi = np.nonzero(s >= tau[None, :])
+        rows_parts.append(r + a)
+        query_parts.append(qi)
+        score_parts.append(s[r, qi])
+    rows, qidx, scores = (np.concatenate(x) for x in (rows_parts, query_parts, score_parts))
+    order = np.lexsort((-scores, qidx))  # by query, best first
+    rows, qidx = rows[order], qidx[order]
+    bounds = np.searchsorted(qidx, np.arange(nq + 1))
+    total = np.zeros(len(nprobes))
+    many = coarse and codes.coarse is not None and len(kept[0]) > HEAD_CELLS_MAX_HEADS
+    for i in range(nq):
+        r = rows[bounds[i]:bounds[i + 1]]
+        r = r[r != self_rows[i]] if self_rows is not None else r
+        if many:
+            cents, assign = codes.coarse
+            rank = np.empty(len(cents), dtype=np.int64)
+            rank[np.argsort(-(cents @ Q[i]), kind="stable")] = np.arange(len(cents))
+            near = rank[np.asarray(assign[r], dtype=np.int64)]
+        else:
+            near = np.full(len(r), C, dtype=np.int64)
+            for h in kept[i]:
+                rank = np.empty(C, dtype=np.int64)
+                rank[np.argsort(-(codes.centroids[h] @ Q[i, h * d:(h + 1) * d]), kind="stable")] = np.arange(C)
+                near = np.minimum(near, rank[np.asarray(codes.cells[h][r], dtype=np.int64)])
+        true = np.isin(r, truth[i])
+        visited = near[None, :] < nprobes[:, None]  # [nprobes, rows]
+        place = np.cumsum(visited, axis=1) - 1
+        total += (visited & true[None, :] & (place < k)).sum(axis=1) / truth.shape[1]
+    return total / nq
 
 
 def _tune(index, queries, truth, self_rows, k, target, max_nprobe: int | None = None,

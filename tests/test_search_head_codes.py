@@ -215,3 +215,65 @@ def test_newer_format_is_refused_in_one_line(built, tmp_path):
                                           "upgrade exbert-hub") as err:
         load_corpus(str(copy), cache=CorpusCache())
     assert "\n" not in str(err.value) and str(tmp_path) not in str(err.value)
+
+
+def _naive_recalls(hc, X, qs, kept, truth, self_rows, k, nprobes, coarse):
+    """recall@k at each nprobe of the top k by a naive decode-and-dot among every vector of the visited cells."""
+    H, C, d = hc.centroids.shape
+    decoded = np.concatenate([_naive_decode(hc, h) for h in range(H)], axis=1)
+    out = []
+    for p in nprobes:
+        hits = 0.0
+        for q, hs, t, s in zip(qs, kept, truth, self_rows):
+            if coarse:
+                cents, assign = hc.coarse
+                near = np.argsort(-(cents @ q), kind="stable")[:p]
+                rows = np.flatnonzero(np.isin(assign, near))
+            else:
+                rows = hc.candidates(q, hs, p)
+            rows = rows[rows != s]
+            top = rows[np.argsort(-(decoded[rows] @ q), kind="stable")[:k]]
+            hits += len(set(top.tolist()) & set(t.tolist())) / len(t)
+        out.append(hits / len(qs))
+    return np.array(out)
+
+
+def test_estimated_recalls_equal_a_naive_count_and_tuning_reaches_the_target(corpus, built):
+    """The builder's nprobe guess (every nprobe from one pass over the codes) equals a naive count of the
+    true neighbours in the top k among the visited cells' vectors; the tuned nprobe then reaches the target
+    through the reader's own search, checked by running that search."""
+    from corpus_builder import indexing
+    from exbert_hub.corpus import search_head_cells
+
+    X = _kept(built)
+    hc = corpus._head_codes(LAYER)
+    H, C, _ = hc.centroids.shape
+    rng = np.random.default_rng(3)
+    q_rows = rng.choice(len(X), size=24, replace=False)
+    k = 20
+    for m in (1, 3, H):
+        qs, kept = indexing.few_head_queries(X[q_rows], H, m, rng)
+        exact = np.stack([np.argsort(-(X @ q), kind="stable")[:k + 1] for q in qs])
+        truth = indexing.without_self(exact, q_rows, k)
+        coarse = m > 3
+        nprobes = [1, 2, 8, len(hc.coarse[0]) if coarse else C]
+        est = indexing.estimated_head_recalls(hc, qs, kept, truth, q_rows, k, nprobes, coarse=coarse)
+        naive = _naive_recalls(hc, X, qs, kept, truth, q_rows, k, nprobes, coarse)
+        # equal up to a tie in float rounding (one neighbour of one query)
+        np.testing.assert_allclose(est, naive, atol=1.01 / (k * len(qs)))
+        assert np.all(np.diff(est) >= -1e-12)  # more cells never lose a neighbour
+        count = len(hc.coarse[0]) if coarse else None
+        p, tuned, held = indexing.tune_head_cells(None, hc.centroids, hc.cells, qs, kept, truth, q_rows, k,
+                                                  indexing.RECALL_TARGET, hc, cells_count=count)
+        half = len(qs) // 2
+
+        def real(nprobe, sl):
+            _, found = search_head_cells(None, hc.centroids, hc.cells, qs[sl], kept[sl], nprobe, k + 1, codes=hc)
+            return indexing.recall(indexing.without_self(found, q_rows[sl], k), truth[sl])
+
+        top = count or C
+        assert tuned == pytest.approx(real(p, slice(0, half)))
+        assert held == pytest.approx(real(p, slice(half, None)))
+        # the target, or (past the codes' cap) within the margin of the lower of the two caps
+        cap = min(float(est[-1]), real(top, slice(0, half)))
+        assert tuned >= min(indexing.RECALL_TARGET, cap - indexing.SATURATION_MARGIN) - 1e-9
