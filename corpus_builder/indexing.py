@@ -240,22 +240,28 @@ def few_head_queries(queries: np.ndarray, num_heads: int, m: int, rng: np.random
     return (q * mask).reshape(len(queries), -1), kept
 
 
+def nprobe_candidates(top: int) -> list[int]:
+    """The nprobes tried for cells-per-head tuning, up to ``top`` (the cells there are)."""
+    return [p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+            if p < top] + [int(top)]
+
+
 def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k, target,
-                    codes=None, cells_count: int | None = None) -> tuple[int, float, float]:
+                    codes=None, cells_count: int | None = None, estimate: np.ndarray | None = None
+                    ) -> tuple[int, float, float]:
     """Smallest cells-per-head nprobe reaching ``target`` recall on the first half of the queries; its
     recall on the other half. The search is the reader's own (exbert_hub.corpus.search_head_cells).
     ``cells_count``: the cells nprobe counts (default: the per-head cells; the coarse cells for many heads).
 
     With ``codes`` the nprobe is first guessed from ``estimated_head_recalls`` (every candidate nprobe from
-    one pass over the codes) and the guess checked by the reader's search; the binary search over the
-    reader's search, which used to cost every build ~7 searches of every tuning query per head count and
-    layer (bench/RESULTS.md, S15), runs only when that check fails."""
+    one pass over the codes; ``estimate``: already computed for the first half, at ``nprobe_candidates``) and
+    the guess checked by the reader's search; the binary search over the reader's search, which used to cost
+    every build ~7 searches of every tuning query per head count and layer (bench/RESULTS.md, S15), runs
+    only when that check fails."""
     from exbert_hub.corpus import search_head_cells
 
     half = len(queries) // 2
-    top = int(cells_count or centroids.shape[1])
-    candidates = [p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-                  if p < top] + [top]
+    candidates = nprobe_candidates(int(cells_count or centroids.shape[1]))
     last = len(candidates) - 1
 
     def measure(p: int, sl: slice) -> float:
@@ -271,8 +277,8 @@ def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k,
 
     lo = 0
     if codes is not None and half:
-        est = estimated_head_recalls(codes, queries[:half], kept[:half], truth[:half], self_rows[:half], k,
-                                     candidates, coarse=cells_count is not None)
+        est = estimate if estimate is not None else estimated_head_recalls(
+            codes, [(queries[:half], kept[:half], truth[:half], self_rows[:half], candidates, cells_count is not None)], k)[0]
         guess_target = min(target, float(est[-1]) - SATURATION_MARGIN)
         guess = int(np.argmax(est >= guess_target))
         if at(guess) >= guess_target:
@@ -295,34 +301,34 @@ def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k,
 ESTIMATE_CHUNK = 32768  # rows decoded at a time by estimated_head_recalls
 
 
-def estimated_head_recalls(codes, queries: np.ndarray, kept, truth: np.ndarray, self_rows: np.ndarray, k: int,
-                           nprobes, coarse: bool = False) -> np.ndarray:
-    """float64[len(nprobes)]: mean recall@k, at each nprobe, of a per-head codes search whose first stage
-    kept EVERY vector of the visited cells: each query's top ``k`` by its 10-bit codes among the vectors whose
-    selected heads fall in its ``nprobe`` nearest cells (``coarse``: whose coarse cell is among its nearest).
+def estimated_head_recalls(codes, groups, k: int) -> list[np.ndarray]:
+    """For each group (queries, kept heads, truth, self rows, nprobes, coarse) of queries: float64[len(nprobes)],
+    the mean recall@k at each nprobe of a per-head codes search whose first stage kept EVERY vector of the
+    visited cells: each query's top ``k`` by its 10-bit codes among the vectors whose selected heads fall in
+    its ``nprobe`` nearest cells (``coarse``: whose coarse cell is among its nearest).
 
     The reader's search (``exbert_hub.corpus.HeadCodes.search``) re-scores only its first stage's best rows,
-    so this is an estimate of its recall, usually from above. Computed for every nprobe from one pass over
-    the codes: a true neighbour's place among the visited vectors depends only on the vectors scoring at
-    least the query's lowest-scoring true neighbour, so only those are kept (per query, sorted by score)."""
+    so this is an estimate of its recall, usually from above. Computed for every nprobe of every group from
+    one pass over the codes (decoded once for all groups): a true neighbour's place among the visited
+    vectors depends only on the vectors scoring at least the query's lowest-scoring true neighbour, so only
+    those are kept (per query, sorted by score)."""
     from exbert_hub.corpus import HEAD_CELLS_MAX_HEADS
 
     H, C, d = codes.centroids.shape
-    Q = np.ascontiguousarray(queries, dtype=np.float32)
+    sizes = [len(g[0]) for g in groups]
+    if not sum(sizes):
+        return [np.zeros(len(g[4])) for g in groups]
+    Q = np.ascontiguousarray(np.concatenate([g[0] for g in groups if len(g[0])]), dtype=np.float32)
+    truth = np.concatenate([np.asarray(g[2], dtype=np.int64) for g in groups if len(g[0])])
     nq, n = len(Q), codes.ntotal
-    nprobes = np.asarray(list(nprobes), dtype=np.int64)
-    if not nq:
-        return np.zeros(len(nprobes))
     # each query's lowest 10-bit score over its true top k, less a float margin (the chunked products below
     # may round differently from these)
-    true_rows, where = np.unique(np.asarray(truth, dtype=np.int64), return_inverse=True)
+    true_rows, where = np.unique(truth, return_inverse=True)
     true_scores = codes.decode(true_rows) @ Q.T  # [true rows, queries]: one decode for every query
-    where = where.reshape(np.shape(truth))
+    where = where.reshape(truth.shape)
     tau = np.array([true_scores[where[i], i].min() for i in range(nq)], dtype=np.float32)
     tau -= 1e-4 * np.maximum(1.0, np.abs(tau))
-    rows_parts: list[np.ndarray] = []
-    query_parts: list[np.ndarray] = []
-    score_parts: list[np.ndarray] = []
+    rows_parts, query_parts, score_parts = [], [], []
     for a in range(0, n, ESTIMATE_CHUNK):
         b = min(n, a + ESTIMATE_CHUNK)
         s = codes.decode(slice(a, b)) @ Q.T  # [rows, queries]
@@ -334,27 +340,33 @@ def estimated_head_recalls(codes, queries: np.ndarray, kept, truth: np.ndarray, 
     order = np.lexsort((-scores, qidx))  # by query, best first
     rows, qidx = rows[order], qidx[order]
     bounds = np.searchsorted(qidx, np.arange(nq + 1))
-    total = np.zeros(len(nprobes))
-    many = coarse and codes.coarse is not None and len(kept[0]) > HEAD_CELLS_MAX_HEADS
-    for i in range(nq):
-        r = rows[bounds[i]:bounds[i + 1]]
-        r = r[r != self_rows[i]] if self_rows is not None else r
-        if many:
-            cents, assign = codes.coarse
-            rank = np.empty(len(cents), dtype=np.int64)
-            rank[np.argsort(-(cents @ Q[i]), kind="stable")] = np.arange(len(cents))
-            near = rank[np.asarray(assign[r], dtype=np.int64)]
-        else:
-            near = np.full(len(r), C, dtype=np.int64)
-            for h in kept[i]:
-                rank = np.empty(C, dtype=np.int64)
-                rank[np.argsort(-(codes.centroids[h] @ Q[i, h * d:(h + 1) * d]), kind="stable")] = np.arange(C)
-                near = np.minimum(near, rank[np.asarray(codes.cells[h][r], dtype=np.int64)])
-        true = np.isin(r, truth[i])
-        visited = near[None, :] < nprobes[:, None]  # [nprobes, rows]
-        place = np.cumsum(visited, axis=1) - 1
-        total += (visited & true[None, :] & (place < k)).sum(axis=1) / truth.shape[1]
-    return total / nq
+    out, first = [], 0
+    for (queries, kept, tr, self_rows, nprobes, coarse), size in zip(groups, sizes):
+        nprobes = np.asarray(list(nprobes), dtype=np.int64)
+        total = np.zeros(len(nprobes))
+        many = coarse and codes.coarse is not None and size and len(kept[0]) > HEAD_CELLS_MAX_HEADS
+        for j in range(size):
+            i = first + j
+            r = rows[bounds[i]:bounds[i + 1]]
+            r = r[r != self_rows[j]] if self_rows is not None else r
+            if many:
+                cents, assign = codes.coarse
+                rank = np.empty(len(cents), dtype=np.int64)
+                rank[np.argsort(-(cents @ Q[i]), kind="stable")] = np.arange(len(cents))
+                near = rank[np.asarray(assign[r], dtype=np.int64)]
+            else:
+                near = np.full(len(r), C, dtype=np.int64)
+                for h in kept[j]:
+                    rank = np.empty(C, dtype=np.int64)
+                    rank[np.argsort(-(codes.centroids[h] @ Q[i, h * d:(h + 1) * d]), kind="stable")] = np.arange(C)
+                    near = np.minimum(near, rank[np.asarray(codes.cells[h][r], dtype=np.int64)])
+            true = np.isin(r, truth[i])
+            visited = near[None, :] < nprobes[:, None]  # [nprobes, rows]
+            place = np.cumsum(visited, axis=1) - 1
+            total += (visited & true[None, :] & (place < k)).sum(axis=1) / truth.shape[1]
+        out.append(total / max(size, 1))
+        first += size
+    return out
 
 
 def _tune(index, queries, truth, self_rows, k, target, max_nprobe: int | None = None,
@@ -604,12 +616,17 @@ def head_codes_card(folder: Path, layer: int, centroids, cells, quant, codes, re
           "cells_per_head": int(C), "nprobe": {}, "recall_at_50": {}, "recall_at_50_tuning": {},
           "codes": {"quant": qrel, "codes": krel, "refine": rrel, "bits": HEAD_CODE_BITS, "rerank": HEAD_CODE_RERANK},
           "coarse": {"centroids": ccrel, "cells": cnrel, "nlist": int(len(coarse[0]))}}
+    counts = {m: len(coarse[0]) if m > HEAD_CELLS_MAX_HEADS else None for m in sets}  # many heads: coarse cells
+    tuned_sets = [m for m, (qs, _) in sets.items() if len(qs) // 2]
+    estimates = dict(zip(tuned_sets, estimated_head_recalls(  # the tuning halves of every head count at once
+        head_codes, [(sets[m][0][:len(sets[m][0]) // 2], sets[m][1][:len(sets[m][0]) // 2],
+                      truth[m][:len(sets[m][0]) // 2], q_rows[:len(sets[m][0]) // 2],
+                      nprobe_candidates(counts[m] or C), counts[m] is not None) for m in tuned_sets], k)))
     for m, (qs, kept) in sets.items():
         if not len(qs):
             continue
-        count = len(coarse[0]) if m > HEAD_CELLS_MAX_HEADS else None  # many heads: nprobe counts coarse cells
         p, tuned, measured = tune_head_cells(None, centroids, cells, qs, kept, truth[m], q_rows, k, target, head_codes,
-                                             cells_count=count)
+                                             cells_count=counts[m], estimate=estimates.get(m))
         hc["nprobe"][str(m)], hc["recall_at_50"][str(m)], hc["recall_at_50_tuning"][str(m)] = \
             p, round(measured, 4), round(tuned, 4)
     hc["max_heads"] = H

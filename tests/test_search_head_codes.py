@@ -257,15 +257,19 @@ def test_estimated_recalls_equal_a_naive_count_and_tuning_reaches_the_target(cor
         truth = indexing.without_self(exact, q_rows, k)
         coarse = m > 3
         nprobes = [1, 2, 8, len(hc.coarse[0]) if coarse else C]
-        est = indexing.estimated_head_recalls(hc, qs, kept, truth, q_rows, k, nprobes, coarse=coarse)
+        half = len(qs) // 2
+        est, est_half = indexing.estimated_head_recalls(
+            hc, [(qs, kept, truth, q_rows, nprobes, coarse),
+                 (qs[:half], kept[:half], truth[:half], q_rows[:half], nprobes, coarse)], k)
         naive = _naive_recalls(hc, X, qs, kept, truth, q_rows, k, nprobes, coarse)
         # equal up to a tie in float rounding (one neighbour of one query)
         np.testing.assert_allclose(est, naive, atol=1.01 / (k * len(qs)))
+        naive_half = _naive_recalls(hc, X, qs[:half], kept[:half], truth[:half], q_rows[:half], k, nprobes, coarse)
+        np.testing.assert_allclose(est_half, naive_half, atol=1.01 / (k * half))  # groups kept apart
         assert np.all(np.diff(est) >= -1e-12)  # more cells never lose a neighbour
         count = len(hc.coarse[0]) if coarse else None
         p, tuned, held = indexing.tune_head_cells(None, hc.centroids, hc.cells, qs, kept, truth, q_rows, k,
                                                   indexing.RECALL_TARGET, hc, cells_count=count)
-        half = len(qs) // 2
 
         def real(nprobe, sl):
             _, found = search_head_cells(None, hc.centroids, hc.cells, qs[sl], kept[sl], nprobe, k + 1, codes=hc)
@@ -275,5 +279,5 @@ def test_estimated_recalls_equal_a_naive_count_and_tuning_reaches_the_target(cor
         assert tuned == pytest.approx(real(p, slice(0, half)))
         assert held == pytest.approx(real(p, slice(half, None)))
         # the target, or (past the codes' cap) within the margin of the lower of the two caps
-        cap = min(float(est[-1]), real(top, slice(0, half)))
+        cap = min(float(est_half[-1]), real(top, slice(0, half)))
         assert tuned >= min(indexing.RECALL_TARGET, cap - indexing.SATURATION_MARGIN) - 1e-9
