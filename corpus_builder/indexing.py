@@ -265,7 +265,15 @@ def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k,
     last = len(candidates) - 1
 
     def measure(p: int, sl: slice) -> float:
-        _, found = search_head_cells(index, centroids, cells, queries[sl], kept[sl], p, k + 1, codes=codes)
+        qs, ks = queries[sl], kept[sl]
+        # the queries split over the cores: each search is one query on one thread (FAISS and numpy release the GIL)
+        parts = np.array_split(np.arange(len(qs)), max(1, min(os.cpu_count() or 1, 4, len(qs))))
+        parts = [ix for ix in parts if len(ix)] or [np.arange(len(qs))]
+
+        def run(ix):
+            return search_head_cells(index, centroids, cells, qs[ix], [ks[i] for i in ix], p, k + 1, codes=codes)[1]
+
+        found = np.concatenate(list(_tuning_pool().map(run, parts))) if len(parts) > 1 else run(parts[0])
         return recall(without_self(found, self_rows[sl], k), truth[sl])
 
     measured: dict[int, float] = {}
@@ -296,6 +304,20 @@ def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k,
         else:
             lo = mid + 1
     return int(candidates[lo]), at(lo), measure(candidates[lo], slice(half, None))
+
+
+_TUNING_POOL = None
+
+
+def _tuning_pool():
+    """Threads for the tuning searches (queries split over the cores), made once."""
+    global _TUNING_POOL
+    if _TUNING_POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _TUNING_POOL = ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, 4)),
+                                          thread_name_prefix="corpus-tuning")
+    return _TUNING_POOL
 
 
 ESTIMATE_CHUNK = 32768  # rows decoded at a time by estimated_head_recalls
