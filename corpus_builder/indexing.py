@@ -363,7 +363,7 @@ def estimated_head_recalls(codes, groups, k: int) -> list[np.ndarray]:
     rows, qidx = rows[order], qidx[order]
     bounds = np.searchsorted(qidx, np.arange(nq + 1))
     out, first = [], 0
-    for (queries, kept, tr, self_rows, nprobes, coarse), size in zip(groups, sizes):
+    for (_, kept, _, self_rows, nprobes, coarse), size in zip(groups, sizes):
         nprobes = np.asarray(list(nprobes), dtype=np.int64)
         total = np.zeros(len(nprobes))
         many = coarse and codes.coarse is not None and size and len(kept[0]) > HEAD_CELLS_MAX_HEADS
