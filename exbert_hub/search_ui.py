@@ -712,6 +712,11 @@ def add_search_tab(*, key_state, get_analysis: Callable[[str], Any], corpus_ref:
 
     # --- a new analysis: its tokens, layers and heads ------------------------------------------------
     def on_analysis(key, current_token, current_layer, current_heads, corpus_text, request=None):
+        if key is None:
+            # no analysis in this page yet: change nothing. A new page's state also fires a change with None,
+            # and when that event's answer arrived after the first analysis's, it emptied the token list it
+            # had just filled (seen in Chromium: the token box stayed empty and a search was refused).
+            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
         a = analysis_of(key)
         if a is None:
             return (gr.update(choices=[], value=None), gr.update(), gr.update(choices=[], value=[]),
