@@ -310,7 +310,8 @@ _TUNING_POOL = None
 
 
 def _tuning_pool():
-    """Threads for the tuning searches (queries split over the cores), made once."""
+    """Threads for the tuning searches (queries split over the cores), made once. Not the reader's head-scan
+    pool: a several-head search waits there for its per-head scans, which would then have no thread left."""
     global _TUNING_POOL
     if _TUNING_POOL is None:
         from concurrent.futures import ThreadPoolExecutor
@@ -639,11 +640,11 @@ def head_codes_card(folder: Path, layer: int, centroids, cells, quant, codes, re
           "codes": {"quant": qrel, "codes": krel, "refine": rrel, "bits": HEAD_CODE_BITS, "rerank": HEAD_CODE_RERANK},
           "coarse": {"centroids": ccrel, "cells": cnrel, "nlist": int(len(coarse[0]))}}
     counts = {m: len(coarse[0]) if m > HEAD_CELLS_MAX_HEADS else None for m in sets}  # many heads: coarse cells
-    tuned_sets = [m for m, (qs, _) in sets.items() if len(qs) // 2]
-    estimates = dict(zip(tuned_sets, estimated_head_recalls(  # the tuning halves of every head count at once
-        head_codes, [(sets[m][0][:len(sets[m][0]) // 2], sets[m][1][:len(sets[m][0]) // 2],
-                      truth[m][:len(sets[m][0]) // 2], q_rows[:len(sets[m][0]) // 2],
-                      nprobe_candidates(counts[m] or C), counts[m] is not None) for m in tuned_sets], k)))
+    halves = {m: len(qs) // 2 for m, (qs, _) in sets.items() if len(qs) // 2}  # tune_head_cells' tuning halves
+    groups = [(qs[:halves[m]], kept[:halves[m]], truth[m][:halves[m]], q_rows[:halves[m]],
+               nprobe_candidates(counts[m] or C), counts[m] is not None)
+              for m, (qs, kept) in sets.items() if m in halves]
+    estimates = dict(zip(halves, estimated_head_recalls(head_codes, groups, k)))  # every head count at once
     for m, (qs, kept) in sets.items():
         if not len(qs):
             continue
