@@ -21,6 +21,15 @@ if [ ! -f /usr/share/wordnet/data.noun ]; then
     echo "note: wordnet-base is missing; builtin:wordnet corpora need 'sudo apt-get install wordnet-base'" >&2
   fi
 fi
+# a C compiler builds the logit lens's AMX kernel on first use (exbert_hub/analyses/lens_kernel.c); without
+# one the lens takes its torch path
+if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null
+  else
+    echo "note: no C compiler; the fast logit lens takes its slower torch path ('sudo apt-get install gcc')" >&2
+  fi
+fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

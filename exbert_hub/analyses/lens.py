@@ -37,6 +37,7 @@ import torch
 
 from ..analysis import CAUSAL_LM, ENCODER_DECODER, MASKED_LM, Analysis, kind_phrase
 from ..errors import InputError, UnsupportedModelError
+from . import lens_kernel
 
 # final norms of causal LMs, looked up on the base model (then on its ``decoder``, OPT-style)
 _FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f", "final_norm")
@@ -56,6 +57,10 @@ FAST_RESCORE = 1 << 17
 FAST_MIN_VOCAB = 8192
 BF16_U = 2.0 ** -8
 F32_U = 2.0 ** -24
+# the fused kernel's path (_kernel_lens, where lens_kernel.load() finds AMX): candidates kept per row by their
+# upper bound (at least 2k + 8), and rows per kernel call (bounds the memory of one call)
+KERNEL_HEAP = 48
+KERNEL_ROWS = 8192
 
 
 @dataclass
@@ -320,10 +325,13 @@ class _FastWeights:
     """
 
     version: int
-    wb: torch.Tensor  # bfloat16[G * VOCAB_GROUP, hidden]: the weight rounded to nearest
     w: torch.Tensor  # float32[G, VOCAB_GROUP, hidden]: the weight (padded) for the exact rescoring
     bias: torch.Tensor | None  # float32[G * VOCAB_GROUP] (-inf on padding); None: no bias, no padding
     gmax: torch.Tensor  # float32[G, hidden]: max |weight| over each group, per hidden unit
+    # made when first asked for (see _fast_weights): the torch path's bfloat16[G * VOCAB_GROUP, hidden]
+    # weight rounded to nearest, and the kernel's, padded to whole AMX tiles and packed (lens_kernel.pack_head)
+    wb: torch.Tensor | None = None
+    packed: torch.Tensor | None = None
 
 
 # id(weight) -> (weak reference to the weight, prepared): a few models' heads (56 MB each for SmolLM2)
@@ -332,14 +340,17 @@ _FAST_WEIGHTS_KEPT = 4
 _FAST_WEIGHTS_LOCK = threading.Lock()
 
 
-def _fast_weights(lin: LinearHead) -> _FastWeights:
-    """bfloat16 copy, padded float32 groups and group maxima of ``lin``'s weight, cached per tensor
-    (remade when the weight is changed in place: its version counter moves)."""
+def _fast_weights(lin: LinearHead, form: str = "wb") -> _FastWeights:
+    """Padded float32 groups, group maxima and the bfloat16 copy ``form`` ("wb": the torch path's,
+    "packed": the kernel's) of ``lin``'s weight, cached per tensor (remade when the weight is changed in
+    place: its version counter moves)."""
     weight = lin.weight
     with _FAST_WEIGHTS_LOCK:
         ref, got = _FAST_WEIGHTS.get(id(weight), (None, None))
         if got is not None and ref() is weight and got.version == weight._version:
             _FAST_WEIGHTS.move_to_end(id(weight))
+            if getattr(got, form) is None:
+                _bf16_copy(got, form)
             return got
     v, d = weight.shape
     g = -(-v // VOCAB_GROUP)
@@ -349,13 +360,24 @@ def _fast_weights(lin: LinearHead) -> _FastWeights:
     if pad:
         w = torch.cat([w, w.new_zeros(pad, d)])
         bias = torch.cat([bias if bias is not None else w.new_zeros(v), w.new_full((pad,), float("-inf"))])
-    prepared = _FastWeights(version=weight._version, wb=w.to(torch.bfloat16), w=w.view(g, VOCAB_GROUP, d),
-                            bias=bias, gmax=w.abs().view(g, VOCAB_GROUP, d).amax(1))
+    prepared = _FastWeights(version=weight._version, w=w.view(g, VOCAB_GROUP, d), bias=bias,
+                            gmax=w.abs().view(g, VOCAB_GROUP, d).amax(1))
+    _bf16_copy(prepared, form)
     with _FAST_WEIGHTS_LOCK:
         _FAST_WEIGHTS[id(weight)] = (weakref.ref(weight), prepared)
         while len(_FAST_WEIGHTS) > _FAST_WEIGHTS_KEPT:
             _FAST_WEIGHTS.popitem(last=False)
     return prepared
+
+
+def _bf16_copy(fw: _FastWeights, form: str) -> None:
+    w = fw.w.view(-1, fw.w.shape[-1])
+    if form == "wb":
+        fw.wb = w.to(torch.bfloat16)
+    else:
+        d = w.shape[1]
+        dp = -(-d // 32) * 32  # AMX tiles take 32 bfloat16 inputs a row: zero columns added
+        fw.packed = lens_kernel.pack_head(w if dp == d else torch.nn.functional.pad(w, (0, dp - d)))
 
 
 def _bf16_group_stats(x: torch.Tensor, fw: _FastWeights, post: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -489,6 +511,107 @@ def _rescore(x: torch.Tensor, cand: torch.Tensor, fw: _FastWeights, post: float)
     return out
 
 
+def _kernel_lens(xs: list[torch.Tensor], head: LensHead, k: int, lib) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_fast_lens``'s result (exact top-k ids, float32 top-k logits, bounded probabilities) from the fused
+    AMX kernel (lens_kernel.c): one pass per row over the vocabulary, the logits never stored.
+
+    The bound. x rounded to bfloat16 (or split, x = hi + lo with both halves bfloat16: then x is off by at
+    most u^2 |x|), the head rounded to bfloat16, exact products summed in float32 by the AMX tiles: every
+    logit b_j is within delta_g = c sum_i |x_i| G_gi of the exact one (G_g: the group's max |w| per unit),
+    c = 2u + u^2 + gamma_d (1 + u)^2 (split: u + u^2 + u^3 + gamma_2d (1 + u)(1 + u^2)). The kernel keeps,
+    per row, the KERNEL_HEAP tokens of largest b_j + delta_g; every other token's exact logit is at most the
+    heap's smallest bound. The heap's tokens are rescored in float32; the top-k among them is the true top-k
+    when that smallest bound is below the k-th rescored logit minus its float32 rounding. The normaliser: the
+    heap tokens' exact terms plus every other token's bfloat16 term (the kernel's sums less the heap's
+    bfloat16 terms), within E = sum over the others of exp(b_j) expm1(delta_g) (groups far below the row's
+    max count GROUP exp(delta - 24) instead): every probability's relative error is at most E / Z_est plus
+    float32 rounding, as in _fast_lens.
+
+    The last hidden state (the model's own prediction) always goes split (its probabilities then within
+    ~5e-4 of the model's own instead of ~3e-2 on SmolLM2), and so does every row whose top-k is not
+    certain; rows still not certain are computed in float32. The split does not shrink the bound much (the
+    head's rounding stays), only the actual error, so it is not spent on rows whose bound is loose.
+    """
+    lin = head.linear
+    fw = _fast_weights(lin, "packed")
+    post, pre = float(lin.post_mult), float(lin.pre_scale)
+    n_s, n = len(xs), xs[0].shape[0] if xs else 0
+    if n == 0:
+        return (np.zeros((n_s, 0, k), dtype=np.int64), np.zeros((n_s, 0, k), dtype=np.float32),
+                np.zeros((n_s, 0), dtype=np.float32))
+    x0 = torch.cat(xs)
+    x = x0 * pre if pre != 1.0 else x0
+    rows = x.shape[0]
+    tok = torch.zeros(rows, k, dtype=torch.int64)
+    logp = torch.zeros(rows, k)
+    rel = torch.zeros(rows)
+    ok = torch.zeros(rows, dtype=torch.bool)
+    split = torch.zeros(rows, dtype=torch.bool)
+    split[(n_s - 1) * n:] = True
+    threads = torch.get_num_threads()
+
+    def run(sel: torch.Tensor, halves: bool) -> None:
+        for i in range(0, sel.numel(), KERNEL_ROWS):
+            part = sel[i:i + KERNEL_ROWS]
+            tok[part], logp[part], rel[part], ok[part] = _kernel_rows(lib, x[part], halves, fw, k, post, threads)
+
+    run((~split).nonzero().squeeze(-1), False)
+    run(split.nonzero().squeeze(-1), True)
+    again = (~ok & ~split).nonzero().squeeze(-1)
+    if again.numel():
+        run(again, True)
+    bad = (~ok).nonzero().squeeze(-1)
+    for i in range(0, bad.numel(), DEFAULT_CHUNK):  # not certain: these rows in float32, whole
+        part = bad[i:i + DEFAULT_CHUNK]
+        top = torch.topk(torch.log_softmax(head.head(x0[part]).float(), dim=-1), k=k, dim=-1)
+        tok[part], logp[part], rel[part] = top.indices, top.values, 0.0
+    return (tok.view(n_s, n, k).numpy(), logp.exp().view(n_s, n, k).numpy(), rel.view(n_s, n).numpy())
+
+
+def _kernel_rows(lib, x: torch.Tensor, halves: bool, fw: _FastWeights, k: int, post: float, threads: int):
+    """(top-k ids, log-probabilities, probability bound, certain) of rows ``x`` float32[r, d] (pre-scaled)."""
+    r, d = x.shape
+    dp = fw.packed.shape[1] * 2
+    heap = min(max(KERNEL_HEAP, 2 * k + 8), fw.w.shape[0] * VOCAB_GROUP)
+    u = BF16_U
+    if halves:
+        gamma = 2 * dp * F32_U / (1 - 2 * dp * F32_U)
+        c = u + u * u + u ** 3 + gamma * (1 + u) * (1 + u * u)
+    else:
+        gamma = dp * F32_U / (1 - dp * F32_U)
+        c = 2 * u + u * u + gamma * (1 + u) ** 2
+    c *= 1.01 * post
+    gamma_r = d * F32_U / (1 - d * F32_U)  # the float32 rescoring's dot products
+    rp = -(-r // 32) * 32  # the kernel takes whole 32-row tiles: zero rows added
+    xp = torch.zeros(rp, dp)
+    xp[:r, :d] = x
+    xb = xp.to(torch.bfloat16)
+    xlo = (xp - xb.float()).to(torch.bfloat16) if halves else None
+    delta = (xp[:, :d].abs() @ fw.gmax.T) * c  # [rp, G]
+    bias = None if fw.bias is None else (fw.bias * post if post != 1.0 else fw.bias)
+    st, hub, hb, hid = lens_kernel.lens_pass(lib, xb, xlo, fw.packed, bias, post, delta, heap, threads)
+    st, hub, hb, hid, delta = st[:r], hub[:r], hb[:r], hid[:r], delta[:r]
+    exact, sabs = lens_kernel.rescore(lib, x, fw.w.view(-1, d), hid, threads)
+    valid = hid >= 0
+    ids = hid.long().clamp_min(0)
+    if fw.bias is not None:
+        exact = exact + fw.bias[ids]
+    exact = torch.where(valid, exact * post if post != 1.0 else exact, float("-inf"))
+    m, s, e = st.unbind(-1)
+    top_e, slot = exact.topk(k, dim=-1)
+    tok = ids.gather(1, slot)
+    kth = top_e[:, -1]
+    rounding = 1.01 * gamma_r * post * sabs.gather(1, slot[:, -1:]).squeeze(-1) + 1e-6 * kth.abs()
+    ok = hub.amin(-1) < kth - rounding  # (a heap that is not full: -inf, nothing outside it)
+    heap_bf16 = torch.where(valid, torch.exp(hb - m[:, None]), 0.0)
+    z_rest = (s - heap_bf16.sum(-1)).clamp_min(0)
+    e_rest = (e - (heap_bf16 * torch.expm1(delta.gather(1, ids // VOCAB_GROUP))).sum(-1)).clamp_min(0)
+    z = z_rest + torch.where(valid, torch.exp(exact - m[:, None]), 0.0).sum(-1)
+    logp = top_e - (m + torch.log(z))[:, None]
+    rel = (e_rest + 1e-6 * (s + e)) / z  # (+ the kernel's and these subtractions' float32 rounding)
+    return tok, logp, rel, ok
+
+
 def logit_lens(
     analysis: Analysis,
     engine,
@@ -535,7 +658,8 @@ def logit_lens(
             k = min(top_k, vocab)
             xs = [head.pre(torch.from_numpy(np.ascontiguousarray(states[s][pos])), last=s == n_states - 1)
                   for s in range(n_states)]
-            f_ids, f_probs, err = _fast_lens(xs, head, k)
+            lib = lens_kernel.load()
+            f_ids, f_probs, err = (_fast_lens(xs, head, k) if lib is None else _kernel_lens(xs, head, k, lib))
             ids[:, :, :k], probs[:, :, :k] = f_ids, f_probs
             return Lens(stack=stack, positions=pos, top_ids=ids, top_probs=probs, head=head.describe, prob_error=err)
         for s in range(n_states):  # float32
