@@ -24,6 +24,7 @@
 #define GROUP 128
 #define NV (GROUP / 16)
 #define FAR 24.0f
+#define FAR_EXP 3.7751346e-11f /* exp(-FAR), rounded up */
 #define ROW_CHUNK 512 /* rows whose bfloat16 inputs (and one group's logits) stay in L2 while the head streams past */
 #define MAX_THREADS 64
 
@@ -82,7 +83,7 @@ static inline void group_update(const float *vals, int g, float dg, float em1g, 
     }
     float mi = st->m;
     if (!pushed && mi != -INFINITY && !_mm512_cmp_ps_mask(mx, _mm512_set1_ps(mi - FAR), _CMP_GT_OQ)) {
-        st->e += GROUP * expf(dg - FAR);
+        st->e += GROUP * FAR_EXP * (em1g + 1.0f); /* GROUP exp(dg - FAR), exp(dg) = expm1(dg) + 1 */
         return;
     }
     float gm = _mm512_reduce_max_ps(mx);
