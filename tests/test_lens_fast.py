@@ -196,6 +196,26 @@ def test_no_compiler_means_the_torch_path(tiny_engine, fast_everywhere, monkeypa
     assert np.array_equal(fast.top_ids, ref.top_ids)
 
 
+@pytest.mark.skipif(not CPU_HAS_AMX, reason="this CPU has no AMX: the kernel is never built")
+@pytest.mark.parametrize("case", ["read-only cache", "missing compiler", "compile error"])
+def test_a_kernel_that_cannot_be_built_is_reported_in_one_line(case, monkeypatch, tmp_path):
+    monkeypatch.setattr(lens_kernel, "_state", {"tried": False, "lib": None, "why": None})
+    monkeypatch.setenv("EXBERT_HUB_CACHE", str(tmp_path / "cache"))
+    if case == "read-only cache":
+        (tmp_path / "cache").write_text("a file where the cache folder should be")
+    elif case == "missing compiler":
+        monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    else:
+        bad = tmp_path / "broken.c"
+        bad.write_text("this is not C\n")
+        monkeypatch.setattr(lens_kernel, "SOURCE", bad)
+    assert lens_kernel.load() is None
+    why = lens_kernel.unavailable_reason()
+    assert why and "\n" not in why and str(tmp_path) not in why, why
+    assert {"read-only cache": "not writable", "missing compiler": "could not run",
+            "compile error": "compiler failed"}[case] in why
+
+
 def test_turned_off_by_the_environment(monkeypatch):
     monkeypatch.setenv("EXBERT_HUB_LENS_KERNEL", "0")
     assert lens_kernel.load() is None and "EXBERT_HUB_LENS_KERNEL=0" in lens_kernel.unavailable_reason()

@@ -100,6 +100,16 @@ static inline void group_update(const float *vals, int g, float dg, float em1g, 
     }
 }
 
+/* tiles 0-3 += (16 rows of x at a0, 16 at a1: 32 inputs each) x (the W tiles 6 and 7 already loaded) */
+static inline void x_times_w(const uint16_t *a0, const uint16_t *a1, int dp) {
+    _tile_loadd(4, a0, dp * 2);
+    _tile_loadd(5, a1, dp * 2);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+}
+
 /* the permission to use AMX tiles (Linux asks each process to request it): 0 when granted */
 int lens_amx_init(void) { return (int)syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */); }
 
@@ -146,20 +156,9 @@ static void *lens_worker(void *arg) {
                     for (int kc = 0; kc < chunks; kc++) {
                         _tile_loadd(6, b0 + 512 * kc, 64);
                         _tile_loadd(7, b1 + 512 * kc, 64);
-                        _tile_loadd(4, a0 + 32 * kc, dp * 2);
-                        _tile_loadd(5, a1 + 32 * kc, dp * 2);
-                        _tile_dpbf16ps(0, 4, 6);
-                        _tile_dpbf16ps(1, 4, 7);
-                        _tile_dpbf16ps(2, 5, 6);
-                        _tile_dpbf16ps(3, 5, 7);
-                        if (l0) { /* x's low halves, bfloat16(x - bfloat16(x)): x's rounding taken out */
-                            _tile_loadd(4, l0 + 32 * kc, dp * 2);
-                            _tile_loadd(5, l1 + 32 * kc, dp * 2);
-                            _tile_dpbf16ps(0, 4, 6);
-                            _tile_dpbf16ps(1, 4, 7);
-                            _tile_dpbf16ps(2, 5, 6);
-                            _tile_dpbf16ps(3, 5, 7);
-                        }
+                        x_times_w(a0 + 32 * kc, a1 + 32 * kc, dp);
+                        if (l0) /* x's low halves, bfloat16(x - bfloat16(x)): x's rounding taken out */
+                            x_times_w(l0 + 32 * kc, l1 + 32 * kc, dp);
                     }
                     float *o = buf + (int64_t)(r - rc) * GROUP + 32 * tp;
                     _tile_stored(0, o, GROUP * 4);

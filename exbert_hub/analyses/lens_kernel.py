@@ -104,18 +104,25 @@ def _build_and_check():
 
 
 def _compile(cc: str, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+    except OSError:
+        raise _Unavailable("the cache directory is not writable (set EXBERT_HUB_CACHE)") from None
     try:
         run = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
                              timeout=COMPILE_TIMEOUT_S)
         if run.returncode != 0:
             first = (run.stderr.strip().splitlines() or ["(no message)"])[0]
+            # (no server paths in messages)
+            first = first.replace(str(SOURCE), SOURCE.name).replace(tmp, "lens.so").replace(str(out.parent), "")
             raise _Unavailable(f"the C compiler failed: {first[:200]}")
         os.replace(tmp, out)  # atomic: a concurrent process sees the old file or the whole new one
     except subprocess.TimeoutExpired:
         raise _Unavailable(f"the C compiler took over {COMPILE_TIMEOUT_S} s") from None
+    except OSError as e:  # the compiler could not be started
+        raise _Unavailable(f"the C compiler could not run ({type(e).__name__})") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
