@@ -244,18 +244,30 @@ def check_texts(docs: list[tuple[int, str]], limit: int = 200) -> list[str]:
     return out
 
 
+def machine_busy() -> bool:
+    """Other work on this machine's cores: the 1-minute load average above the cores plus one (this
+    build's own threads and its spaCy worker stay below that on an otherwise idle machine)."""
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1) + 1
+    except OSError:
+        return True  # cannot tell: keep measuring
+
+
 class ThreadChooser:
     """torch's thread count for each batch, by measured speed: every thread, or one.
 
     On an idle machine every thread is fastest; on a shared, oversubscribed one (other processes on the
     cores) OpenMP threads wait for each other and one thread was measured up to 2-6x faster (bench_build).
     Each option is timed on real batches (seconds per padded token, a moving average); the faster one runs,
-    the other is tried again every ``every`` batches so a change of load is followed. ``cap()`` (e.g. the
-    threads a busy spaCy worker leaves) bounds the choice."""
+    the other is tried again every ``every`` batches so a change of load is followed. A try costs a batch
+    at half speed on an idle machine (BERT-base size: 0.9 s of a 12 s build), so fewer threads are tried
+    only while ``busy()`` says other work shares the cores. ``cap()`` (e.g. the threads a busy spaCy worker
+    leaves) bounds the choice."""
 
-    def __init__(self, most: int, cap: Callable[[], int] | None = None, every: int = 32):
+    def __init__(self, most: int, cap: Callable[[], int] | None = None, every: int = 32,
+                 busy: Callable[[], bool] = machine_busy):
         self.options = sorted({1, max(1, most)}, reverse=True)
-        self.cap, self.every = cap, every
+        self.cap, self.every, self.busy = cap, every, busy
         self.rate: dict[int, float] = {}
         self.batches = 0
 
@@ -263,12 +275,17 @@ class ThreadChooser:
         limit = self.cap() if self.cap is not None else self.options[0]
         options = [n for n in self.options if n <= limit] or [1]
         self.batches += 1
-        for n in options:
-            if n not in self.rate:
-                return n
+        if options[0] not in self.rate:
+            return options[0]
+        untried = [n for n in options if n not in self.rate]  # fewer threads
+        if untried and self.busy():
+            return untried[0]
+        options = [n for n in options if n in self.rate]
         best = min(options, key=lambda n: self.rate[n])
         if len(options) > 1 and self.batches % self.every == 0:
-            return next(n for n in options if n != best)
+            other = next(n for n in options if n != best)
+            if other > best or self.busy():  # (more threads are tried again even on an idle machine)
+                return other
         return best
 
     def record(self, threads: int, padded_tokens: int, seconds: float) -> None:

@@ -493,12 +493,12 @@ def test_kept_vectors_are_the_normalised_engine_vectors(tiny, family):
 
 
 def test_thread_chooser_follows_the_faster_option():
-    """Each option is tried once, then the faster one runs, the other is retried every `every` batches,
-    and the cap (a busy spaCy worker) is respected."""
+    """On a shared machine each option is tried once, then the faster one runs, the other is retried every
+    `every` batches, and the cap (a busy spaCy worker) is respected."""
     from corpus_builder.builder import ThreadChooser
 
     busy = [False]
-    c = ThreadChooser(2, cap=lambda: 1 if busy[0] else 2, every=4)
+    c = ThreadChooser(2, cap=lambda: 1 if busy[0] else 2, every=4, busy=lambda: True)
     speed = {2: 3.0, 1: 1.0}  # seconds per padded token: one thread faster (an oversubscribed machine)
     picks = []
     for _ in range(12):
@@ -514,6 +514,33 @@ def test_thread_chooser_follows_the_faster_option():
     assert c.pick() == 2  # two retries of 2 threads at the new speed moved its average below 1 thread's
     busy[0] = True
     assert {c.pick() for _ in range(10)} == {1}
+
+
+def test_thread_chooser_on_an_idle_machine_keeps_every_thread():
+    """With nothing else on the cores, one thread is not tried (a try is a batch at half speed), unless the
+    cap asks for it; a machine that becomes busy starts the tries."""
+    from corpus_builder.builder import ThreadChooser
+
+    spacy_busy, machine_busy = [False], [False]
+    c = ThreadChooser(2, cap=lambda: 1 if spacy_busy[0] else 2, every=4, busy=lambda: machine_busy[0])
+    speed = {2: 1.0, 1: 2.0}
+    picks = []
+    for _ in range(12):
+        n = c.pick()
+        picks.append(n)
+        c.record(n, 100, speed[n] * 100)
+    assert picks == [2] * 12
+    spacy_busy[0] = True
+    assert c.pick() == 1  # the cap
+    c.record(1, 100, 200)
+    spacy_busy[0] = False
+    assert {c.pick() for _ in range(8)} == {2}  # 1 thread measured slower: not retried while idle
+    machine_busy[0] = True
+    speed[2] = 5.0  # other work arrived: every thread is slow now
+    for _ in range(8):
+        n = c.pick()
+        c.record(n, 100, speed[n] * 100)
+    assert c.pick() == 1
 
 
 def test_spacy_is_not_given_shards_a_capped_build_never_reads(tiny, text_file, tmp_path, monkeypatch):
