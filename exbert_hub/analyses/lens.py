@@ -60,9 +60,11 @@ FAST_MIN_VOCAB = 8192
 BF16_U = 2.0 ** -8
 F32_U = 2.0 ** -24
 # the fused kernel's path (_kernel_lens, where lens_kernel.load() finds AMX): candidates kept per row by their
-# upper bound (at least 2k + 8), and rows per kernel call (bounds the memory of one call)
+# upper bound (at least 2k + 8), rows per kernel call (bounds the memory of one call), and the probability
+# bound above which a row is made again with x split in two bfloat16 halves (flat rows: where the errors are)
 KERNEL_HEAP = 48
 KERNEL_ROWS = 8192
+REFINE_BOUND = 0.2
 
 
 @dataclass
@@ -334,6 +336,7 @@ class _FastWeights:
     # weight rounded to nearest, and the kernel's, padded to whole AMX tiles and packed (lens_kernel.pack_head)
     wb: torch.Tensor | None = None
     packed: torch.Tensor | None = None
+    gmax_b: torch.Tensor | None = None  # (with packed) gmax in bfloat16, for the kernel path's bounds
 
 
 # id(weight) -> (weak reference to the weight, prepared): a few models' heads (56 MB each for SmolLM2)
@@ -380,6 +383,7 @@ def _bf16_copy(fw: _FastWeights, form: str) -> None:
         d = w.shape[1]
         dp = -(-d // 32) * 32  # AMX tiles take 32 bfloat16 inputs a row: zero columns added
         fw.packed = lens_kernel.pack_head(w if dp == d else torch.nn.functional.pad(w, (0, dp - d)))
+        fw.gmax_b = fw.gmax.to(torch.bfloat16)
 
 
 def _bf16_group_stats(x: torch.Tensor, fw: _FastWeights, post: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -531,8 +535,9 @@ def _kernel_lens(xs: list[torch.Tensor], head: LensHead, k: int, lib) -> tuple[n
 
     The last hidden state (the model's own prediction) always goes split (its probabilities then within
     ~5e-4 of the model's own instead of ~3e-2 on SmolLM2), and so does every row whose top-k is not
-    certain; rows still not certain are computed in float32. The split does not shrink the bound much (the
-    head's rounding stays), only the actual error, so it is not spent on rows whose bound is loose.
+    certain or whose bound is above REFINE_BOUND (flat rows, where most of the normaliser is outside the
+    heap: the split halves their bound only, as the head's rounding stays, but cuts their actual error
+    ~10x); rows still not certain are computed in float32.
     """
     lin = head.linear
     fw = _fast_weights(lin, "packed")
@@ -559,7 +564,7 @@ def _kernel_lens(xs: list[torch.Tensor], head: LensHead, k: int, lib) -> tuple[n
 
     run((~split).nonzero().squeeze(-1), False)
     run(split.nonzero().squeeze(-1), True)
-    again = (~ok & ~split).nonzero().squeeze(-1)
+    again = ((~ok | (rel > REFINE_BOUND)) & ~split).nonzero().squeeze(-1)
     if again.numel():
         run(again, True)
     bad = (~ok).nonzero().squeeze(-1)
@@ -589,7 +594,9 @@ def _kernel_rows(lib, x: torch.Tensor, halves: bool, fw: _FastWeights, k: int, p
     xp[:r, :d] = x
     xb = xp.to(torch.bfloat16)
     xlo = (xp - xb.float()).to(torch.bfloat16) if halves else None
-    delta = (xp[:, :d].abs() @ fw.gmax.T) * c  # [rp, G]
+    # sum_i |x_i| G_gi as a bfloat16 product (a 1/128 of the logits' work): nonnegative terms, so rounding
+    # inputs, sums and output costs at most a factor (1 - u)^3 (1 - gamma): 1.02 covers it
+    delta = (xp[:, :d].abs().to(torch.bfloat16) @ fw.gmax_b.T).float() * (c * 1.02)  # [rp, G]
     bias = None if fw.bias is None else (fw.bias * post if post != 1.0 else fw.bias)
     st, hub, hb, hid = lens_kernel.lens_pass(lib, xb, xlo, fw.packed, bias, post, delta, heap, threads)
     st, hub, hb, hid, delta = st[:r], hub[:r], hb[:r], hid[:r], delta[:r]
