@@ -175,7 +175,12 @@ def test_the_kernel_is_built_and_used_where_the_cpu_has_amx(tiny_engine, fast_ev
     real = lens_kernel.lens_pass
     monkeypatch.setattr(lens_kernel, "lens_pass", lambda *args, **kw: calls.append(args[2] is not None) or real(*args, **kw))
     logit_lens(a, engine, top_k=3, fast=True)
-    assert calls == [False, True]  # every state but the last, then the last with x's low halves
+    # every state but the last, then the last with x's low halves (then rows with loose bounds, split)
+    assert calls[:2] == [False, True] and all(calls[2:]) and len(calls) <= 3
+    calls.clear()
+    monkeypatch.setattr(lens_mod, "REFINE_BOUND", 0.0)  # every row refined: and still within its bound
+    fast, _ = _check_against_float32(engine, a, range(lens_mod.num_hidden_states(a)), top_k=3)
+    assert calls[:3] == [False, True, True]
 
 
 def test_no_compiler_means_the_torch_path(tiny_engine, fast_everywhere, monkeypatch, tmp_path):
