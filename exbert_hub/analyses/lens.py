@@ -484,12 +484,21 @@ def _fast_lens(xs: list[torch.Tensor], head: LensHead, k: int) -> tuple[np.ndarr
             rel = b["e_bound"] / z
             if not bool(ok.all()):  # not certain: these rows in float32, whole
                 bad = (~ok).nonzero().squeeze(-1)
-                for i in range(0, bad.numel(), DEFAULT_CHUNK):
-                    rows = bad[i:i + DEFAULT_CHUNK]
-                    top = torch.topk(torch.log_softmax(head.head(b["x0"][rows]).float(), dim=-1), k=k, dim=-1)
-                    tok[rows], logp[rows], rel[rows] = top.indices, top.values, 0.0
+                tok[bad], logp[bad] = _float32_top(head, b["x0"], bad, k)
+                rel[bad] = 0.0
             ids[s], probs[s], err[s] = tok.numpy(), logp.exp().numpy(), rel.numpy()
     return ids, probs, err
+
+
+def _float32_top(head: LensHead, x0: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k ids and log-probabilities of ``x0[rows]`` (normed hidden states) through the whole head in
+    float32, DEFAULT_CHUNK rows at a time: the fast paths' answer for rows whose bounds cannot tell."""
+    ids = torch.empty(rows.numel(), k, dtype=torch.int64)
+    logp = torch.empty(rows.numel(), k)
+    for i in range(0, rows.numel(), DEFAULT_CHUNK):
+        top = torch.topk(torch.log_softmax(head.head(x0[rows[i:i + DEFAULT_CHUNK]]).float(), dim=-1), k=k, dim=-1)
+        ids[i:i + DEFAULT_CHUNK], logp[i:i + DEFAULT_CHUNK] = top.indices, top.values
+    return ids, logp
 
 
 def _rescore(x: torch.Tensor, cand: torch.Tensor, fw: _FastWeights, post: float) -> torch.Tensor:
@@ -568,10 +577,9 @@ def _kernel_lens(xs: list[torch.Tensor], head: LensHead, k: int, lib) -> tuple[n
     if again.numel():
         run(again, True)
     bad = (~ok).nonzero().squeeze(-1)
-    for i in range(0, bad.numel(), DEFAULT_CHUNK):  # not certain: these rows in float32, whole
-        part = bad[i:i + DEFAULT_CHUNK]
-        top = torch.topk(torch.log_softmax(head.head(x0[part]).float(), dim=-1), k=k, dim=-1)
-        tok[part], logp[part], rel[part] = top.indices, top.values, 0.0
+    if bad.numel():  # not certain: these rows in float32, whole
+        tok[bad], logp[bad] = _float32_top(head, x0, bad, k)
+        rel[bad] = 0.0
     return (tok.view(n_s, n, k).numpy(), logp.exp().view(n_s, n, k).numpy(), rel.view(n_s, n).numpy())
 
 

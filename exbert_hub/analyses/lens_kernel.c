@@ -182,6 +182,23 @@ static void *lens_worker(void *arg) {
     return 0;
 }
 
+/* fn on each of the used jobs (size bytes apart), jobs 1.. on threads of their own and job 0 here (a job whose
+   thread cannot start runs here too); returns how many of them returned non-NULL (failed) */
+static int run_jobs(void *(*fn)(void *), void *jobs, size_t size, int used) {
+    pthread_t th[MAX_THREADS];
+    int started = 1, failed = 0;
+    for (; started < used; started++)
+        if (pthread_create(&th[started], 0, fn, (char *)jobs + started * size)) break;
+    for (int t = started; t < used; t++) failed += fn((char *)jobs + t * size) != 0;
+    if (used) failed += fn(jobs) != 0;
+    for (int t = 1; t < started; t++) {
+        void *ret = 0;
+        pthread_join(th[t], &ret);
+        failed += ret != 0;
+    }
+    return failed;
+}
+
 static int split_rows(int blocks, int threads, int t, int *b0, int *b1) {
     int per = (blocks + threads - 1) / threads;
     *b0 = t * per;
@@ -199,24 +216,13 @@ int lens_amx(const uint16_t *x, const uint16_t *xlo, int n, int dp, const uint16
               const float *bias, float post, const float *delta, const float *em1, float *st,
               float *hub, float *hb, int32_t *hid, int heap, int threads) {
     job jobs[MAX_THREADS];
-    pthread_t th[MAX_THREADS];
     int used = 0, b0, b1;
     threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
     for (int t = 0; t < threads && split_rows(n / 32, threads, t, &b0, &b1); t++, used++)
         jobs[t] = (job){x, xlo, wp, bias, delta, em1, (rowstate *)st, hub, hb, hid, post, dp, groups, heap,
                         b0 * 32, b1 * 32};
-    int started = 1;
-    for (; started < used; started++)
-        if (pthread_create(&th[started], 0, lens_worker, &jobs[started])) break;
-    int failed = 0;
-    for (int t = started; t < used; t++) failed += lens_worker(&jobs[t]) != 0; /* a thread could not start */
-    if (used) failed += lens_worker(&jobs[0]) != 0;
-    for (int t = 1; t < started; t++) {
-        void *ret = 0;
-        pthread_join(th[t], &ret);
-        failed += ret != 0;
-    }
-    return failed; /* rows whose buffer could not be allocated are left as they were */
+    /* rows whose buffer could not be allocated are left as they were */
+    return run_jobs(lens_worker, jobs, sizeof jobs[0], used);
 }
 
 typedef struct {
@@ -259,15 +265,9 @@ static void *rescore_worker(void *arg) {
 void lens_rescore(const float *x, const float *w, int d, const int32_t *hid, int heap, int n, float *out,
                   float *sabs, int threads) {
     rjob jobs[MAX_THREADS];
-    pthread_t th[MAX_THREADS];
     int used = 0, b0, b1;
     threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
     for (int t = 0; t < threads && split_rows(n, threads, t, &b0, &b1); t++, used++)
         jobs[t] = (rjob){x, w, hid, out, sabs, d, heap, b0, b1};
-    int started = 1;
-    for (; started < used; started++)
-        if (pthread_create(&th[started], 0, rescore_worker, &jobs[started])) break;
-    for (int t = started; t < used; t++) rescore_worker(&jobs[t]);
-    if (used) rescore_worker(&jobs[0]);
-    for (int t = 1; t < started; t++) pthread_join(th[t], 0);
+    run_jobs(rescore_worker, jobs, sizeof jobs[0], used);
 }
