@@ -10,6 +10,8 @@
  * Groups far below the row's running max (every logit < m - FAR) add only their bound GROUP exp(delta - FAR)
  * to e, unless they gave the heap a token (then they are summed: the caller swaps the heap tokens' terms for
  * exact ones).
+ * The products of one group go into one buffer while the rows of the group before are reduced from the other,
+ * a row every second step of the tiles, so that the vector units' work runs beside the tiles'.
  * lens_rescore: the float32 logits of the heap tokens, and sum_i |x_i| |w_ji| of each (their rounding bound).
  */
 #include <immintrin.h>
@@ -100,10 +102,11 @@ static inline void group_update(const float *vals, int g, float dg, float em1g, 
     }
 }
 
-/* tiles 0-3 += (16 rows of x at a0, 16 at a1: 32 inputs each) x (the W tiles 6 and 7 already loaded) */
-static inline void x_times_w(const uint16_t *a0, const uint16_t *a1, int dp) {
-    _tile_loadd(4, a0, dp * 2);
-    _tile_loadd(5, a1, dp * 2);
+/* tiles 0-3 += (16 rows of x, 16 more: one 32-input tile each, 1 KB contiguous) x (W's tiles 6 and 7, loaded);
+   x only streams past (its tiles are loaded without keeping them in L1, which W's tiles need) */
+static inline void x_times_w(const uint16_t *a0, const uint16_t *a1) {
+    _tile_stream_loadd(4, a0, 64);
+    _tile_stream_loadd(5, a1, 64);
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
     _tile_dpbf16ps(2, 5, 6);
@@ -127,54 +130,64 @@ typedef struct {
     float *hub, *hb;
     int32_t *hid;
     float post;
-    int dp, groups, heap, r0, r1;
+    int n, dp, groups, heap, r0, r1;
 } job;
+
+/* group g's logits vals of row `row` (the scale and the bias applied first) into its state and heap */
+static inline void reduce_row(const job *j, float *vals, int g, int64_t row) {
+    const float *bs = j->bias ? j->bias + (int64_t)g * GROUP : 0;
+    if (j->post != 1.0f || bs)
+        for (int t = 0; t < GROUP; t++) vals[t] = vals[t] * j->post + (bs ? bs[t] : 0.0f);
+    const int64_t at = (int64_t)g * j->n + row;
+    const int M = j->heap;
+    group_update(vals, g, j->delta[at], j->em1[at], j->st + row, j->hub + row * M, j->hb + row * M, j->hid + row * M, M);
+}
 
 static void *lens_worker(void *arg) {
     const job *j = (const job *)arg;
-    /* one group's logits of ROW_CHUNK rows: made 32 x 32 at a time (the two 16-token blocks' W tiles stay in L1
-       while every row block of the chunk passes), then reduced row by row */
-    float *buf = (float *)aligned_alloc(64, sizeof(float) * ROW_CHUNK * GROUP);
+    const int dp = j->dp, chunks = dp / 32, pairs = dp / 2, G = j->groups;
+    /* two groups' logits of ROW_CHUNK rows, one being made 32 x 32 at a time (the two 16-token blocks' W tiles
+       stay in L1 while every row block of the chunk passes), the other being reduced row by row */
+    float *buf = (float *)aligned_alloc(64, sizeof(float) * 2 * ROW_CHUNK * GROUP);
     if (!buf) return (void *)1;
     tilecfg cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette_id = 1;
     for (int t = 0; t < 8; t++) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
     _tile_loadconfig(&cfg);
-    const int dp = j->dp, chunks = dp / 32, pairs = dp / 2, M = j->heap, G = j->groups;
     for (int rc = j->r0; rc < j->r1; rc += ROW_CHUNK) {
-        int rc1 = rc + ROW_CHUNK < j->r1 ? rc + ROW_CHUNK : j->r1;
-        for (int g = 0; g < G; g++) {
-            const float *bs = j->bias ? j->bias + (int64_t)g * GROUP : 0;
-            for (int tp = 0; tp < GROUP / 32; tp++) {
+        const int nrows = (rc + ROW_CHUNK < j->r1 ? rc + ROW_CHUNK : j->r1) - rc;
+        for (int g = 0; g <= G; g++) {
+            float *made = buf + (int64_t)(g & 1) * ROW_CHUNK * GROUP, *prev = buf + (int64_t)(~g & 1) * ROW_CHUNK * GROUP;
+            int pend = g ? 0 : nrows; /* the next row of group g - 1 to reduce */
+            for (int tp = 0; g < G && tp < GROUP / 32; tp++) {
                 const uint16_t *b0 = j->wp + ((int64_t)g * (GROUP / 16) + 2 * tp) * pairs * 32;
                 const uint16_t *b1 = b0 + (int64_t)pairs * 32;
-                for (int r = rc; r < rc1; r += 32) { /* tiles 0-3: logits; 4-5: x (or its low halves); 6-7: W */
-                    const uint16_t *a0 = j->x + (int64_t)r * dp, *a1 = a0 + (int64_t)16 * dp;
-                    const uint16_t *l0 = j->xlo ? j->xlo + (int64_t)r * dp : 0, *l1 = l0 ? l0 + (int64_t)16 * dp : 0;
+                for (int r = 0; r < nrows; r += 32) { /* tiles 0-3: logits; 4-5: x (or its low halves); 6-7: W */
+                    /* x in tiles: [rows / 16][dp / 32][16][32] */
+                    const uint16_t *a0 = j->x + (int64_t)(rc + r) * dp, *a1 = a0 + (int64_t)16 * dp;
+                    const uint16_t *l0 = j->xlo ? j->xlo + (int64_t)(rc + r) * dp : 0, *l1 = l0 ? l0 + (int64_t)16 * dp : 0;
                     _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
                     for (int kc = 0; kc < chunks; kc++) {
                         _tile_loadd(6, b0 + 512 * kc, 64);
                         _tile_loadd(7, b1 + 512 * kc, 64);
-                        x_times_w(a0 + 32 * kc, a1 + 32 * kc, dp);
+                        x_times_w(a0 + 512 * kc, a1 + 512 * kc);
                         if (l0) /* x's low halves, bfloat16(x - bfloat16(x)): x's rounding taken out */
-                            x_times_w(l0 + 32 * kc, l1 + 32 * kc, dp);
+                            x_times_w(l0 + 512 * kc, l1 + 512 * kc);
+                        if ((kc & 1) && pend < nrows) {
+                            reduce_row(j, prev + (int64_t)pend * GROUP, g - 1, rc + pend);
+                            pend++;
+                        }
                     }
-                    float *o = buf + (int64_t)(r - rc) * GROUP + 32 * tp;
+                    float *o = made + (int64_t)r * GROUP + 32 * tp;
                     _tile_stored(0, o, GROUP * 4);
                     _tile_stored(1, o + 16, GROUP * 4);
                     _tile_stored(2, o + 16 * GROUP, GROUP * 4);
                     _tile_stored(3, o + 16 * GROUP + 16, GROUP * 4);
                 }
             }
-            for (int i = 0; i < rc1 - rc; i++) {
-                float *vals = buf + (int64_t)i * GROUP;
-                if (j->post != 1.0f || bs)
-                    for (int t = 0; t < GROUP; t++) vals[t] = vals[t] * j->post + (bs ? bs[t] : 0.0f);
-                int64_t row = rc + i;
-                group_update(vals, g, j->delta[row * G + g], j->em1[row * G + g], j->st + row,
-                             j->hub + row * M, j->hb + row * M, j->hid + row * M, M);
-            }
+            for (; pend < nrows; pend++)
+                reduce_row(j, prev + (int64_t)pend * GROUP, g - 1, rc + pend);
         }
     }
     free(buf);
@@ -207,9 +220,10 @@ static int split_rows(int blocks, int threads, int t, int *b0, int *b1) {
 }
 
 /*
- * x, xlo (or NULL): bfloat16 [n, dp], n a multiple of 32, dp of 32; wp: the head packed for AMX,
- * [groups * GROUP / 16][dp / 2][16][2] (16 tokens' consecutive pairs of inputs); bias [groups * GROUP] or NULL;
- * delta, em1: float32 [n, groups]; st: [n] {m = -inf, s = 0, e = 0}; hub, hb, hid: [n, heap] {-inf, -inf, -1}.
+ * x, xlo (or NULL): bfloat16 [n / 16][dp / 32][16][32] (AMX tiles of 16 rows x 32 inputs), n a multiple of 32,
+ * dp of 32; wp: the head packed for AMX, [groups * GROUP / 16][dp / 2][16][2] (16 tokens' consecutive pairs of
+ * inputs); bias [groups * GROUP] or NULL; delta, em1: float32 [groups, n]; st: [n] {m = -inf, s = 0, e = 0};
+ * hub, hb, hid: [n, heap] {-inf, -inf, -1}.
  * Returns the number of workers that failed (no memory for their buffer): 0 when every row was made.
  */
 int lens_amx(const uint16_t *x, const uint16_t *xlo, int n, int dp, const uint16_t *wp, int groups,
@@ -219,7 +233,7 @@ int lens_amx(const uint16_t *x, const uint16_t *xlo, int n, int dp, const uint16
     int used = 0, b0, b1;
     threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
     for (int t = 0; t < threads && split_rows(n / 32, threads, t, &b0, &b1); t++, used++)
-        jobs[t] = (job){x, xlo, wp, bias, delta, em1, (rowstate *)st, hub, hb, hid, post, dp, groups, heap,
+        jobs[t] = (job){x, xlo, wp, bias, delta, em1, (rowstate *)st, hub, hb, hid, post, n, dp, groups, heap,
                         b0 * 32, b1 * 32};
     /* rows whose buffer could not be allocated are left as they were */
     return run_jobs(lens_worker, jobs, sizeof jobs[0], used);

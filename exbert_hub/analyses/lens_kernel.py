@@ -1,8 +1,8 @@
 """The fused logit-lens kernel (``lens_kernel.c``): built here with the system's C compiler on first use.
 
 Only on x86-64 Linux CPUs with AMX (bfloat16 tiles) and AVX-512: there one pass makes every layer's
-bfloat16 logits in AMX tiles and reduces them in the cache (row maxima, exp sums, error sums, a heap of
-candidates), at the speed of the products alone. Elsewhere, or when no compiler is found, ``load()``
+bfloat16 logits in AMX tiles and reduces them while they are in the cache (row maxima, exp sums, error
+sums, the candidates). Elsewhere, or when no compiler is found, ``load()``
 returns None and the lens takes its torch path (``lens._fast_lens``); ``unavailable_reason()`` says why.
 
 The library is compiled once per source, compiler and CPU into the cache directory
@@ -148,26 +148,34 @@ def lens_pass(lib, x: torch.Tensor, xlo: torch.Tensor | None, packed: torch.Tens
               post: float, delta: torch.Tensor, heap: int, threads: int):
     """One pass over the vocabulary for rows ``x`` (bfloat16 [n, dp], n a multiple of 32).
 
-    Returns (state float32[n, 3]: max m, sum s of exp(b - m), error sum e; heap bounds, heap bfloat16-product
-    logits float32[n, heap]; heap token ids int32[n, heap], -1 where empty).
+    Returns (state float32[n, 3]: max m, sum s of exp(b - m), error sum e; candidates' bounds, their
+    bfloat16-product logits float32[n, heap]; their token ids int32[n, heap], -1 where empty), the candidates
+    in no particular order.
     """
     n, dp = x.shape
     groups = delta.shape[1]
-    delta = delta.contiguous()
-    em1 = torch.expm1(delta)
+    delta_t = delta.T.contiguous()  # [groups, n]: a group's rows side by side, as the kernel reads them
+    em1 = torch.expm1(delta_t)
+    x_tiles, xlo_tiles = _tiles(x), None if xlo is None else _tiles(xlo)
     st = torch.zeros(n, 3)
     st[:, 0] = float("-inf")
     hub = torch.full((n, heap), float("-inf"))
     hb = torch.full((n, heap), float("-inf"))
     hid = torch.full((n, heap), -1, dtype=torch.int32)
-    tensors = (x, xlo, packed, bias)
-    assert all(t is None or t.is_contiguous() for t in tensors)
-    failed = lib.lens_amx(x.data_ptr(), None if xlo is None else xlo.data_ptr(), n, dp, packed.data_ptr(), groups,
-                 None if bias is None else bias.data_ptr(), float(post), delta.data_ptr(), em1.data_ptr(),
-                 st.data_ptr(), hub.data_ptr(), hb.data_ptr(), hid.data_ptr(), heap, max(1, threads))
+    assert all(t is None or t.is_contiguous() for t in (packed, bias))
+    failed = lib.lens_amx(x_tiles.data_ptr(), None if xlo_tiles is None else xlo_tiles.data_ptr(), n, dp,
+                          packed.data_ptr(), groups, None if bias is None else bias.data_ptr(), float(post),
+                          delta_t.data_ptr(), em1.data_ptr(), st.data_ptr(), hub.data_ptr(), hb.data_ptr(),
+                          hid.data_ptr(), heap, max(1, threads))
     if failed:
         raise MemoryError("the lens kernel could not allocate its buffers")
     return st, hub, hb, hid
+
+
+def _tiles(x: torch.Tensor) -> torch.Tensor:
+    """bfloat16 [n, dp] -> [n / 16, dp / 32, 16, 32]: every AMX tile of x (16 rows x 32 inputs) 1 KB contiguous."""
+    n, dp = x.shape
+    return x.view(n // 16, 16, dp // 32, 32).transpose(1, 2).contiguous()
 
 
 def rescore(lib, x: torch.Tensor, weight: torch.Tensor, hid: torch.Tensor, threads: int):
