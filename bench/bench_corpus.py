@@ -248,8 +248,14 @@ def overlap(args) -> dict:
 
 # --- 2. storage ----------------------------------------------------------------------------------
 def exbert_bytes(folder: Path, meta: dict) -> int:
-    """Bytes exBERT's layout takes for the same model and sentences: float32 hidden states of every layer
-    (embeddings included), float32 contexts of every layer, float32 attentions [layers, heads, T, T] per sentence."""
+    """Bytes exBERT's layout takes for the same model and sentences.
+
+    Its HDF5 file (server/data_processing/create_hdf5.py): float32 hidden states of every layer (embeddings
+    included), float32 contexts of every layer, float32 attentions [layers, heads, T, T] per sentence. And
+    its search indexes (create_faiss.py): one exact IndexFlatIP per layer for the embeddings and one for the
+    contexts, each over layers + 1 layers (the input layer included), so float32 copies of those vectors.
+    Contexts are counted for the model's layers only in the HDF5 file (the lower count, where exBERT's
+    files would hold the input layer's zeros too)."""
     import pyarrow.parquet as pq
 
     from exbert_hub import corpus_format as cf
@@ -258,8 +264,9 @@ def exbert_bytes(folder: Path, meta: dict) -> int:
     ctx = H * meta["head_dim"]
     n = np.concatenate([pq.read_table(f, columns=["num_tokens"]).column("num_tokens").to_numpy()
                         for f in sorted((folder / cf.SENTENCES_DIR).glob("*.parquet"))]).astype(np.int64)
-    per_token = 4 * ((L + 1) * D + L * ctx)
-    return int(n.sum() * per_token + 4 * L * H * (n ** 2).sum())
+    hdf5_per_token = 4 * ((L + 1) * D + L * ctx)
+    flat_indexes_per_token = 4 * (L + 1) * (D + ctx)
+    return int(n.sum() * (hdf5_per_token + flat_indexes_per_token) + 4 * L * H * (n ** 2).sum())
 
 
 def storage(args) -> dict:
