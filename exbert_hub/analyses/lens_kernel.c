@@ -11,7 +11,8 @@
  * to e, unless they gave the heap a token (then they are summed: the caller swaps the heap tokens' terms for
  * exact ones).
  * The products of one group go into one buffer while the rows of the group before are reduced from the other,
- * a row every second step of the tiles, so that the vector units' work runs beside the tiles'.
+ * one row after every second 32-input step of the tiles (measured about 5% faster than reducing after the group's
+ * tiles; the two kinds of work still mostly add up).
  * lens_rescore: the float32 logits of the heap tokens, and sum_i |x_i| |w_ji| of each (their rounding bound).
  */
 #include <immintrin.h>
