@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=1, help="spaCy worker processes running beside the model (0: none)")
     b.add_argument("--shard-chars", type=int, default=50_000, help="characters of text per resumable shard")
     b.add_argument("--exact-limit", type=int, default=DEFAULT_EXACT_LIMIT,
-                   help=f"up to this many vectors per index: exact IndexFlatIP; above: IVF + 6-bit codes (default {DEFAULT_EXACT_LIMIT:,})")
+                   help=f"up to this many vectors per index: exact search over float16 vectors; above: compressed indexes (IVF + 5-bit RaBitQ for embeddings, per-head codes for heads) (default {DEFAULT_EXACT_LIMIT:,})")
     b.add_argument("--index-factory", default=None, help="FAISS index_factory string for the compressed tier")
     b.add_argument("--recall-queries", type=int, default=200, help="sampled queries: half tune nprobe, half measure recall@50")
     b.add_argument("--keep-vectors", action="store_true",

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SPACY = "en_core_web_sm"
 STREAMING_FILE = "streaming.json"  # .build/streaming.json: the indexes are trained, shards go to codes
-DEFAULT_EXACT_LIMIT = 10_000  # vectors per index; above: compressed IVF-SQ6 index (~1/10 of exBERT's bytes, see indexing)
+DEFAULT_EXACT_LIMIT = 10_000  # vectors per index; above: compressed indexes (see indexing)
 PREFETCH = 4  # shards a spaCy worker may be given ahead of the model
 MAX_DOC_CHARS = 100_000  # longer documents are cut at whitespace (spaCy's memory grows with document length)
 
