@@ -2,8 +2,8 @@
 
 Only on x86-64 Linux CPUs with AMX (bfloat16 tiles) and AVX-512: there one pass makes every layer's
 bfloat16 logits in AMX tiles and reduces them while they are in the cache (row maxima, exp sums, error
-sums, the candidates). Elsewhere, or when no compiler is found, ``load()``
-returns None and the lens takes its torch path (``lens._fast_lens``); ``unavailable_reason()`` says why.
+sums, the candidates). Elsewhere, or when no compiler is found, ``load()`` returns None and the lens takes
+its torch path (``lens._fast_lens``); ``unavailable_reason()`` says why.
 
 The library is compiled once per source, compiler and CPU into the cache directory
 (``EXBERT_HUB_CACHE``/kernels) and checked against torch on a small product before it is used.
