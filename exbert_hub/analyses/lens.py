@@ -22,8 +22,8 @@ Cost: one [positions, hidden] x [hidden, vocab] product per layer, only for the 
 lens view asks for the rows it shows). The float32 lens (the default) computes it in chunks of positions,
 so that at most ``chunk x vocab`` logits exist at once: SmolLM2 at 1k tokens, 31 products of
 1,024 x 576 x 49,152, ~10 s on 2 CPU cores. The fast lens (``fast=True``: exact top-k ids, bounded
-probabilities) takes ~1.3 s there on a CPU with AMX, where the fused kernel of ``lens_kernel.c`` makes the
-bfloat16 products and reduces them in the cache, and ~3.5 s on its torch path elsewhere.
+probabilities) takes ~1.2 s there on a CPU with AMX, where the fused kernel of ``lens_kernel.c`` makes the
+bfloat16 products and reduces them in the cache, and ~3.7 s on its torch path elsewhere.
 """
 
 from __future__ import annotations
@@ -604,7 +604,8 @@ def _kernel_rows(lib, x: torch.Tensor, halves: bool, fw: _FastWeights, k: int, p
     xlo = (xp - xb.float()).to(torch.bfloat16) if halves else None
     # sum_i |x_i| G_gi as a bfloat16 product (a 1/128 of the logits' work): nonnegative terms, so rounding
     # inputs, sums and output costs at most a factor (1 - u)^3 (1 - gamma): 1.02 covers it
-    delta = (xp[:, :d].abs().to(torch.bfloat16) @ fw.gmax_b.T).float() * (c * 1.02)  # [rp, G]
+    # made as [G, rp] and viewed as [rp, G]: the kernel reads it group by group (lens_pass copies nothing)
+    delta = (fw.gmax_b @ xp[:, :d].abs().to(torch.bfloat16).T).float().T * (c * 1.02)  # [rp, G]
     bias = None if fw.bias is None else (fw.bias * post if post != 1.0 else fw.bias)
     st, hub, hb, hid = lens_kernel.lens_pass(lib, xb, xlo, fw.packed, bias, post, delta, heap, threads)
     st, hub, hb, hid, delta = st[:r], hub[:r], hb[:r], hid[:r], delta[:r]

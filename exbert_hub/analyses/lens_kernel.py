@@ -154,7 +154,8 @@ def lens_pass(lib, x: torch.Tensor, xlo: torch.Tensor | None, packed: torch.Tens
     """
     n, dp = x.shape
     groups = delta.shape[1]
-    delta_t = delta.T.contiguous()  # [groups, n]: a group's rows side by side, as the kernel reads them
+    delta_t = delta.T.contiguous()  # [groups, n]: a group's rows side by side, as the kernel reads them (no copy
+    # when delta is already a transposed view of such a tensor, as lens._kernel_rows makes it)
     em1 = torch.expm1(delta_t)
     x_tiles, xlo_tiles = _tiles(x), None if xlo is None else _tiles(xlo)
     st = torch.zeros(n, 3)
