@@ -4,10 +4,12 @@ Stages, each resumable after a kill (even SIGKILL):
 
 1. Shards. Documents are grouped into shards of about ``shard_chars`` characters (a deterministic function
    of the source). For each shard, spaCy (in a worker process, overlapping with the model) splits
-   sentences and annotates words; the model runs the sentences in length-sorted batches; the shard's
-   sentence and token tables go to ``data/`` and its float16 vectors to ``.build/vectors/``, each file
-   written under a temporary name and renamed; ``.build/shards/NNNNN.json`` is written LAST and marks
-   the shard finished. A restarted build skips finished shards and redoes the others.
+   sentences and annotates words; the model runs the sentences in length-sorted batches (on a CPU,
+   several at once on ``exbert_hub.batching.Streams``, the next shard's queued before this one's tables
+   are made); the shard's sentence and token tables go to ``data/`` and its float16 vectors to
+   ``.build/vectors/``, each file written under a temporary name and renamed; ``.build/shards/NNNNN.json``
+   is written LAST and marks the shard finished. A restarted build skips finished shards and redoes the
+   others.
    Once the vectors pass the exact limit and fill a training sample, every compressed index is trained
    on them (``indexing.IndexStream``; ``.build/streaming.json`` marks it done) and from then on each
    shard's vectors go straight to FAISS codes, per-head cells and the exact top-k of the recall queries:
@@ -37,6 +39,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from exbert_hub import batching
 from exbert_hub import corpus_format as cf
 from exbert_hub.corpus import probe_fingerprint
 from exbert_hub.errors import InputError
@@ -198,16 +201,17 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
 class ShardWork:
     """One shard as the builder's consumer gets it, in shard order. A finished shard has only ``shard``
     and ``documents``; otherwise its spaCy sentences, every sentence's encoding (the model's tokens) and
-    ``model(keep)``: the vectors of the sentences ``keep`` (indices into ``sents``), computed then (this
-    machine) or looked up (a Ray actor ran every sentence that fits max_tokens)."""
+    ``model(keep)``: the vectors of the sentences ``keep`` (indices into ``sents``) as a
+    ``batching.PendingBatches``, started then (this machine's forward streams: the consumer goes on with
+    the shard before while they run) or looked up (a Ray actor ran every sentence that fits max_tokens)."""
 
     shard: int
     documents: int
     sents: list = field(default_factory=list)
     encoded: list = field(default_factory=list)
-    model: Callable[[list[int]], list] | None = None
+    model: Callable[[list[int]], batching.PendingBatches] | None = None
     seconds_spacy: float = 0.0
-    seconds_model: float | None = None  # None: timed around model()
+    seconds_model: float | None = None  # None: the pending result's own seconds
     threads: int | None = None  # torch threads of the forward passes (None: this process's)
     batch_check: float | None = None  # check_batched's figure, on the first shard with sentences
     fallback_reason: str | None = None  # set when that check sent the model to engine.analyze
@@ -244,77 +248,25 @@ def check_texts(docs: list[tuple[int, str]], limit: int = 200) -> list[str]:
     return out
 
 
-def machine_busy() -> bool:
-    """Other work on this machine's cores: the 1-minute load average above the cores plus one (this
-    build's own threads and its spaCy worker stay below that on an otherwise idle machine)."""
-    try:
-        return os.getloadavg()[0] > (os.cpu_count() or 1) + 1
-    except OSError:
-        return True  # cannot tell: keep measuring
-
-
-class ThreadChooser:
-    """torch's thread count for each batch, by measured speed: every thread, or one.
-
-    On an idle machine every thread is fastest; on a shared, oversubscribed one (other processes on the
-    cores) OpenMP threads wait for each other and one thread was measured up to 2-6x faster (bench_build).
-    Each option is timed on real batches (seconds per padded token, a moving average); the faster one runs,
-    the other is tried again every ``every`` batches so a change of load is followed. A try costs a batch
-    at half speed on an idle machine (BERT-base size: 0.9 s of a 12 s build), so fewer threads are tried
-    only while ``busy()`` says other work shares the cores. ``cap()`` (e.g. the threads a busy spaCy worker
-    leaves) bounds the choice."""
-
-    def __init__(self, most: int, cap: Callable[[], int] | None = None, every: int = 32,
-                 busy: Callable[[], bool] = machine_busy):
-        self.options = sorted({1, max(1, most)}, reverse=True)
-        self.cap, self.every, self.busy = cap, every, busy
-        self.rate: dict[int, float] = {}
-        self.batches = 0
-
-    def pick(self) -> int:
-        limit = self.cap() if self.cap is not None else self.options[0]
-        options = [n for n in self.options if n <= limit] or [1]
-        self.batches += 1
-        if options[0] not in self.rate:
-            return options[0]
-        untried = [n for n in options if n not in self.rate]  # fewer threads
-        if untried and self.busy():
-            return untried[0]
-        options = [n for n in options if n in self.rate]
-        best = min(options, key=lambda n: self.rate[n])
-        if len(options) > 1 and self.batches % self.every == 0:
-            other = next(n for n in options if n != best)
-            if other > best or self.busy():  # (more threads are tried again even on an idle machine)
-                return other
-        return best
-
-    def record(self, threads: int, padded_tokens: int, seconds: float) -> None:
-        r = seconds / max(padded_tokens, 1)
-        old = self.rate.get(threads)
-        self.rate[threads] = r if old is None else 0.5 * (old + r)
-
-
 def forward(runner: vectors.VectorRunner, encoded: list, texts: list[str], batch_size: int,
-            threads: ThreadChooser | None = None) -> list:
-    """What the corpus keeps of every sentence (``vectors.KeptVectors``), in the given order; the model runs
-    them in length-sorted batches (with ``threads``: each batch on the thread count it picks)."""
-    import torch
-
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
-    out: list = [None] * len(encoded)
+            streams: batching.Streams | None = None) -> batching.PendingBatches:
+    """What the corpus keeps of every sentence (``vectors.KeptVectors``), in the given order, once the
+    result's ``result()`` returns. The model runs them in length-sorted batches, longest first (on
+    ``streams`` the last batches to finish are then the shortest), submitted to ``streams`` (returns at
+    once) or run here (None)."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids), reverse=True)
     bs = max(1, batch_size)
-    for b in range(0, len(order), bs):
-        idx = order[b:b + bs]
-        n = None
-        if threads is not None:
-            n = threads.pick()
-            torch.set_num_threads(n)
-        t0 = time.perf_counter()
-        for i, vec in zip(idx, runner.kept([encoded[i] for i in idx], [texts[i] for i in idx])):
-            out[i] = vec
-        if n is not None:
-            threads.record(n, len(idx) * max(len(encoded[i].ids) for i in idx), time.perf_counter() - t0)
-    return out
+    groups = [order[b:b + bs] for b in range(0, len(order), bs)]
+
+    def assemble(per_batch: list) -> list:
+        out: list = [None] * len(encoded)
+        for idx, vecs in zip(groups, per_batch):
+            for i, vec in zip(idx, vecs):
+                out[i] = vec
+        return out
+
+    return batching.PendingBatches.run(runner.kept, [([encoded[i] for i in idx], [texts[i] for i in idx]) for idx in groups],
+                                       streams, assemble)
 
 
 class Builder:
@@ -380,7 +332,7 @@ class Builder:
         if self.s.max_sentences:
             self.shard_chars = max(2_000, min(self.shard_chars, self.s.max_sentences * 150))
         self.source = sources.open_source(self.s.source, config=self.s.config, split=self.s.split, column=self.s.column)
-        self.runner = vectors.VectorRunner(e, self.layers)
+        self.runner = vectors.VectorRunner(e, self.layers, concurrent=True)  # its passes run on forward streams
         workers = self._workers
         if workers:
             self._early_check()
@@ -450,11 +402,42 @@ class Builder:
         bar = tqdm(desc="sentences", unit=" sent", disable=not self.s.progress, total=self.s.max_sentences, dynamic_ncols=True)
         tok_bar = tqdm(desc="tokens", unit=" tok", disable=not self.s.progress, dynamic_ncols=True)
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-writer")
-        writing: Future | None = None
+        writing: list[Future | None] = [None]
+        started: tuple[dict, dict] | None = None  # the shard whose forward passes run while the next one starts
         cap = self.s.max_sentences
+
+        def count(info: dict) -> None:
+            progress.sentences += info["sentences"]
+            progress.tokens += info["tokens"]
+            progress.vectors += info["vectors"]
+            progress.skipped_long += info["skipped_long"]
+            progress.duplicates += info.get("duplicates", 0)
+            progress.documents += info["documents"]
+            progress.shards.append(info)
+            bar.update(info["sentences"])
+            tok_bar.update(info["tokens"])
+
+        def finish(info: dict, payload: dict) -> None:
+            """A started shard's vectors (waited for), tables, and its write (after the shard before's)."""
+            pending = payload["vectors"]
+            payload["vectors"] = pending.result()
+            if info["seconds_model"] is None:
+                info["seconds_model"] = round(pending.seconds, 3)
+            if writing[0] is not None:
+                t1 = time.time()
+                writing[0].result()  # at most one shard waits for the disk; errors surface here
+                self.seconds_writer_wait += time.time() - t1
+            t1 = time.time()
+            tables = self._tables(info, payload)
+            info["seconds_tables"] = round(time.time() - t1, 3)
+            writing[0] = writer.submit(self._write_shard, info, tables)
+
         try:
             for work in works:
                 if work.shard in done:
+                    if started is not None:
+                        finish(*started)
+                        started = None
                     info = done[work.shard]
                     self._written.append(info)
                     self._remember(work.shard)
@@ -462,34 +445,25 @@ class Builder:
                         raise BuildError(
                             f"{self.out} already holds more than --max-sentences {cap} sentences from an earlier run; "
                             "raise --max-sentences or pass --overwrite to start again")
+                    count(info)
                 else:
                     if work.batch_check is not None:
                         self.batch_check = work.batch_check
                     if work.fallback_reason is not None:  # the batched path failed its check where the model ran
                         self.runner.batched, self.runner.fallback_reason = False, work.fallback_reason
-                    info, payload = self._run_shard(work, progress)
-                    if writing is not None:
-                        t1 = time.time()
-                        writing.result()  # at most one shard waits for the disk; errors surface here
-                        self.seconds_writer_wait += time.time() - t1
-                    t1 = time.time()
-                    tables = self._tables(info, payload)
-                    info["seconds_tables"] = round(time.time() - t1, 3)
-                    writing = writer.submit(self._write_shard, info, tables)
-                progress.sentences += info["sentences"]
-                progress.tokens += info["tokens"]
-                progress.vectors += info["vectors"]
-                progress.skipped_long += info["skipped_long"]
-                progress.duplicates += info.get("duplicates", 0)
-                progress.documents += info["documents"]
-                progress.shards.append(info)
-                bar.update(info["sentences"])
-                tok_bar.update(info["tokens"])
+                    info, payload = self._start_shard(work, progress)
+                    count(info)  # (the next shard's selection needs this one's counts)
+                    if started is not None:
+                        finish(*started)
+                    started = (info, payload)
                 if cap is not None and progress.sentences >= cap:
                     break
-            if writing is not None:
+            if started is not None:
+                finish(*started)
+                started = None
+            if writing[0] is not None:
                 t1 = time.time()
-                writing.result()
+                writing[0].result()
                 self.seconds_writer_wait += time.time() - t1
         finally:
             close = getattr(works, "close", None)
@@ -501,25 +475,17 @@ class Builder:
 
     def _local_works(self, done: dict[int, dict]) -> Iterator["ShardWork"]:
         """The shards of this machine, in order: spaCy in worker processes (up to PREFETCH shards ahead),
-        the model in this thread when the consumer asks for a shard's vectors."""
+        the model on this process's forward streams when the consumer asks for a shard's vectors."""
         import torch
 
         if self._workers is None:
             self._workers = [annotate.Worker(self.s.spacy) for _ in range(max(0, self.s.workers))]
         workers = self._workers
-        # CPU sharing: while a spaCy worker is busy on a shard the model will need next, the model runs on
-        # one thread fewer (oversubscribed OpenMP threads spin and slow everyone); when spaCy is a shard
-        # ahead (an answer waits) its work is prefetch: the model takes every thread (the worker is niced,
-        # annotate.WORKER_NICE); then every thread or one, whichever the last batches ran faster on
-        # (ThreadChooser: a machine shared with other work)
+        # the model on forward streams of one torch thread each (batching.Streams): a core the spaCy worker
+        # or the index writer shares slows one stream, not every thread of one OpenMP team
         threads = torch.get_num_threads()
-        shared = max(1, threads - len(workers)) if workers else threads
-
-        def cap() -> int:
-            behind = any(not w.idle() and not w.ready() for w in workers)
-            return shared if behind else threads
-
-        chooser = ThreadChooser(threads, cap=cap)
+        streams = batching.Streams.for_engine(self.engine, threads)
+        cancel = False
         pending: deque[tuple[int, list, annotate.Worker | None]] = deque()
         checked = getattr(self, "batch_check", None) is not None  # _early_check ran it
         turn = 0
@@ -528,7 +494,7 @@ class Builder:
         def ahead() -> int:
             """Shards to keep submitted: PREFETCH per worker, but with --max-sentences no more than the
             sentences still wanted need at the rate seen so far (spaCy on shards the build never reads
-            would hold the model to one thread fewer for nothing)."""
+            would take the model's cores for nothing)."""
             full = len(workers) * PREFETCH + 1
             cap = self.s.max_sentences
             if not cap:
@@ -573,12 +539,18 @@ class Builder:
                 yielded[0] += 1
                 yielded[1] += len(sents)
 
-                def model(keep: list[int], encoded=encoded, sents=sents) -> list[vectors.KeptVectors]:
+                def model(keep: list[int], encoded=encoded, sents=sents) -> batching.PendingBatches:
                     return forward(self.runner, [encoded[i] for i in keep], [sents[i].text for i in keep],
-                                   self.s.batch_size, chooser)
+                                   self.s.batch_size, streams)
 
-                yield ShardWork(shard, len(docs), sents, encoded, model, seconds_spacy=t_spacy, batch_check=check)
+                yield ShardWork(shard, len(docs), sents, encoded, model, seconds_spacy=t_spacy, batch_check=check,
+                                threads=threads if streams is None else streams.threads)
+        except BaseException:  # (GeneratorExit too: the consumer stopped early) batches not yet begun are dropped
+            cancel = True
+            raise
         finally:
+            if streams is not None:
+                streams.close(cancel=cancel)  # exhausted: the last shard's batches finish first
             torch.set_num_threads(threads)
             self._close_workers()
 
@@ -607,25 +579,24 @@ class Builder:
             keep = keep[:room]
         return keep, counts
 
-    def _run_shard(self, work: "ShardWork", progress: Progress) -> tuple[dict, dict]:
-        """The sentences a shard keeps and their vectors: (info with row counts, payload for _write_shard)."""
-        t0 = time.time()
+    def _start_shard(self, work: "ShardWork", progress: Progress) -> tuple[dict, dict]:
+        """The sentences a shard keeps, their forward passes started: (info with row counts, payload for
+        ``_tables``; its "vectors" pending until the consumer's ``finish``)."""
         keep, counts = self._select(work.sents, [len(e.ids) for e in work.encoded], progress)
         sents = [work.sents[i] for i in keep]
         encoded = [work.encoded[i] for i in keep]
-        per_sentence = work.model(keep)
+        pending = work.model(keep)
         threads = work.threads
         if threads is None:
             import torch
 
             threads = torch.get_num_threads()
-        seconds_model = work.seconds_model if work.seconds_model is not None else time.time() - t0
         info = {"shard": work.shard, "sentences": len(sents), "tokens": sum(len(e.ids) for e in encoded),
                 "vectors": sum(len(e.ids) - sum(e.special) for e in encoded), "skipped_long": counts["skipped_long"],
                 "documents": work.documents, "duplicates": counts["duplicates"], "truncated": counts["truncated"],
-                "seconds_model": round(seconds_model, 3), "seconds_spacy_wait": round(work.seconds_spacy, 3),
-                "threads": threads}
-        payload = {"sents": sents, "encoded": encoded, "vectors": per_sentence, "sentence_base": progress.sentences,
+                "seconds_model": None if work.seconds_model is None else round(work.seconds_model, 3),
+                "seconds_spacy_wait": round(work.seconds_spacy, 3), "threads": threads}
+        payload = {"sents": sents, "encoded": encoded, "vectors": pending, "sentence_base": progress.sentences,
                    "token_base": progress.tokens, "vector_base": progress.vectors}
         return info, payload
 

@@ -31,6 +31,8 @@ from typing import Iterator
 
 import numpy as np
 
+from exbert_hub import batching
+
 from . import annotate, vectors
 from .builder import Builder, BuildError, ShardWork, _shards, check_batched, forward
 
@@ -73,7 +75,8 @@ class ModelActor:
 
         torch.set_num_threads(max(1, threads))
         self.engine = exbert_hub.load(model)
-        self.runner = vectors.VectorRunner(self.engine, layers)
+        self.runner = vectors.VectorRunner(self.engine, layers, concurrent=True)
+        self.streams = batching.Streams.for_engine(self.engine, max(1, threads))  # (the local build's reason)
         self.max_tokens, self.batch_size = max_tokens, batch_size
         self.checked = False
 
@@ -90,10 +93,11 @@ class ModelActor:
                 self.checked = True
             encoded = vectors.encode(self.engine, [s.text for s in sents]) if sents else []
             fits = [i for i, e in enumerate(encoded) if len(e.ids) <= self.max_tokens]
-            vecs = forward(self.runner, [encoded[i] for i in fits], [sents[i].text for i in fits], self.batch_size)
+            vecs = forward(self.runner, [encoded[i] for i in fits], [sents[i].text for i in fits], self.batch_size,
+                           self.streams).result()
             results.append(_pack({
                 "sents": sents, "encoded": encoded, "vectors": dict(zip(fits, vecs)),
-                "seconds_model": time.time() - t0, "threads": torch.get_num_threads(), "batch_check": check,
+                "seconds_model": time.time() - t0, "threads": torch.get_num_threads() if self.streams is None else self.streams.threads, "batch_check": check,
                 "fallback_reason": None if self.runner.batched else self.runner.fallback_reason}))
         return {"shard": batch["shard"], "seconds_spacy": batch["seconds_spacy"],
                 "result": np.asarray(results, dtype=object)}
@@ -197,7 +201,7 @@ def ray_works(b: Builder, done: dict[int, dict]) -> Iterator[ShardWork]:
                     raise RuntimeError(f"Ray returned shard {row['shard']} where shard {n} was expected")
                 r = pickle.loads(row["result"])
                 by_index = r["vectors"]
-                yield ShardWork(n, len(docs), r["sents"], r["encoded"], lambda keep, v=by_index: [v[i] for i in keep],
+                yield ShardWork(n, len(docs), r["sents"], r["encoded"], lambda keep, v=by_index: batching.PendingBatches.done([v[i] for i in keep]),
                                 seconds_spacy=float(row["seconds_spacy"]), seconds_model=r["seconds_model"],
                                 threads=r["threads"], batch_check=r["batch_check"], fallback_reason=r["fallback_reason"])
     finally:

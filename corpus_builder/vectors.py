@@ -50,9 +50,10 @@ class KeptVectors:
 class VectorRunner(BatchRunner):
     """Runs sentences through the engine's model, batched, and returns per-sentence vectors of ``layers``."""
 
-    def __init__(self, engine, layers: list[int]):
+    def __init__(self, engine, layers: list[int], concurrent: bool = False):
         self.layers = list(layers)
-        super().__init__(engine, hidden_layers=[l + 1 for l in self.layers], context_layers=self.layers)
+        super().__init__(engine, hidden_layers=[l + 1 for l in self.layers], context_layers=self.layers,
+                         concurrent=concurrent)
 
     def run(self, encoded: list[Encoded], texts: list[str]) -> list[BatchVectors]:
         return [BatchVectors(hidden=o.hidden, contexts=o.contexts) for o in super().run(encoded, texts)]

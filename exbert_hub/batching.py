@@ -19,6 +19,8 @@ reducer) while the batch is alive, and dropped after it.
 from __future__ import annotations
 
 import contextlib
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -29,6 +31,7 @@ from . import capture
 from .analysis import ENCODER_DECODER
 
 DEFAULT_BATCH_TOKENS = 8192  # padded tokens per forward pass (rows x longest row)
+MAX_STREAMS = 8  # Streams: at most this many batches at once (beyond, each stream gets several torch threads)
 
 
 @dataclass
@@ -122,10 +125,12 @@ class BatchRunner:
     context_layers: layers whose per-head contexts to keep (default none).
     logits: True keeps each text's output logits (the model's head: LM vocabulary or classification
       labels); "top" keeps only the best id and its probability per position (LMs: no [T, vocab] copies).
+    concurrent: forward passes may run at once in several threads (``Streams``): the loaded model's lock
+      is not taken.
     """
 
     def __init__(self, engine, *, hidden_layers: Sequence[int] | None = None, context_layers: Sequence[int] = (),
-                 logits: bool | str = False):
+                 logits: bool | str = False, concurrent: bool = False):
         self.engine = engine
         self.hidden_layers = list(range(engine.num_layers + 1)) if hidden_layers is None else list(hidden_layers)
         self.context_layers = list(context_layers)
@@ -135,7 +140,9 @@ class BatchRunner:
             "encoder-decoder models run through engine.analyze one text at a time"
             if engine.kind == ENCODER_DECODER else "the model's attention function was not found")
         loaded = getattr(engine, "_loaded", None)
-        self._lock = getattr(loaded, "lock", None) or contextlib.nullcontext()
+        # the loaded model's lock (one forward pass of a shared model at a time), unless this runner's
+        # passes are meant to run at once on Streams (a corpus build: nobody else uses its model)
+        self._lock = (None if concurrent else getattr(loaded, "lock", None)) or contextlib.nullcontext()
         self._forward_args = getattr(loaded, "forward_args", None)
         pad = engine.tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else 0
@@ -239,3 +246,88 @@ def check_against_engine(runner: BatchRunner, texts: list[str], atol: float = 1e
         runner.batched = False
         runner.fallback_reason = f"batched vectors differ from engine.analyze by {worst:.2e} (relative)"
     return worst
+
+
+class Streams:
+    """Independent batches at once, on ``streams`` threads of ``threads // streams`` torch threads each.
+
+    A CPU forward pass on every core is one OpenMP team: each op ends when its slowest thread does, so a
+    core that other work shares (a spaCy worker, an index writer, another process) holds the whole team
+    to its pace while the other cores wait. Streams of one thread each run separate batches: a shared core
+    slows its own stream only. BERT-base size, 2 cores (bench/RESULTS.md, S19): alone, 2 streams run the
+    batches of 300 sentences as fast as one 2-thread team (7.7 against 7.9 s); a build of them, spaCy's
+    worker beside the model, took 11.5-11.7 s against 13.4-15.2 s. Forward passes of a runner made with
+    ``concurrent=True`` only (the model's lock is not taken). A GPU model needs no streams (``for_engine``
+    gives None)."""
+
+    def __init__(self, threads: int, streams: int | None = None):
+        threads = max(1, int(threads))
+        self.streams = max(1, min(threads, streams or MAX_STREAMS))
+        self.threads_each = max(1, threads // self.streams)
+        each = self.threads_each
+        # torch's thread count is per OS thread (OpenMP's and MKL's settings of the calling thread)
+        self._pool = ThreadPoolExecutor(max_workers=self.streams, thread_name_prefix="forward-stream",
+                                        initializer=lambda: torch.set_num_threads(each))
+
+    @classmethod
+    def for_engine(cls, engine, threads: int | None = None) -> "Streams | None":
+        """Streams over this process's torch threads for a CPU model; None for a model on an accelerator."""
+        loaded = getattr(engine, "_loaded", None)
+        device = getattr(loaded, "input_device", None) if loaded is not None else None
+        if device is not None and device.type != "cpu":
+            return None
+        n = torch.get_num_threads() if threads is None else threads
+        return cls(n) if n > 1 else None
+
+    @property
+    def threads(self) -> int:
+        return self.streams * self.threads_each
+
+    def submit(self, fn: Callable, *args) -> Future:
+        return self._pool.submit(fn, *args)
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for the running batches; ``cancel``: drop those not yet begun."""
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+
+class PendingBatches:
+    """The results of a list of batches, some maybe still running on ``Streams``. ``result()`` waits for them
+    and returns ``assemble(outputs in batch order)`` (default: that list).
+
+    ``seconds``: the batches' own running time summed and divided by the streams that ran them (the model's
+    share of the wall clock), known once ``result()`` returned."""
+
+    def __init__(self, parts: list, streams: int = 1, assemble: Callable[[list], object] | None = None):
+        self._parts, self._streams, self._assemble = parts, max(1, streams), assemble
+        self.seconds = 0.0
+
+    @classmethod
+    def run(cls, fn: Callable, batches: list[tuple], streams: Streams | None = None,
+            assemble: Callable[[list], object] | None = None) -> "PendingBatches":
+        """``fn(*batch)`` for every batch: submitted to ``streams``, or run here and now (None)."""
+        def timed(*args):
+            t0 = time.perf_counter()
+            out = fn(*args)
+            return out, time.perf_counter() - t0
+
+        if streams is None:
+            return cls([timed(*b) for b in batches], 1, assemble)
+        return cls([streams.submit(timed, *b) for b in batches], streams.streams, assemble)
+
+    @classmethod
+    def done(cls, result, seconds: float = 0.0) -> "PendingBatches":
+        """Results computed elsewhere (a Ray actor's): ``result()`` returns ``result``."""
+        p = cls([], 1, lambda _: result)
+        p.seconds = seconds
+        return p
+
+    def result(self):
+        outs, busy = [], 0.0
+        for part in self._parts:
+            out, seconds = part.result() if isinstance(part, Future) else part
+            outs.append(out)
+            busy += seconds
+        if self._parts:
+            self.seconds = busy / self._streams
+        return self._assemble(outs) if self._assemble is not None else outs

@@ -492,60 +492,92 @@ def test_kept_vectors_are_the_normalised_engine_vectors(tiny, family):
         assert np.allclose(norms, 1, atol=2e-3)
 
 
-def test_thread_chooser_follows_the_faster_option():
-    """On a shared machine each option is tried once, then the faster one runs, the other is retried every
-    `every` batches, and the cap (a busy spaCy worker) is respected."""
-    from corpus_builder.builder import ThreadChooser
+def test_streams_run_batches_at_once_each_on_its_own_threads():
+    """Streams: every stream thread has its own torch thread count, batches run at the same time (two that
+    wait for each other both finish), results come back in submission order, and closing with cancel drops
+    the batches not yet begun."""
+    import threading
 
-    busy = [False]
-    c = ThreadChooser(2, cap=lambda: 1 if busy[0] else 2, every=4, busy=lambda: True)
-    speed = {2: 3.0, 1: 1.0}  # seconds per padded token: one thread faster (an oversubscribed machine)
-    picks = []
-    for _ in range(12):
-        n = c.pick()
-        picks.append(n)
-        c.record(n, 100, speed[n] * 100)
-    assert picks[:2] == [2, 1]
-    assert picks.count(2) == 1 + sum(1 for b in range(3, 13) if b % 4 == 0)  # retried every 4th batch
-    speed.update({2: 0.2})  # the load went away: every thread is faster now
-    for _ in range(8):
-        n = c.pick()
-        c.record(n, 100, speed[n] * 100)
-    assert c.pick() == 2  # two retries of 2 threads at the new speed moved its average below 1 thread's
-    busy[0] = True
-    assert {c.pick() for _ in range(10)} == {1}
+    import torch
+
+    from exbert_hub.batching import PendingBatches, Streams
+
+    streams = Streams(4, streams=2)
+    assert (streams.streams, streams.threads_each, streams.threads) == (2, 2, 4)
+    meet = threading.Barrier(2, timeout=20)
+
+    def job(i):
+        meet.wait()  # a BrokenBarrierError unless the other batch runs at the same time
+        return i, torch.get_num_threads(), threading.current_thread().name
+
+    try:
+        pending = PendingBatches.run(job, [(0,), (1,)], streams, assemble=lambda outs: outs[::-1])
+        got = pending.result()
+        assert [g[0] for g in got] == [1, 0] and {g[1] for g in got} == {2}
+        assert len({g[2] for g in got}) == 2 and pending.seconds > 0
+        inline = PendingBatches.run(lambda i: (i, torch.get_num_threads()), [(0,), (1,)], None)
+        assert inline.result() == [(0, torch.get_num_threads()), (1, torch.get_num_threads())]
+        assert PendingBatches.done(["x"], seconds=1.5).result() == ["x"]
+    finally:
+        streams.close()
+    gate = threading.Event()
+    streams = Streams(2)
+    first = streams.submit(gate.wait, 20)
+    second = streams.submit(gate.wait, 20)
+    third = streams.submit(gate.wait, 20)
+    closer = threading.Thread(target=streams.close, kwargs={"cancel": True})
+    closer.start()
+    deadline = time.time() + 20
+    while not third.cancelled() and time.time() < deadline:
+        time.sleep(0.01)
+    assert third.cancelled()  # (dropped while the first two still run)
+    gate.set()
+    closer.join(20)
+    assert first.result() and second.result() and not closer.is_alive()
 
 
-def test_thread_chooser_on_an_idle_machine_keeps_every_thread():
-    """With nothing else on the cores, one thread is not tried (a try is a batch at half speed), unless the
-    cap asks for it; a machine that becomes busy starts the tries."""
-    from corpus_builder.builder import ThreadChooser
+def test_builder_forward_on_streams_equals_the_plain_path(tiny):
+    """The builder's batches on two streams at once (their recordings kept apart, the model's lock not
+    taken) give every sentence the vectors of the one-at-a-time path, in the input order, to float16
+    rounding; a runner made without ``concurrent`` still takes the lock."""
+    import threading
 
-    spacy_busy, machine_busy = [False], [False]
-    c = ThreadChooser(2, cap=lambda: 1 if spacy_busy[0] else 2, every=4, busy=lambda: machine_busy[0])
-    speed = {2: 1.0, 1: 2.0}
-    picks = []
-    for _ in range(12):
-        n = c.pick()
-        picks.append(n)
-        c.record(n, 100, speed[n] * 100)
-    assert picks == [2] * 12
-    spacy_busy[0] = True
-    assert c.pick() == 1  # the cap
-    c.record(1, 100, 200)
-    spacy_busy[0] = False
-    assert {c.pick() for _ in range(8)} == {2}  # 1 thread measured slower: not retried while idle
-    machine_busy[0] = True
-    speed[2] = 5.0  # other work arrived: every thread is slow now
-    for _ in range(8):
-        n = c.pick()
-        c.record(n, 100, speed[n] * 100)
-    assert c.pick() == 1
+    import exbert_hub
+    from corpus_builder import builder, vectors
+    from exbert_hub.batching import Streams
+
+    engine = exbert_hub.load(str(tiny("bert")))
+    layers = list(range(engine.num_layers))
+    texts = [f"Sentence number {i} talks about {'many ' * (i % 7)}things in the corpus." for i in range(23)]
+    enc = vectors.encode(engine, texts)
+    plain = builder.forward(vectors.VectorRunner(engine, layers), enc, texts, 4).result()
+    streams = Streams(2)
+    runner = vectors.VectorRunner(engine, layers, concurrent=True)
+    try:
+        with engine._loaded.lock:  # held elsewhere (a served app's request): the build's passes go on
+            pending = builder.forward(runner, enc, texts, 4, streams)
+            got = pending.result()
+    finally:
+        streams.close()
+    assert len(got) == len(texts)
+    for a, b, e in zip(plain, got, enc):
+        assert b.embedding.shape == (len(layers), len(e.ids) - sum(e.special), a.embedding.shape[-1])
+        for x, y in ((a.embedding, b.embedding), (a.heads, b.heads)):
+            assert np.abs(x.astype(np.float32) - y.astype(np.float32)).max() <= 2.0 ** -10
+    locked = vectors.VectorRunner(engine, layers)
+    inputs, _ = locked.inputs(enc[:2])
+    with engine._loaded.lock:
+        t = threading.Thread(target=locked.forward, args=(inputs,), daemon=True)
+        t.start()
+        t.join(1.0)
+        assert t.is_alive()  # waits for the lock
+    t.join(20)
+    assert not t.is_alive()
 
 
 def test_spacy_is_not_given_shards_a_capped_build_never_reads(tiny, text_file, tmp_path, monkeypatch):
     """With --max-sentences the spaCy worker gets about the shards the cap needs, not PREFETCH more: spaCy
-    on shards the build never reads would only hold the model to one thread fewer."""
+    on shards the build never reads would only take CPU from the model's streams."""
     from corpus_builder import annotate, build
     submitted = []
     real = annotate.Worker.submit
