@@ -239,6 +239,10 @@ def _worker_main(pipeline: str) -> None:
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but results on the pipe
+    if pipeline in ENGLISH_ALIASES:
+        # thinc imports torch whenever it can: 1.0 of the worker's 1.6 s start (and ~300 MB), while the
+        # model waits for the first shard. These CNN pipelines never use it (thinc's numpy ops either way)
+        sys.modules.setdefault("torch", None)
     try:  # spaCy works ahead of the model: on a busy core the model's threads go first
         os.nice(WORKER_NICE)
     except (AttributeError, OSError):

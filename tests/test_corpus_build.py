@@ -586,3 +586,22 @@ def test_spacy_is_not_given_shards_a_capped_build_never_reads(tiny, text_file, t
     build(str(tiny("bert")), str(text_file), str(out), max_sentences=12, workers=1, progress=False, shard_chars=600)
     used = cf.read_card(out)["counts"]["shards"]
     assert len(submitted) <= used + 2, (len(submitted), used)  # without the limit: 6 submitted for 2 used
+
+
+def test_spacy_worker_without_torch_annotates_like_this_process(text_file):
+    """The worker process loads the packaged pipeline without importing torch (thinc would import it, a
+    second's start); its sentences, words and tags equal annotate() in this process, where torch is loaded."""
+    import torch  # noqa: F401  (this process: thinc sees torch)
+
+    from corpus_builder import annotate
+
+    docs = [(i, p) for i, p in enumerate(text_file.read_text(encoding="utf-8").split("\n\n")[:12])]
+    worker = annotate.Worker("en_core_web_sm")
+    try:
+        worker.submit(docs, 3)
+        got = worker.result()
+    finally:
+        worker.close()
+    want = annotate.annotate("en_core_web_sm", docs, 3)
+    assert len(got) == len(want) > 20
+    assert got == want
