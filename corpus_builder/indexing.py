@@ -8,7 +8,8 @@ the float16 rounding of the stored vectors).
 Compressed tier: a FAISS ``index_factory`` index: an inverted file of ``nlist`` k-means cells (a power
 of two near sqrt(n)) whose vectors are coded
 - embeddings: ``RaBitQ5`` (extended RaBitQ, 5 bits per dimension + correction factors: 262 bytes for 384
-  dimensions, plus 8 bytes of id);
+  dimensions, plus 8 bytes of id), its codes computed by ``rabitq.encode`` (about 10x FAISS's speed, the
+  same recall);
 - contexts (``heads``, version 1, or with a forced factory): ``SQ6``, 6-bit scalar codes (288 bytes + id). Unlike RaBitQ (whose random
   rotation mixes the heads, so one head's error is the whole vector's), each head keeps its own
   dimensions and a query on a subset of heads reads only their codes.
@@ -55,6 +56,8 @@ from pathlib import Path
 import numpy as np
 
 from exbert_hub import corpus_format as cf
+
+from . import rabitq
 
 RECALL_K = 50
 RECALL_TARGET = 0.97  # nprobe is tuned to this on corpus tokens; live queries (text not in the corpus) land up to ~1 point lower
@@ -467,7 +470,10 @@ def build_index(folder: Path, kind: str, layer: int, arrays: list[np.ndarray], *
     train_rows = np.sort(rng.choice(source.n, size=n_train, replace=False))
     index.train(source.take(train_rows))
     for start, chunk in source.chunks():
-        index.add(chunk)
+        if rabitq.applies(index):
+            index.add_sa_codes(rabitq.encode(index, chunk), np.arange(start, start + len(chunk), dtype=np.int64))
+        else:
+            index.add(chunk)
     # recall@50 against exact search, queries drawn from the corpus (their own row left out of both
     # lists): tune nprobe on half of them, report the other half
     nq = min(recall_queries, source.n)
@@ -817,7 +823,7 @@ class IndexStream:
                 _save(self.codes_dir / f"{name}.hrefine.npy", hrefine)
             _save(self.codes_dir / f"{name}.cells.npy", cells)  # last: its presence means the shard's head files are whole
         _save_npz(self.codes_dir / f"{name}.truth.npz", truth)
-        _save(self.codes_dir / f"{name}.npy", index.sa_encode(x) if len(x) else np.zeros((0, index.sa_code_size()), np.uint8))
+        _save(self.codes_dir / f"{name}.npy", rabitq.encode(index, x) if len(x) else np.zeros((0, index.sa_code_size()), np.uint8))
 
     def finish(self, shards: list[int], target: float = RECALL_TARGET) -> dict:
         """Write the index (and per-head cells) into the corpus folder; its card entry."""
