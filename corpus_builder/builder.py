@@ -248,6 +248,12 @@ def check_texts(docs: list[tuple[int, str]], limit: int = 200) -> list[str]:
     return out
 
 
+def _one_torch_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def forward(runner: vectors.VectorRunner, encoded: list, texts: list[str], batch_size: int,
             streams: batching.Streams | None = None) -> batching.PendingBatches:
     """What the corpus keeps of every sentence (``vectors.KeptVectors``), in the given order, once the
@@ -401,7 +407,10 @@ class Builder:
             works = self._local_works(done)
         bar = tqdm(desc="sentences", unit=" sent", disable=not self.s.progress, total=self.s.max_sentences, dynamic_ncols=True)
         tok_bar = tqdm(desc="tokens", unit=" tok", disable=not self.s.progress, dynamic_ncols=True)
-        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-writer")
+        # the writer on one torch thread beside a CPU model's streams (one more stream of work on the cores)
+        cpu = not batching.on_accelerator(self.engine)
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-writer",
+                                    initializer=_one_torch_thread if cpu else None)
         writing: list[Future | None] = [None]
         started: tuple[dict, dict] | None = None  # the shard whose forward passes run while the next one starts
         cap = self.s.max_sentences

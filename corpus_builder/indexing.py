@@ -119,15 +119,58 @@ class VectorSource:
         return out
 
 
-def exact_topk(source: VectorSource, queries: np.ndarray, k: int) -> np.ndarray:
-    """int64[q, k] rows of the k largest inner products (brute force over chunks with faiss.knn, merged)."""
-    import faiss
+TOP_ROWS = 32768  # rows of x scored at a time by top_inner (a [queries, rows] float32 block)
 
+
+def top_inner(queries: np.ndarray, x: np.ndarray, k: int, heads: np.ndarray | None = None,
+              num_heads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 scores [q, k], int64 rows [q, k]): each query's k largest inner products with the rows of
+    ``x``, best first, as ``faiss.knn`` gives them, computed by torch on the calling thread's torch threads
+    (the builder's writer thread runs one; FAISS's BLAS threads would spin against the model's streams).
+
+    ``heads`` (int [q, m], with ``num_heads``): each query is zero outside those m heads, so only their
+    slices of ``x`` are multiplied (a one-head query costs 1/num_heads of a full one)."""
+    import torch
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(k, len(x))
+    best_s = torch.full((len(queries), 0), -torch.inf)
+    best_i = torch.zeros((len(queries), 0), dtype=torch.int64)
+    q = torch.from_numpy(queries)
+    partial = heads is not None and heads.shape[1] < num_heads
+    if partial:
+        d = queries.shape[1] // num_heads
+        users = {h: torch.from_numpy(np.flatnonzero((heads == h).any(axis=1))) for h in range(num_heads)}
+    with torch.inference_mode():
+        for start in range(0, len(x), TOP_ROWS):
+            block = torch.from_numpy(np.ascontiguousarray(x[start:start + TOP_ROWS], dtype=np.float32))
+            if partial:
+                scores = torch.zeros((len(q), len(block)))
+                for h, rows in users.items():
+                    if len(rows):
+                        scores.index_add_(0, rows, q[rows, h * d:(h + 1) * d] @ block[:, h * d:(h + 1) * d].T)
+            else:
+                scores = q @ block.T
+            s, i = torch.topk(scores, min(k, len(block)), dim=1)
+            best_s, best_i = torch.cat([best_s, s], dim=1), torch.cat([best_i, i + start], dim=1)
+            if best_s.shape[1] > k:
+                best_s, top = torch.topk(best_s, k, dim=1)
+                best_i = torch.gather(best_i, 1, top)
+    return best_s.numpy(), best_i.numpy()
+
+
+def nearest_cells(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """int64[n]: the cell of largest inner product of each row of ``x`` (``top_inner`` with k = 1)."""
+    return top_inner(x, centroids, 1)[1][:, 0] if len(x) else np.zeros(0, dtype=np.int64)
+
+
+def exact_topk(source: VectorSource, queries: np.ndarray, k: int) -> np.ndarray:
+    """int64[q, k] rows of the k largest inner products (brute force over chunks with ``top_inner``, merged)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     best_i = np.zeros((len(queries), 0), dtype=np.int64)
     for start, chunk in source.chunks():
-        s, i = faiss.knn(queries, np.ascontiguousarray(chunk), min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
+        s, i = top_inner(queries, chunk, k)
         s = np.concatenate([best_s, s], axis=1)
         i = np.concatenate([best_i, i + start], axis=1)
         if s.shape[1] > k:
@@ -186,14 +229,12 @@ def train_head_cells(sample: np.ndarray, num_heads: int, cells: int, seed: int =
 
 def assign_head_cells(centroids: np.ndarray, chunk: np.ndarray) -> np.ndarray:
     """uint8/uint16[heads, n]: the nearest (inner product, as searched) cell of each head's slice of ``chunk``."""
-    import faiss
-
     H, C, d = centroids.shape
     out = np.empty((H, len(chunk)), dtype=np.uint8 if C <= 256 else np.uint16)
     for h in range(H):
-        _, a = faiss.knn(np.ascontiguousarray(chunk[:, h * d:(h + 1) * d], dtype=np.float32), centroids[h], 1,
-                         metric=faiss.METRIC_INNER_PRODUCT)
-        out[h] = a[:, 0]
+        for start in range(0, len(chunk), TOP_ROWS):  # (top_inner's blocks are over the centroids here)
+            rows = chunk[start:start + TOP_ROWS, h * d:(h + 1) * d]
+            out[h, start:start + len(rows)] = nearest_cells(centroids[h], rows)
     return out
 
 
@@ -618,10 +659,10 @@ def train_coarse_cells(sample: np.ndarray, nlist: int, seed: int = 0) -> np.ndar
 
 def assign_coarse_cells(centroids: np.ndarray, chunk: np.ndarray) -> np.ndarray:
     """uint16[n]: the nearest (inner product) coarse cell of each vector of ``chunk``."""
-    import faiss
-
-    _, a = faiss.knn(np.ascontiguousarray(chunk, dtype=np.float32), centroids, 1, metric=faiss.METRIC_INNER_PRODUCT)
-    return a[:, 0].astype(np.uint16)
+    out = np.empty(len(chunk), dtype=np.uint16)
+    for start in range(0, len(chunk), TOP_ROWS):
+        out[start:start + TOP_ROWS] = nearest_cells(centroids, chunk[start:start + TOP_ROWS])
+    return out
 
 
 def head_codes_card(folder: Path, layer: int, centroids, cells, quant, codes, refine, coarse, sets: dict,
@@ -786,8 +827,6 @@ class IndexStream:
 
     def encode(self, shard: int, vectors: np.ndarray, first_row: int) -> None:
         """Codes, per-head cells and exact top-k of the recall queries for one shard's vectors."""
-        import faiss
-
         index, extra = self._load()
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         self.codes_dir.mkdir(parents=True, exist_ok=True)
@@ -797,8 +836,7 @@ class IndexStream:
             for m in head_query_counts(self.num_heads):
                 queries = extra[f"q_{m}"]
                 if len(queries) and len(x):
-                    s, r = faiss.knn(np.ascontiguousarray(queries), x, min(RECALL_K + 1, len(x)),
-                                     metric=faiss.METRIC_INNER_PRODUCT)
+                    s, r = top_inner(queries, x, RECALL_K + 1, extra[f"q_{m}_heads"], self.num_heads)
                     truth[f"{m}_scores"], truth[f"{m}_rows"] = s, r + first_row
             cells = assign_head_cells(extra["centroids"], x)
             hcodes, hrefine = encode_head_codes(extra["head_quant"], extra["centroids"], x, cells)
@@ -812,8 +850,7 @@ class IndexStream:
             queries = extra.get(f"q_{q}")
             if queries is None or not len(queries) or not len(x):
                 continue
-            k = min(RECALL_K + 1, len(x))
-            s, r = faiss.knn(np.ascontiguousarray(queries), x, k, metric=faiss.METRIC_INNER_PRODUCT)
+            s, r = top_inner(queries, x, RECALL_K + 1)
             truth[f"{q}_scores"], truth[f"{q}_rows"] = s, r + first_row
         if "centroids" in extra:
             cells = assign_head_cells(extra["centroids"], x)

@@ -248,6 +248,13 @@ def check_against_engine(runner: BatchRunner, texts: list[str], atol: float = 1e
     return worst
 
 
+def on_accelerator(engine) -> bool:
+    """Whether the engine's model takes its inputs on a GPU (or another non-CPU device)."""
+    loaded = getattr(engine, "_loaded", None)
+    device = getattr(loaded, "input_device", None) if loaded is not None else None
+    return device is not None and device.type != "cpu"
+
+
 class Streams:
     """Independent batches at once, on ``streams`` threads of ``threads // streams`` torch threads each.
 
@@ -272,9 +279,7 @@ class Streams:
     @classmethod
     def for_engine(cls, engine, threads: int | None = None) -> "Streams | None":
         """Streams over this process's torch threads for a CPU model; None for a model on an accelerator."""
-        loaded = getattr(engine, "_loaded", None)
-        device = getattr(loaded, "input_device", None) if loaded is not None else None
-        if device is not None and device.type != "cpu":
+        if on_accelerator(engine):
             return None
         n = torch.get_num_threads() if threads is None else threads
         return cls(n) if n > 1 else None
