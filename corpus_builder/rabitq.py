@@ -58,7 +58,7 @@ def _plain_ivf_rabitq(index):
 
     if type(index).__name__ != "IndexIVFRaBitQ" or not isinstance(index, faiss.IndexIVFRaBitQ):
         return None
-    bits = int(index.rabitq.nb_bits)
+    bits = int(getattr(getattr(index, "rabitq", None), "nb_bits", 1))  # (FAISS before multi-bit RaBitQ: 1)
     if not 2 <= bits <= 9 or index.metric_type != faiss.METRIC_INNER_PRODUCT or not index.is_trained:
         return None
     return index
