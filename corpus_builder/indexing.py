@@ -120,6 +120,7 @@ class VectorSource:
 
 
 TOP_ROWS = 32768  # rows of x scored at a time by top_inner (a [queries, rows] float32 block)
+CELL_ROWS = 8192  # rows assigned to cells at a time by nearest_cells (32 MB of scores at 1,024 cells)
 
 
 def top_inner(queries: np.ndarray, x: np.ndarray, k: int, heads: np.ndarray | None = None,
@@ -134,8 +135,7 @@ def top_inner(queries: np.ndarray, x: np.ndarray, k: int, heads: np.ndarray | No
 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = min(k, len(x))
-    best_s = torch.full((len(queries), 0), -torch.inf)
-    best_i = torch.zeros((len(queries), 0), dtype=torch.int64)
+    best = None
     q = torch.from_numpy(queries)
     partial = heads is not None and heads.shape[1] < num_heads
     if partial:
@@ -152,33 +152,28 @@ def top_inner(queries: np.ndarray, x: np.ndarray, k: int, heads: np.ndarray | No
             else:
                 scores = q @ block.T
             s, i = torch.topk(scores, min(k, len(block)), dim=1)
-            best_s, best_i = torch.cat([best_s, s], dim=1), torch.cat([best_i, i + start], dim=1)
-            if best_s.shape[1] > k:
-                best_s, top = torch.topk(best_s, k, dim=1)
-                best_i = torch.gather(best_i, 1, top)
-    return best_s.numpy(), best_i.numpy()
+            best = _merge_topk(best, (s.numpy(), i.numpy() + start), k)
+    if best is None:
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    return best
 
 
 def nearest_cells(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """int64[n]: the cell of largest inner product of each row of ``x`` (``top_inner`` with k = 1)."""
-    return top_inner(x, centroids, 1)[1][:, 0] if len(x) else np.zeros(0, dtype=np.int64)
+    """int64[n]: the cell of largest inner product of each row of ``x`` (``top_inner`` with k = 1, the rows
+    of ``x`` as its queries, CELL_ROWS of them at a time: a [rows, cells] float32 block)."""
+    out = np.zeros(len(x), dtype=np.int64)
+    for start in range(0, len(x), CELL_ROWS):
+        out[start:start + CELL_ROWS] = top_inner(x[start:start + CELL_ROWS], centroids, 1)[1][:, 0]
+    return out
 
 
 def exact_topk(source: VectorSource, queries: np.ndarray, k: int) -> np.ndarray:
     """int64[q, k] rows of the k largest inner products (brute force over chunks with ``top_inner``, merged)."""
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
-    best_i = np.zeros((len(queries), 0), dtype=np.int64)
+    best = None
     for start, chunk in source.chunks():
         s, i = top_inner(queries, chunk, k)
-        s = np.concatenate([best_s, s], axis=1)
-        i = np.concatenate([best_i, i + start], axis=1)
-        if s.shape[1] > k:
-            part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-            s = np.take_along_axis(s, part, axis=1)
-            i = np.take_along_axis(i, part, axis=1)
-        best_s, best_i = s, i
-    return best_i
+        best = _merge_topk(best, (s, i + start), k)
+    return best[1] if best is not None else np.zeros((len(queries), 0), dtype=np.int64)
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -232,9 +227,7 @@ def assign_head_cells(centroids: np.ndarray, chunk: np.ndarray) -> np.ndarray:
     H, C, d = centroids.shape
     out = np.empty((H, len(chunk)), dtype=np.uint8 if C <= 256 else np.uint16)
     for h in range(H):
-        for start in range(0, len(chunk), TOP_ROWS):  # (top_inner's blocks are over the centroids here)
-            rows = chunk[start:start + TOP_ROWS, h * d:(h + 1) * d]
-            out[h, start:start + len(rows)] = nearest_cells(centroids[h], rows)
+        out[h] = nearest_cells(centroids[h], chunk[:, h * d:(h + 1) * d])
     return out
 
 
@@ -659,10 +652,7 @@ def train_coarse_cells(sample: np.ndarray, nlist: int, seed: int = 0) -> np.ndar
 
 def assign_coarse_cells(centroids: np.ndarray, chunk: np.ndarray) -> np.ndarray:
     """uint16[n]: the nearest (inner product) coarse cell of each vector of ``chunk``."""
-    out = np.empty(len(chunk), dtype=np.uint16)
-    for start in range(0, len(chunk), TOP_ROWS):
-        out[start:start + TOP_ROWS] = nearest_cells(centroids, chunk[start:start + TOP_ROWS])
-    return out
+    return nearest_cells(centroids, chunk).astype(np.uint16)
 
 
 def head_codes_card(folder: Path, layer: int, centroids, cells, quant, codes, refine, coarse, sets: dict,

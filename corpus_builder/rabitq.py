@@ -78,7 +78,9 @@ def encode(index, x: np.ndarray) -> np.ndarray:
     if ok is False:
         return index.sa_encode(x)
     centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
-    lists = _nearest(centroids, x)
+    from .indexing import nearest_cells  # (indexing imports this module)
+
+    lists = nearest_cells(centroids, x)  # in torch: FAISS's BLAS threads would spin beside the model's streams
     out = np.empty((len(x), ivf.sa_code_size()), np.uint8)
     for s in range(0, len(x), BATCH):
         out[s:s + BATCH] = _encode_rows(ivf, x[s:s + BATCH], lists[s:s + BATCH], centroids)
@@ -90,19 +92,6 @@ def encode(index, x: np.ndarray) -> np.ndarray:
         if not agree:
             log.warning("RaBitQ codes: this FAISS (%s) lays them out differently; using its own encoder", faiss.__version__)
             return index.sa_encode(x)
-    return out
-
-
-def _nearest(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Each row's list: the centroid of largest inner product (as the IVF quantizer assigns), by torch on the
-    calling thread's threads (FAISS's BLAS threads would spin beside the builder's forward streams)."""
-    import torch
-
-    c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
-    out = np.empty(len(x), np.int64)
-    with torch.inference_mode():
-        for s in range(0, len(x), 8 * BATCH):
-            out[s:s + 8 * BATCH] = (torch.from_numpy(x[s:s + 8 * BATCH]) @ c.T).argmax(dim=1).numpy()
     return out
 
 
