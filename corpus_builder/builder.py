@@ -44,7 +44,7 @@ from exbert_hub import corpus_format as cf
 from exbert_hub.corpus import probe_fingerprint
 from exbert_hub.errors import InputError
 
-from . import annotate, indexing, sources, vectors
+from . import annotate, index_workers, indexing, sources, vectors
 
 log = logging.getLogger(__name__)
 
@@ -720,15 +720,40 @@ class Builder:
         shards = [s for s in sorted(progress.shards, key=lambda x: x["shard"]) if s["vectors"] > 0]
         tier = cf.EXACT if progress.vectors <= self.s.exact_limit else cf.COMPRESSED
         indexes: dict = {kind: {} for kind in cf.KINDS}
-        jobs = [(kind, p, layer) for kind in cf.KINDS for p, layer in enumerate(self.layers)]
-        for kind, p, layer in tqdm(jobs, desc="indexes", disable=not self.s.progress, dynamic_ncols=True):
-            marker = self.out / cf.build_index_done_file(kind, layer)
-            if marker.exists():
-                indexes[kind][layer] = cf.read_json(marker)
-                continue
+        jobs = []
+        for kind in ("heads", "embedding"):  # the heads indexes take longest: first, when they run side by side
+            for layer in self.layers:
+                marker = self.out / cf.build_index_done_file(kind, layer)
+                if marker.exists():
+                    indexes[kind][layer] = cf.read_json(marker)
+                else:
+                    jobs.append((kind, layer))
+        bar = tqdm(total=len(jobs), desc="indexes", disable=not self.s.progress, dynamic_ncols=True)
+
+        def done(kind: str, layer: int, stats: dict) -> None:
+            cf.write_json(self.out / cf.build_index_done_file(kind, layer), stats)
+            indexes[kind][layer] = stats
+            bar.update(1)
+
+        numbers = [s["shard"] for s in shards]
+        processes = index_workers.process_count(len(jobs), progress.vectors, self.hidden_size) if self._streaming() else 0
+        if processes:
+            # each index in a worker process of its own (index_workers: the tuning searches hold the GIL)
+            workers = index_workers.IndexWorkers(processes, (os.cpu_count() or 1) // processes)
+            ok = False
+            try:
+                for j, stats in workers.run([("finish", self.streams[job], (numbers,)) for job in jobs],
+                                            names=[f"the {kind} index of layer {layer}" for kind, layer in jobs]):
+                    done(*jobs[j], stats)
+                ok = True
+            except index_workers.IndexWorkerError as err:
+                raise BuildError(f"{err} (the build can be resumed: run the same command again)") from None
+            finally:
+                workers.close() if ok else workers.kill()
+        for kind, layer in jobs if not processes else []:
             src = self.out / cf.build_vectors_dir(kind, layer)
             if self._streaming():
-                stats = self.streams[(kind, layer)].finish([s["shard"] for s in shards])
+                stats = self.streams[(kind, layer)].finish(numbers)
             elif tier == cf.EXACT:
                 # the shard files ARE the exact index: move them, no copy
                 dst = self.out / cf.index_file(kind, layer, tier)
@@ -738,12 +763,12 @@ class Builder:
                     os.replace(src, dst)
                 stats = indexing.exact_stats(self.out, kind, layer)
             else:
-                arrays = [np.load(src / cf.vectors_shard_name(s["shard"]), mmap_mode="r") for s in shards]
+                arrays = [np.load(src / cf.vectors_shard_name(s), mmap_mode="r") for s in numbers]
                 stats = indexing.build_index(self.out, kind, layer, arrays, num_heads=self.num_heads,
                                              factory=self.s.index_factory, recall_queries=self.s.recall_queries)
-            cf.write_json(marker, stats)
-            indexes[kind][layer] = stats
-        return indexes
+            done(kind, layer, stats)
+        bar.close()
+        return {kind: dict(sorted(indexes[kind].items())) for kind in cf.KINDS}
 
     # --- stage 3: card -----------------------------------------------------------------------------
     def _card(self, progress: Progress, indexes: dict, seconds: dict) -> None:

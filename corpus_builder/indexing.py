@@ -304,7 +304,7 @@ def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k,
     def measure(p: int, sl: slice) -> float:
         qs, ks = queries[sl], kept[sl]
         # the queries split over the cores: each search is one query on one thread (FAISS and numpy release the GIL)
-        parts = np.array_split(np.arange(len(qs)), max(1, min(os.cpu_count() or 1, 4, len(qs))))
+        parts = np.array_split(np.arange(len(qs)), max(1, min(tuning_threads(), len(qs))))
         parts = [ix for ix in parts if len(ix)] or [np.arange(len(qs))]
 
         def run(ix):
@@ -344,6 +344,11 @@ def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k,
 
 
 _TUNING_POOL = None
+TUNING_THREADS: int | None = None  # threads the tuning searches split over (None: the cores, at most 4)
+
+
+def tuning_threads() -> int:
+    return max(1, TUNING_THREADS or min(os.cpu_count() or 1, 4))
 
 
 def _tuning_pool():
@@ -353,7 +358,7 @@ def _tuning_pool():
     if _TUNING_POOL is None:
         from concurrent.futures import ThreadPoolExecutor
 
-        _TUNING_POOL = ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, 4)),
+        _TUNING_POOL = ThreadPoolExecutor(max_workers=tuning_threads(),
                                           thread_name_prefix="corpus-tuning")
     return _TUNING_POOL
 
@@ -733,6 +738,10 @@ class IndexStream:
         self.codes_only = kind == "heads" and factory is None
         self._index = None
         self._extra = None
+
+    def __getstate__(self) -> dict:
+        # sent to an index worker process (index_workers): the files say everything, the loaded index stays here
+        return dict(self.__dict__, _index=None, _extra=None)
 
     @property
     def trained(self) -> bool:

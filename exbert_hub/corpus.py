@@ -485,6 +485,8 @@ HEAD_CODE_RERANK_MANY = 1000  # several heads: union rows re-scored with all 10 
 
 _HEAD_POOL = None
 _HEAD_POOL_LOCK = threading.Lock()
+# a refinement byte -> its four 2-bit values (dimensions 4j .. 4j + 3), as float32
+_LOW_BITS = ((np.arange(256, dtype=np.uint8)[:, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3).astype(np.float32)
 
 
 def _head_pool():
@@ -525,15 +527,21 @@ class HeadCodes:
         self._coarse_ivf = None
 
     def decode(self, rows: slice | np.ndarray) -> np.ndarray:
-        """float32[n, H * d]: the vectors of ``rows`` as their 10-bit codes give them."""
+        """float32[n, H * d]: the vectors of ``rows`` as their 10-bit codes give them (centroid + lo + code * step)."""
         H, C, d = self.centroids.shape
-        parts = []
+        codes = self.codes[:, rows]
+        n = codes.shape[1]
+        out = np.empty((n, H * d), dtype=np.float32)
         for h in range(H):
-            code = np.asarray(self.codes[h][rows], dtype=np.float32) * 4
-            packed = np.asarray(self.refine[h][rows])
-            code += ((packed[:, :, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3).reshape(len(code), -1)[:, :d]
-            parts.append(self.centroids[h][self.cells[h][rows]] + self.lo[h] + code * self.step[h])
-        return np.concatenate(parts, axis=1)
+            code = codes[h].astype(np.float32)
+            code *= 4
+            code += _LOW_BITS[self.refine[h][rows]].reshape(n, -1)[:, :d]
+            code *= self.step[h]
+            base = self.centroids[h][self.cells[h][rows]]
+            base += self.lo[h]
+            base += code
+            out[:, h * d:(h + 1) * d] = base
+        return out
 
     def coarse_ivf(self):
         """Queries on many heads: a FAISS IVF-SQ8 over the coarse cells of the whole vectors, made in memory
@@ -621,24 +629,24 @@ class HeadCodes:
         return np.unique(rows).astype(np.int64) if len(heads) > 1 else np.sort(rows).astype(np.int64)
 
     def scores(self, query: np.ndarray, heads: Sequence[int], rows: np.ndarray, refined: bool) -> np.ndarray:
-        """float32[len(rows)]: the coded inner products on ``heads`` (8-bit part only unless ``refined``);
-        all heads at once (one gather of [heads, rows] from the codes, no loop over heads)."""
+        """float32[len(rows)]: the coded inner products on ``heads`` (8-bit part only unless ``refined``).
+        Per head: a row gather of its codes and one matrix-vector product (BLAS); measured 3x faster than
+        one [heads, rows, d] float32 array for the few-head union's ~10,000 unrefined rows."""
         H, C, d = self.centroids.shape
-        hs = np.asarray(list(heads), dtype=np.int64)
         rows = np.asarray(rows, dtype=np.int64)
-        q = np.asarray(query, dtype=np.float32).reshape(H, d)[hs]  # [m, d]
-        w = q * self.step[hs]
-        base = np.einsum("mcd,md->mc", self.centroids[hs], q) + (q * self.lo[hs]).sum(axis=1)[:, None]  # [m, C]
-        code = np.asarray(self.codes[hs[:, None], rows[None, :]], dtype=np.float32) * 4  # [m, n, d]
-        if refined:
-            packed = np.asarray(self.refine[hs[:, None], rows[None, :]])  # [m, n, ceil(d / 4)]
-            low = (packed[..., None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3
-            code += low.reshape(len(hs), len(rows), -1)[:, :, :d]
-        else:
-            code += 1.5  # the middle of the 4 values the low bits may take
-        cells = np.asarray(self.cells[hs[:, None], rows[None, :]], dtype=np.int64)  # [m, n]
-        out = np.take_along_axis(base, cells, axis=1).sum(axis=0) + np.einsum("mnd,md->n", code, w)
-        return out.astype(np.float32)
+        q = np.asarray(query, dtype=np.float32).reshape(H, d)
+        out = np.zeros(len(rows), dtype=np.float32)
+        for h in heads:
+            w = q[h] * self.step[h]
+            base = self.centroids[h] @ q[h] + np.float32(q[h] @ self.lo[h])  # [C]
+            code = self.codes[h][rows].astype(np.float32)
+            if refined:
+                low = _LOW_BITS[self.refine[h][rows]].reshape(len(rows), -1)[:, :d]
+                out += code @ (4 * w) + low @ w
+            else:
+                out += code @ (4 * w) + np.float32(1.5 * w.sum())  # the low bits at the middle of their 4 values
+            out += base[self.cells[h][rows]]
+        return out
 
     def first_stage(self, query: np.ndarray, heads: Sequence[int], nprobe: int, r: int) -> np.ndarray:
         """int64 rows (at most ``r``) to re-score with all 10 bits: one head: the best ``r`` of its ``nprobe``

@@ -135,3 +135,55 @@ def test_killed_after_training_resumes_to_the_same_corpus(builds, tmp_path):
         assert x["vectors"] == y["vectors"]
         assert x.get("nlist") == y.get("nlist") and x["factory"] == y["factory"]  # heads (format 2): no nlist
         assert abs(x["recall_at_50"] - y["recall_at_50"]) <= 0.03
+
+
+def _without_timings(indexes: dict) -> dict:
+    return {kind: {layer: {k: v for k, v in st.items() if k != "seconds_finish"} for layer, st in per.items()}
+            for kind, per in indexes.items()}
+
+
+def test_indexes_finished_in_worker_processes_equal_the_in_process_ones(builds, tmp_path, monkeypatch):
+    """The index stage in two worker processes (index_workers, as on a multi-core machine with large
+    indexes): the same card entries (nprobe, recall, bytes) and byte-identical index files."""
+    from corpus_builder import build, index_workers
+
+    streamed, _, _ = builds
+    started = []
+    real_init = index_workers.IndexWorkers.__init__
+    monkeypatch.setattr(index_workers, "process_count", lambda jobs, *a, **k: 2)
+    monkeypatch.setattr(index_workers.IndexWorkers, "__init__",
+                        lambda self, n, threads: started.append((n, threads)) or real_init(self, n, threads))
+    out = build(MINILM, DOCS, str(tmp_path / "workers"), **OPTS)
+    assert started and started[0][0] == 2
+    a, b = cf.read_card(out)["indexes"], cf.read_card(streamed)["indexes"]
+    assert _without_timings(a) == _without_timings(b)
+    files = sorted(p.relative_to(streamed) for p in (streamed / cf.INDEX_DIR).rglob("*") if p.is_file())
+    assert files and files == sorted(p.relative_to(out) for p in (out / cf.INDEX_DIR).rglob("*") if p.is_file())
+    for rel in files:
+        assert (out / rel).read_bytes() == (streamed / rel).read_bytes(), rel
+
+
+def test_a_failing_index_worker_names_its_index(tmp_path, monkeypatch):
+    """A worker that cannot finish its index (here: a shard's codes file cut short) stops the build with
+    a message naming the index and saying it can be resumed; no worker process is left running."""
+    from corpus_builder import BuildError, build, builder, index_workers
+
+    made = []
+    real_init = index_workers.IndexWorkers.__init__
+    monkeypatch.setattr(index_workers, "process_count", lambda jobs, *a, **k: 2)
+    monkeypatch.setattr(index_workers.IndexWorkers, "__init__",
+                        lambda self, n, threads: made.append(self) or real_init(self, n, threads))
+    real_stage = builder.Builder._index_stage
+
+    def damaged(self, progress):
+        codes = sorted((self.out / cf.BUILD_DIR / "codes" / cf.index_stem("embedding", 2)).glob("shard-*.npy"))
+        codes = [p for p in codes if p.name.count(".") == 1]  # the RaBitQ codes, not cells or truth
+        codes[0].write_bytes(codes[0].read_bytes()[:40])
+        return real_stage(self, progress)
+
+    monkeypatch.setattr(builder.Builder, "_index_stage", damaged)
+    with pytest.raises(BuildError) as err:
+        build(MINILM, DOCS, str(tmp_path / "damaged"), **OPTS)
+    msg = str(err.value)
+    assert "the embedding index of layer 2" in msg and "resumed" in msg and "\n" not in msg
+    assert made and all(p.poll() is not None for w in made for p in w.procs)
