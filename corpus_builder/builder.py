@@ -352,6 +352,7 @@ class Builder:
                                                             self.s.recall_queries)
                         for kind in cf.KINDS for layer in self.layers}
         self._written: list[dict] = []  # shards finished (this run or an earlier one), for _maybe_train
+        self._index_workers: index_workers.IndexWorkers | None = None  # started by the first large index work
 
     def _early_check(self) -> None:
         """While the spaCy workers load their pipeline: the batched-path check on the first shard's raw
@@ -705,13 +706,36 @@ class Builder:
             return
         t0 = time.time()
         numbers = [i["shard"] for i in shards]
-        for stream in self.streams.values():
-            stream.train(numbers, max(estimate, n))
+        for _ in self._index_jobs("train", list(self.streams), (numbers, max(estimate, n)), n):
+            pass
         cf.write_json(self.build_dir / STREAMING_FILE, {"trained_on_shards": numbers, "vectors": n,
                                                         "estimate": estimate, "seconds": round(time.time() - t0, 2)})
         if not self.s.keep_vectors:
             for stream in self.streams.values():
                 shutil.rmtree(stream.vectors_dir, ignore_errors=True)
+
+    def _index_jobs(self, method: str, jobs: list[tuple[str, int]], args: tuple, vectors: int):
+        """(job, result) of ``self.streams[job].<method>(*args)`` for each (kind, layer) job, as each ends: in
+        index worker processes when the machine and the indexes are large enough (index_workers), else here
+        in order. The workers, once started, stay for the build's later index work."""
+        processes = index_workers.process_count(len(jobs), vectors, self.hidden_size)
+        if not processes and self._index_workers is None:
+            for job in jobs:
+                yield job, getattr(self.streams[job], method)(*args)
+            return
+        if self._index_workers is None:
+            self._index_workers = index_workers.IndexWorkers(processes, (os.cpu_count() or 1) // processes)
+        names = [f"the {kind} index of layer {layer}" for kind, layer in jobs]
+        try:
+            for j, result in self._index_workers.run([(method, self.streams[job], args) for job in jobs], names):
+                yield jobs[j], result
+        except index_workers.IndexWorkerError as err:
+            raise BuildError(f"{err} (the build can be resumed: run the same command again)") from None
+
+    def _close_index_workers(self, ok: bool) -> None:
+        if self._index_workers is not None:
+            self._index_workers.close() if ok else self._index_workers.kill()
+            self._index_workers = None
 
     # --- stage 2: indexes --------------------------------------------------------------------------
     def _index_stage(self, progress: Progress) -> dict:
@@ -736,25 +760,13 @@ class Builder:
             bar.update(1)
 
         numbers = [s["shard"] for s in shards]
-        processes = index_workers.process_count(len(jobs), progress.vectors, self.hidden_size) if self._streaming() else 0
-        if processes:
-            # each index in a worker process of its own (index_workers: the tuning searches hold the GIL)
-            workers = index_workers.IndexWorkers(processes, (os.cpu_count() or 1) // processes)
-            ok = False
-            try:
-                for j, stats in workers.run([("finish", self.streams[job], (numbers,)) for job in jobs],
-                                            names=[f"the {kind} index of layer {layer}" for kind, layer in jobs]):
-                    done(*jobs[j], stats)
-                ok = True
-            except index_workers.IndexWorkerError as err:
-                raise BuildError(f"{err} (the build can be resumed: run the same command again)") from None
-            finally:
-                workers.close() if ok else workers.kill()
-        for kind, layer in jobs if not processes else []:
+        if self._streaming():
+            for job, stats in self._index_jobs("finish", jobs, (numbers,), progress.vectors):
+                done(*job, stats)
+            jobs = []
+        for kind, layer in jobs:
             src = self.out / cf.build_vectors_dir(kind, layer)
-            if self._streaming():
-                stats = self.streams[(kind, layer)].finish(numbers)
-            elif tier == cf.EXACT:
+            if tier == cf.EXACT:
                 # the shard files ARE the exact index: move them, no copy
                 dst = self.out / cf.index_file(kind, layer, tier)
                 if src.exists():
@@ -839,10 +851,14 @@ class Builder:
         # spaCy workers start first: their pipeline loads while the model does (a local build only)
         self._workers = ([annotate.Worker(self.s.spacy) for _ in range(max(0, self.s.workers))]
                          if self.s.ray is None else [])
+        ok = False
         try:
-            return self._run(t0, resuming)
+            out = self._run(t0, resuming)
+            ok = True
+            return out
         finally:
             self._close_workers()
+            self._close_index_workers(ok)
 
     def _run(self, t0: float, resuming: bool) -> Path:
         self._load()

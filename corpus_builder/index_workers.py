@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 from . import pipes
 
 MAX_PROCESSES = 8
-MIN_VECTORS = 20_000  # below this many vectors per index the work is shorter than a worker's start (~2 s)
+MIN_VECTORS = 10_000  # fewer vectors per index: the work is shorter than a worker's start (~2 s)
 BYTES_PER_DIM = 6  # a finishing heads index holds about this many bytes per vector dimension (codes, lists, SQ8)
 
 
@@ -59,8 +59,9 @@ class IndexWorkers:
 
     def __init__(self, processes: int, threads: int):
         self.threads = max(1, threads)
+        env = pipes.worker_env(threads=self.threads)
         self.procs = [subprocess.Popen([sys.executable, "-m", "corpus_builder.index_workers", str(self.threads)],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=pipes.worker_env())
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
                       for _ in range(processes)]
         self._answers: queue.Queue = queue.Queue()
         for i, p in enumerate(self.procs):
