@@ -660,6 +660,9 @@ def assign_coarse_cells(centroids: np.ndarray, chunk: np.ndarray) -> np.ndarray:
     return nearest_cells(centroids, chunk).astype(np.uint16)
 
 
+KEEP_DECODED_BYTES = 512 * 2**20  # tuning a heads index this small: its vectors decoded once, not once per use
+
+
 def head_codes_card(folder: Path, layer: int, centroids, cells, quant, codes, refine, coarse, sets: dict,
                     truth: dict, q_rows: np.ndarray, k: int, target: float) -> dict:
     """Write the per-head cells and codes files (and the coarse cells: ``coarse`` = (centroids, cells)) of a
@@ -677,6 +680,8 @@ def head_codes_card(folder: Path, layer: int, centroids, cells, quant, codes, re
                    (ccrel, coarse[0]), (cnrel, coarse[1])):
         _save(folder / rel, a)
     head_codes = HeadCodes(centroids, cells, quant, codes, refine, coarse)
+    if head_codes.ntotal * H * d * 4 <= KEEP_DECODED_BYTES:
+        head_codes.keep_decoded()
     hc = {"centroids": crel, "cells": hrel, "files": [crel, hrel, qrel, krel, rrel, ccrel, cnrel],
           "cells_per_head": int(C), "nprobe": {}, "recall_at_50": {}, "recall_at_50_tuning": {},
           "codes": {"quant": qrel, "codes": krel, "refine": rrel, "bits": HEAD_CODE_BITS, "rerank": HEAD_CODE_RERANK},
