@@ -143,8 +143,11 @@ def _without_timings(indexes: dict) -> dict:
 
 
 def test_indexes_finished_in_worker_processes_equal_the_in_process_ones(builds, tmp_path, monkeypatch):
-    """The index stage in two worker processes (index_workers, as on a multi-core machine with large
-    indexes): the same card entries (nprobe, recall, bytes) and byte-identical index files."""
+    """The training and the index stage in two worker processes (index_workers, as on a multi-core machine
+    with large indexes). The heads index (our own code) is byte-identical to the in-process build. The
+    embedding index is FAISS's IVF: its k-means rounds differently on another thread count (each worker
+    has one thread), so its file has the same size and layout, its card the same nprobe and counts, and
+    its recall is within 0.01."""
     from corpus_builder import build, index_workers
 
     streamed, _, _ = builds
@@ -155,12 +158,20 @@ def test_indexes_finished_in_worker_processes_equal_the_in_process_ones(builds, 
                         lambda self, n, threads: started.append((n, threads)) or real_init(self, n, threads))
     out = build(MINILM, DOCS, str(tmp_path / "workers"), **OPTS)
     assert started and started[0][0] == 2
-    a, b = cf.read_card(out)["indexes"], cf.read_card(streamed)["indexes"]
-    assert _without_timings(a) == _without_timings(b)
+    a, b = _without_timings(cf.read_card(out)["indexes"]), _without_timings(cf.read_card(streamed)["indexes"])
+    assert a["heads"] == b["heads"]
+    recalls = ("recall_at_50", "recall_at_50_tuning")
+    ea, eb = a["embedding"][2], b["embedding"][2]
+    assert {k: v for k, v in ea.items() if k not in recalls} == {k: v for k, v in eb.items() if k not in recalls}
+    for k in recalls:
+        assert abs(ea[k] - eb[k]) <= 0.01, (k, ea[k], eb[k])
     files = sorted(p.relative_to(streamed) for p in (streamed / cf.INDEX_DIR).rglob("*") if p.is_file())
     assert files and files == sorted(p.relative_to(out) for p in (out / cf.INDEX_DIR).rglob("*") if p.is_file())
     for rel in files:
-        assert (out / rel).read_bytes() == (streamed / rel).read_bytes(), rel
+        if rel.name.startswith("heads-"):
+            assert (out / rel).read_bytes() == (streamed / rel).read_bytes(), rel
+        else:
+            assert (out / rel).stat().st_size == (streamed / rel).stat().st_size, rel
 
 
 def test_a_failing_index_worker_names_its_index(tmp_path, monkeypatch):
