@@ -247,13 +247,7 @@ def _worker_main(pipeline: str) -> None:
         if req is None:
             return
         documents, min_words, max_chars = req
-        try:
-            out = ("ok", annotate(pipeline, documents, min_words, max_chars))
-        except Exception as err:  # noqa: BLE001 - reported to the builder, which raises it
-            out = ("error", f"spaCy failed: {type(err).__name__}: {err}")
-        try:
-            pipes.send(stdout, out)
-        except (BrokenPipeError, OSError):
+        if not pipes.answer(stdout, lambda: annotate(pipeline, documents, min_words, max_chars), "spaCy failed: "):
             return
 
 

@@ -282,6 +282,7 @@ class Builder:
         self.build_dir = self.out / cf.BUILD_DIR
         self._seen: set[int] = set()  # hashes of the sentences kept so far
         self.seconds_writer_wait = 0.0  # the consumer waiting for the writer thread (card timings)
+        self._index_workers: index_workers.IndexWorkers | None = None  # started by the first large index work
         self._workers: list[annotate.Worker] | None = None  # spaCy worker processes of a local build (run starts them)
 
     # --- setup ---------------------------------------------------------------------------------------
@@ -352,7 +353,6 @@ class Builder:
                                                             self.s.recall_queries)
                         for kind in cf.KINDS for layer in self.layers}
         self._written: list[dict] = []  # shards finished (this run or an earlier one), for _maybe_train
-        self._index_workers: index_workers.IndexWorkers | None = None  # started by the first large index work
 
     def _early_check(self) -> None:
         """While the spaCy workers load their pipeline: the batched-path check on the first shard's raw

@@ -1,9 +1,11 @@
 """Index work in worker processes: the compressed indexes' training and finishing, one index per process.
 
 Why processes: tuning an index's nprobe runs the reader's search on its recall queries, and a search is
-many small numpy calls that hold the GIL, so threads in one process kept under 1.3 of this machine's 2
-cores busy (measured in the 1,500-sentence BERT-base build: the index stage's tuning threads at 36% and
-58%). One process per index, on its share of the threads, keeps every core busy.
+many small numpy calls that hold the GIL, so threads in one process kept only ~1.2 of this machine's 2
+cores busy. Measured on the index stage of a 1,500-sentence BERT-base-size build (24 indexes of 37,091
+vectors, resumed from the same saved state; bench/RESULTS.md, S20): 40.6 s in the builder's process, 24.8 s
+in two workers of one thread each. Each worker's numpy BLAS gets its share of the threads
+(``pipes.worker_env``): with OpenBLAS's default thread per core, the two workers took 44.9 s.
 
 A worker (``python -m corpus_builder.index_workers THREADS``) answers requests ``(method, stream, args)``
 by calling ``getattr(stream, method)(*args)`` on the ``indexing.IndexStream`` it was sent (its files are on
@@ -143,13 +145,7 @@ def _worker_main(threads: int) -> None:
             method, stream, args = pipes.recv(stdin)
         except (EOFError, OSError):
             return
-        try:
-            out = ("ok", getattr(stream, method)(*args))
-        except Exception as err:  # noqa: BLE001 - reported to the builder, which raises it
-            out = ("error", f"{type(err).__name__}: {err}")
-        try:
-            pipes.send(stdout, out)
-        except (BrokenPipeError, OSError):
+        if not pipes.answer(stdout, lambda: getattr(stream, method)(*args)):
             return
 
 

@@ -30,6 +30,20 @@ def recv(stream):
     return pickle.loads(data)
 
 
+def answer(stream, work, what: str = "") -> bool:
+    """A worker's answer to one request: ``("ok", work())``, or ``("error", "<what>Type: message")`` when
+    it raises (the builder raises it). False when the pipe is gone (the builder stopped)."""
+    try:
+        out = ("ok", work())
+    except Exception as err:  # noqa: BLE001 - reported to the builder
+        out = ("error", f"{what}{type(err).__name__}: {err}")
+    try:
+        send(stream, out)
+        return True
+    except (BrokenPipeError, OSError):
+        return False
+
+
 BLAS_THREADS_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 

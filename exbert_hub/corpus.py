@@ -525,16 +525,16 @@ class HeadCodes:
         self._lock = threading.Lock()
         self._coarse_lock = threading.Lock()
         self._coarse_ivf = None
+        self._decoded: np.ndarray | None = None
 
     def keep_decoded(self) -> None:
         """Decode every vector once and keep them: ``decode`` then reads them (the builder's tuning, which
         decodes all the vectors twice, for its recall estimate and the coarse IVF)."""
-        self._decoded = None
         self._decoded = self.decode(slice(None))
 
     def decode(self, rows: slice | np.ndarray) -> np.ndarray:
         """float32[n, H * d]: the vectors of ``rows`` as their 10-bit codes give them (centroid + lo + code * step)."""
-        if getattr(self, "_decoded", None) is not None:
+        if self._decoded is not None:
             return self._decoded[rows]
         H, C, d = self.centroids.shape
         codes = self.codes[:, rows]
