@@ -22,7 +22,7 @@ from exbert_hub.analyses.lens import bf16_matmul_supported, lens_head, logit_len
 
 pytestmark = pytest.mark.skipif(not bf16_matmul_supported(), reason="this CPU has no native bfloat16 products")
 TEXT = " ".join(["The cat sat on the mat because it was tired, and the dog barked at the door."] * 3)
-CPU_HAS_AMX = all(f in lens_kernel._cpu_flags()[0] for f in lens_kernel.NEEDED_CPU_FLAGS)
+CPU_HAS_AMX = all(f in lens_kernel.cpu_flags()[0] for f in lens_kernel.NEEDED_CPU_FLAGS)
 
 
 @pytest.fixture(params=["kernel", "torch"])

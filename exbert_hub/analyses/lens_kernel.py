@@ -61,7 +61,8 @@ def unavailable_reason() -> str | None:
     return _state["why"]
 
 
-def _cpu_flags() -> tuple[set[str], str]:
+def cpu_flags() -> tuple[set[str], str]:
+    """(the CPU's feature flags, its model name) from /proc/cpuinfo; empty where there is none."""
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
@@ -79,7 +80,7 @@ def _cpu_flags() -> tuple[set[str], str]:
 def _build_and_check():
     if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
         raise _Unavailable("the kernel is for x86-64 Linux")
-    flags, model = _cpu_flags()
+    flags, model = cpu_flags()
     missing = [f for f in NEEDED_CPU_FLAGS if f not in flags]
     if missing:
         raise _Unavailable(f"this CPU lacks {', '.join(missing)}")
