@@ -152,6 +152,11 @@ class Worker:
                 self._loaded.set()
                 self._answers.put(None)
                 return
+            except Exception as err:  # noqa: BLE001 - a garbled answer: the pipe is out of step from here on
+                self.proc.kill()
+                self._loaded.set()
+                self._answers.put(("error", f"the spaCy worker's answer could not be read ({type(err).__name__}: {err})"))
+                return
             if first:
                 first = False
                 if answer[0] == "info":
@@ -215,8 +220,7 @@ def _worker_main(pipeline: str) -> None:
     import queue
     import threading
 
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing but results on the pipe
+    stdin, stdout = pipes.worker_streams()
     if pipeline in ENGLISH_ALIASES:
         # thinc imports torch whenever it can: 1.0 of the worker's 1.6 s start (and ~300 MB), while the
         # model waits for the first shard. These CNN pipelines never use it (thinc's numpy ops either way)

@@ -76,6 +76,10 @@ class IndexWorkers:
             except (EOFError, OSError, ValueError):
                 self._answers.put((i, None))
                 return
+            except Exception as err:  # noqa: BLE001 - a garbled answer: the pipe is out of step from here on
+                proc.kill()
+                self._answers.put((i, ("error", f"its index worker's answer could not be read ({type(err).__name__}: {err})")))
+                return
             self._answers.put((i, answer))
 
     def run(self, jobs: Sequence[tuple[str, Any, tuple]], names: Sequence[str] | None = None) -> Iterator[tuple[int, Any]]:
@@ -130,8 +134,7 @@ class IndexWorkers:
 
 
 def _worker_main(threads: int) -> None:
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing but answers on the pipe
+    stdin, stdout = pipes.worker_streams()
     import faiss
     import torch
 

@@ -30,6 +30,17 @@ def recv(stream):
     return pickle.loads(data)
 
 
+def worker_streams():
+    """In a worker: (requests in, answers out), binary. The answers go to a private copy of the pipe, and
+    file descriptor 1 then points at stderr, so nothing else can land on the pipe: not Python's prints, and
+    not a C library's either (FAISS prints to descriptor 1 when verbose)."""
+    out = os.fdopen(os.dup(1), "wb")
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return sys.stdin.buffer, out
+
+
 def answer(stream, work, what: str = "") -> bool:
     """A worker's answer to one request: ``("ok", work())``, or ``("error", "<what>Type: message")`` when
     it raises (the builder raises it). False when the pipe is gone (the builder stopped)."""

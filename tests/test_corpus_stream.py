@@ -198,3 +198,38 @@ def test_a_failing_index_worker_names_its_index(tmp_path, monkeypatch):
     msg = str(err.value)
     assert "the embedding index of layer 2" in msg and "resumed" in msg and "\n" not in msg
     assert made and all(p.poll() is not None for w in made for p in w.procs)
+
+
+class _Noisy:
+    """An index job that writes to file descriptor 1, as a C library does (FAISS when verbose), then answers."""
+
+    def work(self, value):
+        os.write(1, b"\x80\x05 not an answer\n")
+        print("nor this")
+        return value * 2
+
+
+def test_index_worker_answers_survive_writes_to_its_stdout():
+    from corpus_builder import index_workers
+
+    workers = index_workers.IndexWorkers(1, 1)
+    try:
+        got = dict(workers.run([("work", _Noisy(), (21,)), ("work", _Noisy(), (5,))], ["a", "b"]))
+    finally:
+        workers.close()
+    assert got == {0: 42, 1: 10}
+
+
+def test_a_garbled_worker_answer_is_an_error_not_a_hang(monkeypatch):
+    """Were an answer ever unreadable, the build stops with a message instead of waiting forever."""
+    import pickle
+
+    from corpus_builder import index_workers, pipes
+
+    real = pipes.recv
+    monkeypatch.setattr(pipes, "recv", lambda stream: pickle.loads(b"\xcb" + real(stream).__repr__().encode()))
+    workers = index_workers.IndexWorkers(1, 1)
+    with pytest.raises(index_workers.IndexWorkerError) as err:
+        dict(workers.run([("work", _Noisy(), (1,))], ["the test index"]))
+    workers.kill()
+    assert "the test index" in str(err.value) and "could not be read" in str(err.value)
