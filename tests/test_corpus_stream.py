@@ -144,10 +144,9 @@ def _without_timings(indexes: dict) -> dict:
 
 def test_indexes_finished_in_worker_processes_equal_the_in_process_ones(builds, tmp_path, monkeypatch):
     """The training and the index stage in two worker processes (index_workers, as on a multi-core machine
-    with large indexes). The heads index (our own code) is byte-identical to the in-process build. The
-    embedding index is FAISS's IVF: its k-means rounds differently on another thread count (each worker
-    has one thread), so its file has the same size and layout, its card the same nprobe and counts, and
-    its recall is within 0.01."""
+    with large indexes): every index file is byte-identical to the in-process build's, and so is the card.
+    (Each worker has one thread, the builder's process two: the k-means is the builder's own, in torch;
+    FAISS's k-means, used before S21, rounded differently on another thread count.)"""
     from corpus_builder import build, index_workers
 
     streamed, _, _ = builds
@@ -159,19 +158,12 @@ def test_indexes_finished_in_worker_processes_equal_the_in_process_ones(builds, 
     out = build(MINILM, DOCS, str(tmp_path / "workers"), **OPTS)
     assert started and started[0][0] == 2
     a, b = _without_timings(cf.read_card(out)["indexes"]), _without_timings(cf.read_card(streamed)["indexes"])
-    assert a["heads"] == b["heads"]
-    recalls = ("recall_at_50", "recall_at_50_tuning")
-    ea, eb = a["embedding"][2], b["embedding"][2]
-    assert {k: v for k, v in ea.items() if k not in recalls} == {k: v for k, v in eb.items() if k not in recalls}
-    for k in recalls:
-        assert abs(ea[k] - eb[k]) <= 0.01, (k, ea[k], eb[k])
+    assert a == b
     files = sorted(p.relative_to(streamed) for p in (streamed / cf.INDEX_DIR).rglob("*") if p.is_file())
     assert files and files == sorted(p.relative_to(out) for p in (out / cf.INDEX_DIR).rglob("*") if p.is_file())
+    assert any(rel.name.startswith("embedding-") for rel in files)
     for rel in files:
-        if rel.name.startswith("heads-"):
-            assert (out / rel).read_bytes() == (streamed / rel).read_bytes(), rel
-        else:
-            assert (out / rel).stat().st_size == (streamed / rel).stat().st_size, rel
+        assert (out / rel).read_bytes() == (streamed / rel).read_bytes(), rel
 
 
 def test_a_failing_index_worker_names_its_index(tmp_path, monkeypatch):
