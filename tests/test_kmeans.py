@@ -11,27 +11,6 @@ torch = pytest.importorskip("torch")
 from corpus_builder import indexing  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def token_vectors():
-    """~6,000 unit token vectors of MiniLM's layer 3 (384 wide)."""
-    import exbert_hub
-    from corpus_builder import builder, sources
-
-    engine = exbert_hub.load("sentence-transformers/all-MiniLM-L6-v2")
-    texts = []
-    for _, docs in builder._shards(sources.open_source("builtin:python-docs").documents(), 20_000):
-        texts += [t for _, doc in docs for t in builder._cut(doc) if len(t.split()) >= 4]
-        if len(texts) > 400:
-            break
-    tok = engine.tokenizer(texts[:400], return_tensors="pt", padding=True, truncation=True, max_length=64)
-    with torch.inference_mode():
-        hidden = engine.model(**tok, output_hidden_states=True).hidden_states[3]
-    x = hidden[tok["attention_mask"].bool()].numpy().astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    assert len(x) > 5000
-    return x
-
-
 @pytest.fixture(params=["native", "float32"])
 def dtype(request, monkeypatch):
     """Both product dtypes: this CPU's (bfloat16 where it has it) and float32 (CPUs without bfloat16)."""
