@@ -150,6 +150,8 @@ def kmeans(sample: np.ndarray, k: int, *, niter: int = IVF_TRAIN_ITERATIONS, see
 
     x = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
     n, d = x.shape
+    if n < k:
+        raise ValueError(f"k-means of {k} cells needs at least {k} points, got {n}")
     rng = np.random.default_rng(seed)
     c = x[torch.from_numpy(np.sort(rng.choice(n, size=k, replace=False)))].clone()
     dtype = kmeans_dtype()

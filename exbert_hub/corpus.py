@@ -653,7 +653,10 @@ class HeadCodes:
             query = np.asarray(query, dtype=np.float32)
             if len(heads) == H:
                 return x @ query
-            return sum(x[:, h * d:(h + 1) * d] @ query[h * d:(h + 1) * d] for h in heads)
+            out = np.zeros(len(rows), dtype=np.float32)
+            for h in heads:
+                out += x[:, h * d:(h + 1) * d] @ query[h * d:(h + 1) * d]
+            return out
         q = np.asarray(query, dtype=np.float32).reshape(H, d)
         out = np.zeros(len(rows), dtype=np.float32)
         for h in heads:

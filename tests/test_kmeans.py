@@ -100,3 +100,8 @@ def test_ivf_trained_by_kmeans_has_faiss_recall(token_vectors, dtype):
     assert quantizer.ntotal == 64
     np.testing.assert_allclose(np.linalg.norm(quantizer.reconstruct_n(0, 64), axis=1), 1.0, rtol=1e-5)
     assert (recalls(ours) >= recalls(theirs) - 0.01).all()
+
+
+def test_fewer_points_than_cells_is_one_clear_error():
+    with pytest.raises(ValueError, match="16 cells needs at least 16 points, got 10"):
+        indexing.kmeans(np.ones((10, 4), np.float32), 16)
