@@ -177,11 +177,14 @@ def kmeans(sample: np.ndarray, k: int, *, niter: int = IVF_TRAIN_ITERATIONS, see
 
 def train_ivf(index, sample: np.ndarray, seed: int = 0) -> None:
     """``index.train(sample)`` of a FAISS IVF index, its cells from ``kmeans`` (spherical for inner product,
-    as FAISS trains them) put in its flat quantizer first, so FAISS trains only the codes."""
+    as FAISS trains them) put in its flat quantizer first, so FAISS trains only the codes. Other indexes
+    (a forced factory with a transform before the IVF, such as PCA or OPQ, whose cells live in the
+    transformed space, or a quantizer that is not flat) are trained by FAISS alone."""
     import faiss
 
     ivf = faiss.extract_index_ivf(index)
-    if ivf.quantizer.ntotal == 0 and isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat):
+    plain = isinstance(faiss.downcast_index(index), faiss.IndexIVF) and ivf.d == sample.shape[1]
+    if plain and ivf.quantizer.ntotal == 0 and isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat):
         cells = kmeans(sample, ivf.nlist, niter=ivf.cp.niter, seed=seed,
                        spherical=index.metric_type == faiss.METRIC_INNER_PRODUCT)
         ivf.quantizer.add(np.ascontiguousarray(cells, dtype=np.float32))

@@ -105,3 +105,15 @@ def test_ivf_trained_by_kmeans_has_faiss_recall(token_vectors, dtype):
 def test_fewer_points_than_cells_is_one_clear_error():
     with pytest.raises(ValueError, match="16 cells needs at least 16 points, got 10"):
         indexing.kmeans(np.ones((10, 4), np.float32), 16)
+
+
+@pytest.mark.parametrize("factory", ["PCA32,IVF16,Flat", "OPQ8,IVF16,Flat"])
+def test_an_ivf_behind_a_transform_is_left_to_faiss(token_vectors, factory):
+    """Its cells live in the transformed space: ``train_ivf`` must not put ours (of the raw vectors) there.
+    Trained through it, the index equals the one FAISS trains alone."""
+    x = np.ascontiguousarray(token_vectors[:3000])
+    ours, theirs = (faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT) for _ in range(2))
+    indexing.train_ivf(ours, x)
+    theirs.train(x)
+    a, b = (faiss.extract_index_ivf(i).quantizer for i in (ours, theirs))
+    np.testing.assert_array_equal(a.reconstruct_n(0, 16), b.reconstruct_n(0, 16))
