@@ -144,27 +144,14 @@ class Worker:
         threading.Thread(target=self._read, daemon=True, name="spacy-worker-reader").start()
 
     def _read(self) -> None:
-        first = True
-        while True:
-            try:
-                answer = pipes.recv(self.proc.stdout)
-            except (EOFError, OSError, ValueError):
-                self._loaded.set()
-                self._answers.put(None)
-                return
-            except Exception as err:  # noqa: BLE001 - a garbled answer: the pipe is out of step from here on
-                self.proc.kill()
-                self._loaded.set()
-                self._answers.put(("error", f"the spaCy worker's answer could not be read ({type(err).__name__}: {err})"))
-                return
-            if first:
-                first = False
-                if answer[0] == "info":
-                    self._info = answer[1]
-                    self._loaded.set()
-                    continue
-                self._loaded.set()  # the pipeline did not load: the error is also result()'s answer
-            self._answers.put(answer)
+        def take(answer) -> None:
+            if answer is not None and answer[0] == "info" and not self._loaded.is_set():  # (the first message)
+                self._info = answer[1]
+            else:  # a first answer that is not "info": the pipeline did not load, and result() says why too
+                self._answers.put(answer)
+            self._loaded.set()
+
+        pipes.read_answers(self.proc, take, "the spaCy worker")
 
     def info(self) -> dict:
         """``pipeline_info`` of the worker's pipeline (waits for it to load; so the caller needs no spaCy of its own)."""

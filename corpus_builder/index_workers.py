@@ -70,17 +70,7 @@ class IndexWorkers:
             threading.Thread(target=self._read, args=(i, p), daemon=True, name=f"index-worker-reader-{i}").start()
 
     def _read(self, i: int, proc) -> None:
-        while True:
-            try:
-                answer = pipes.recv(proc.stdout)
-            except (EOFError, OSError, ValueError):
-                self._answers.put((i, None))
-                return
-            except Exception as err:  # noqa: BLE001 - a garbled answer: the pipe is out of step from here on
-                proc.kill()
-                self._answers.put((i, ("error", f"its index worker's answer could not be read ({type(err).__name__}: {err})")))
-                return
-            self._answers.put((i, answer))
+        pipes.read_answers(proc, lambda answer: self._answers.put((i, answer)), "its index worker")
 
     def run(self, jobs: Sequence[tuple[str, Any, tuple]], names: Sequence[str] | None = None) -> Iterator[tuple[int, Any]]:
         """(job number, result) of each job ``(method, stream, args)`` as it completes. The first job that

@@ -30,6 +30,23 @@ def recv(stream):
     return pickle.loads(data)
 
 
+def read_answers(proc, put, what: str) -> None:
+    """A builder's reader thread: ``put`` each answer of worker ``proc``, then None when its pipe ends. An
+    answer that cannot be read is put as ``("error", ...)`` naming ``what``, the worker is killed and the
+    loop ends: the pipe is out of step from there on (waiting for more would hang the build)."""
+    while True:
+        try:
+            answer = recv(proc.stdout)
+        except (EOFError, OSError, ValueError):
+            put(None)
+            return
+        except Exception as err:  # noqa: BLE001 - a garbled answer
+            proc.kill()
+            put(("error", f"{what}'s answer could not be read ({type(err).__name__}: {err})"))
+            return
+        put(answer)
+
+
 def worker_streams():
     """In a worker: (requests in, answers out), binary. The answers go to a private copy of the pipe, and
     file descriptor 1 then points at stderr, so nothing else can land on the pipe: not Python's prints, and

@@ -225,3 +225,19 @@ def test_a_garbled_worker_answer_is_an_error_not_a_hang(monkeypatch):
         dict(workers.run([("work", _Noisy(), (1,))], ["the test index"]))
     workers.kill()
     assert "the test index" in str(err.value) and "could not be read" in str(err.value)
+
+
+def test_a_garbled_spacy_worker_answer_is_an_error_not_a_hang(monkeypatch):
+    import pickle
+
+    from corpus_builder import annotate, pipes
+
+    real = pipes.recv
+    monkeypatch.setattr(pipes, "recv", lambda stream: pickle.loads(b"\xcb" + real(stream).__repr__().encode()))
+    worker = annotate.Worker("en_core_web_sm")
+    try:
+        with pytest.raises(annotate.SpacyError, match="the spaCy worker's answer could not be read"):
+            worker.info()
+    finally:
+        worker.close()
+    assert worker.proc.wait(timeout=10) is not None
