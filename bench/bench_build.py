@@ -5,7 +5,7 @@
     HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false .venv/bin/python bench/bench_build.py --models bert-base --profile bench/out/build-profile
 
 In ONE run, for each model (the packaged MiniLM, 6 x 384, and a BERT-base-size BertModel, 12 x 768, 110M
-parameters, random weights: throughput does not depend on the weights' values):
+parameters, random weights: the forward passes do not depend on the weights' values; the index stage does, RESULTS S22):
 
 - the full build (``corpus_builder.build``: source, spaCy in its worker process, the batched forward passes,
   tables, parquet, streamed indexes, card), on this machine, and with ``--ray`` also on a local Ray cluster
