@@ -49,35 +49,37 @@ def test_cell_coverage_is_the_direct_count_and_bounds_recall(tuned_setup):
 
 
 @pytest.mark.parametrize("target", [0.8, 0.9, 0.95, 0.97, 0.999])
-def test_tuned_nprobe_is_the_full_binary_search_with_fewer_searches(tuned_setup, monkeypatch, target):
+def test_tuned_nprobe_is_the_first_reaching_the_target_or_the_cap(tuned_setup, monkeypatch, target):
+    """The smallest candidate nprobe whose real recall reaches the target, or, when even every cell stays
+    under it (the codes' precision), within SATURATION_MARGIN of every cell's recall; no candidate above the
+    answer searched but the first (the first the cell coverage allows for the target) and the last (the
+    recall of every cell)."""
     from corpus_builder import indexing
 
     index, x, q_rows, truth, k = tuned_setup
-    real_recall = indexing.recall
-    calls = []  # one recall per search of the tuning
+    ivf = faiss.extract_index_ivf(index)
+    half = len(q_rows) // 2
+    candidates = sorted({p for p in indexing.NPROBES if p <= ivf.nlist} | {ivf.nlist})
+
+    def rec(p):
+        ivf.nprobe = p
+        _, found = index.search(x[q_rows[:half]], k + 1)
+        return indexing.recall(indexing.without_self(found, q_rows[:half], k), truth[:half])
+
+    direct = {p: rec(p) for p in candidates}
+    goal = min(target, direct[candidates[-1]] - indexing.SATURATION_MARGIN)
+    expected = next(p for p in candidates if direct[p] >= goal)
+    real_recall, searched = indexing.recall, []
 
     def counting(found, t):
-        calls.append(1)
+        searched.append(int(ivf.nprobe))
         return real_recall(found, t)
 
     monkeypatch.setattr(indexing, "recall", counting)
     chosen, tuned, measured = indexing._tune(index, x[q_rows], truth, q_rows, k, target)
-    with_bound = len(calls)
-    calls.clear()
-    monkeypatch.setattr(indexing, "cell_coverage", lambda ivf, q, t, nprobes: np.ones(len(nprobes)))
-    plain = indexing._tune(index, x[q_rows], truth, q_rows, k, target)
-    assert (chosen, tuned, measured) == plain
-    without_bound = len(calls)
-    monkeypatch.setattr(indexing, "recall", real_recall)
-    # the answer checked directly: the smallest candidate reaching the target on the tuning half
-    half = len(q_rows) // 2
-    candidates = sorted({p for p in indexing.NPROBES if p <= 64} | {64})
-
-    def rec(p):
-        faiss.extract_index_ivf(index).nprobe = p
-        _, found = index.search(x[q_rows[:half]], k + 1)
-        return indexing.recall(indexing.without_self(found, q_rows[:half], k), truth[:half])
-
-    reaching = [p for p in candidates if rec(p) >= target]
-    assert chosen == (reaching[0] if reaching else candidates[-1])
-    assert with_bound <= without_bound
+    assert chosen == expected and tuned == direct[chosen]
+    assert searched[-1] == chosen  # (the held-out half)
+    assert all(p <= chosen or p == candidates[-1] for p in searched[1:-1])
+    assert len(set(searched[:-1])) == len(searched) - 1  # no candidate searched twice
+    if target <= 0.9:
+        assert chosen < candidates[-1] // 4  # these vectors cluster: a few cells reach it
