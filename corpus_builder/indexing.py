@@ -510,9 +510,9 @@ def estimated_head_recalls(codes, groups, k: int) -> list[np.ndarray]:
 
 def _tune(index, queries, truth, self_rows, k, target, max_nprobe: int | None = None,
           tune: bool = True) -> tuple[int, float, float]:
-    """Smallest nprobe reaching ``target`` recall on the first half of the queries (or, when the codes' precision
-    caps recall lower, within SATURATION_MARGIN of the recall of every cell); its recall on the other half.
-    Without ``tune``: nprobe is the cap."""
+    """Smallest nprobe whose recall on the first half of the queries reaches ``target`` or, when the codes'
+    precision caps recall lower, comes within SATURATION_MARGIN of an upper bound of every cell's recall;
+    its recall on the other half. Without ``tune``: nprobe is the cap."""
     import faiss
 
     ivf = faiss.extract_index_ivf(index)
@@ -537,26 +537,30 @@ def _tune(index, queries, truth, self_rows, k, target, max_nprobe: int | None = 
         return measured[i]
 
     hi = len(candidates) - 1
-    # a search finds only vectors of the cells it visits, so the share of true neighbours in a query's
-    # nprobe nearest cells bounds its recall from above: candidates whose bound misses the target cannot
-    # be the answer
+    # A search finds only vectors of the cells it visits, so the share b(p) of true neighbours in a query's
+    # p nearest cells bounds its recall from above: candidates whose bound misses the goal cannot be the
+    # answer. And a search over more cells finds the true neighbours it found in the first p cells (if at
+    # all) among fewer competitors, plus at most those of the other cells, so every cell's recall is at most
+    # r(p) + 1 - b(p): when the codes' precision caps recall under the target, the goal becomes that bound
+    # less SATURATION_MARGIN (past the cap more cells only cost time, as for the head cells; RESULTS S23:
+    # RaBitQ5 capped BERT-base-size embeddings at ~0.965, so every build chose every cell), and the walk
+    # stops by the first candidate whose cells hold all but SATURATION_MARGIN of the true neighbours,
+    # without searching every cell.
     bound = cell_coverage(ivf, queries[:half], truth[:half], candidates)
 
-    def first_possible(goal: float, start: int = 0) -> int:
-        possible = np.flatnonzero(bound[start:] >= goal - COVERAGE_MARGIN)
+    def goal() -> float:
+        ceiling = min([at(i) + 1 - bound[i] for i in measured] or [1.0])  # >= every cell's recall
+        return min(target, ceiling - SATURATION_MARGIN)
+
+    def first_possible(start: int) -> int:
+        possible = np.flatnonzero(bound[start:] >= goal() - COVERAGE_MARGIN)
         return start + int(possible[0]) if len(possible) else hi
 
-    lo = first_possible(target)
-    if lo < hi and at(lo) < target:
-        # the codes' precision caps recall (every cell visited) and can hold it under the target: past that
-        # cap more cells only cost time, as for the head cells (RESULTS S23: RaBitQ5 capped BERT-base-size
-        # embeddings at ~0.965, so every build chose every cell, though 24-32 of 512 held 0.99 of the neighbours)
-        target = min(target, at(hi) - SATURATION_MARGIN)
-        lo = first_possible(target)
-    # a search costs about its nprobe: walk up from the first possible candidate (a binary search's midpoints
-    # cost more than the walk below them; the first candidate reaching the target is the answer)
-    while lo < hi and at(lo) < target:
-        lo = first_possible(target, lo + 1)
+    # a search costs about its nprobe: walk up from the first possible candidate (a binary search's
+    # midpoints cost more than the walk below them)
+    lo = first_possible(0)
+    while lo < hi and at(lo) < goal():
+        lo = first_possible(lo + 1)
     chosen, tuned = candidates[lo], at(lo)
     ivf.nprobe = chosen
     return int(chosen), tuned, measure(slice(half, None))

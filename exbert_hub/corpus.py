@@ -486,7 +486,9 @@ HEAD_CODE_RERANK_MANY = 1000  # several heads: union rows re-scored with all 10 
 _HEAD_POOL = None
 _HEAD_POOL_LOCK = threading.Lock()
 # a refinement byte -> its four 2-bit values (dimensions 4j .. 4j + 3), as float32
-_LOW_BITS = ((np.arange(256, dtype=np.uint8)[:, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3).astype(np.float32)
+_LOW_SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8)
+_LOW_BITS = ((np.arange(256, dtype=np.uint8)[:, None] >> _LOW_SHIFTS) & 3).astype(np.float32)
+DECODE_ROWS = 2048  # rows HeadCodes.decode turns into floats at a time
 
 
 def _head_pool():
@@ -532,6 +534,7 @@ class HeadCodes:
         self._coarse_lock = threading.Lock()
         self._coarse_ivf = None
         self._decoded: np.ndarray | None = None
+        self._base: np.ndarray | None = None
 
     def keep_decoded(self) -> None:
         """Decode every vector once and keep them: ``decode`` then reads them (the builder's tuning, which
@@ -539,22 +542,30 @@ class HeadCodes:
         self._decoded = self.decode(slice(None))
 
     def decode(self, rows: slice | np.ndarray) -> np.ndarray:
-        """float32[n, H * d]: the vectors of ``rows`` as their 10-bit codes give them (centroid + lo + code * step)."""
+        """float32[n, H * d]: the vectors of ``rows`` as their 10-bit codes give them (centroid + lo + code * step).
+        DECODE_ROWS rows at a time, the 10-bit values as integers, so each head's temporaries stay in the
+        core's cache (the same floats as whole-array float passes, in about half the time: RESULTS S23)."""
         if self._decoded is not None:
             return self._decoded[rows]
         H, C, d = self.centroids.shape
-        codes = self.codes[:, rows]
+        if self._base is None:
+            self._base = self.centroids + self.lo[:, None, :]  # [H, C, d]: each cell's centroid + the grid's offset
+        codes, refine, cells = self.codes[:, rows], self.refine[:, rows], self.cells[:, rows]
         n = codes.shape[1]
         out = np.empty((n, H * d), dtype=np.float32)
-        for h in range(H):
-            code = codes[h].astype(np.float32)
-            code *= 4
-            code += _LOW_BITS[self.refine[h][rows]].reshape(n, -1)[:, :d]
-            code *= self.step[h]
-            base = self.centroids[h][self.cells[h][rows]]
-            base += self.lo[h]
-            base += code
-            out[:, h * d:(h + 1) * d] = base
+        low = np.empty((min(n, DECODE_ROWS), refine.shape[2], 4), dtype=np.uint8)
+        for a in range(0, n, DECODE_ROWS):
+            b = min(n, a + DECODE_ROWS)
+            r = b - a
+            for h in range(H):
+                o = out[a:b, h * d:(h + 1) * d]
+                np.right_shift(refine[h, a:b, :, None], _LOW_SHIFTS, out=low[:r])
+                low[:r] &= 3
+                v = codes[h, a:b].astype(np.uint16)
+                v <<= 2
+                v += low[:r].reshape(r, -1)[:, :d]
+                np.multiply(v, self.step[h], out=o)
+                o += np.take(self._base[h], cells[h, a:b], axis=0)
         return out
 
     def coarse_ivf(self):

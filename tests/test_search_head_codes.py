@@ -70,8 +70,20 @@ def test_card_files_and_decode(corpus, built):
     X = _kept(built)
     hc = corpus._head_codes(LAYER)
     H, C, d = hc.centroids.shape
-    np.testing.assert_allclose(hc.decode(slice(0, 300)), np.concatenate([_naive_decode(hc, h)[:300] for h in range(H)], axis=1),
-                               rtol=1e-5, atol=1e-6)
+    naive = np.concatenate([_naive_decode(hc, h) for h in range(H)], axis=1)
+    np.testing.assert_allclose(hc.decode(slice(0, 300)), naive[:300], rtol=1e-5, atol=1e-6)
+    # in several blocks of rows (a last one shorter), and rows given as an array in any order
+    import exbert_hub.corpus as corpus_module
+
+    rows = np.random.default_rng(0).permutation(len(naive))[:1000]
+    saved = corpus_module.DECODE_ROWS
+    for block in (saved, 128, 77):
+        corpus_module.DECODE_ROWS = block
+        try:
+            np.testing.assert_allclose(hc.decode(slice(None)), naive, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(hc.decode(rows), naive[rows], rtol=1e-5, atol=1e-6)
+        finally:
+            corpus_module.DECODE_ROWS = saved
     # the coarse cells (queries on more than 3 heads): each vector's nearest coarse centroid
     coarse = info["head_cells"]["coarse"]
     assert (coarse["centroids"], coarse["cells"]) == cf.head_coarse_files("heads", LAYER)
