@@ -486,8 +486,8 @@ HEAD_CODE_RERANK_MANY = 1000  # several heads: union rows re-scored with all 10 
 _HEAD_POOL = None
 _HEAD_POOL_LOCK = threading.Lock()
 # a refinement byte -> its four 2-bit values (dimensions 4j .. 4j + 3), as float32
-_LOW_SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8)
-_LOW_BITS = ((np.arange(256, dtype=np.uint8)[:, None] >> _LOW_SHIFTS) & 3).astype(np.float32)
+_LOW_BITS = ((np.arange(256, dtype=np.uint8)[:, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3).astype(np.float32)
+_LOW_BYTES = _LOW_BITS.astype(np.uint8).view(np.uint32).ravel()  # the same four values as four bytes of one uint32
 DECODE_ROWS = 2048  # rows HeadCodes.decode turns into floats at a time
 
 
@@ -543,8 +543,9 @@ class HeadCodes:
 
     def decode(self, rows: slice | np.ndarray) -> np.ndarray:
         """float32[n, H * d]: the vectors of ``rows`` as their 10-bit codes give them (centroid + lo + code * step).
-        DECODE_ROWS rows at a time, the 10-bit values as integers, so each head's temporaries stay in the
-        core's cache (the same floats as whole-array float passes, in about half the time: RESULTS S23)."""
+        DECODE_ROWS rows at a time, the 10-bit values as integers (the low bits by one 4-byte table lookup per
+        refinement byte), so each head's temporaries stay in the core's cache: the same floats as whole-array
+        float passes in less than half the time (RESULTS S23)."""
         if self._decoded is not None:
             return self._decoded[rows]
         H, C, d = self.centroids.shape
@@ -553,18 +554,15 @@ class HeadCodes:
         codes, refine, cells = self.codes[:, rows], self.refine[:, rows], self.cells[:, rows]
         n = codes.shape[1]
         out = np.empty((n, H * d), dtype=np.float32)
-        low = np.empty((min(n, DECODE_ROWS), refine.shape[2], 4), dtype=np.uint8)
+        value = np.empty((min(n, DECODE_ROWS), d), dtype=np.uint16)
         for a in range(0, n, DECODE_ROWS):
             b = min(n, a + DECODE_ROWS)
             r = b - a
             for h in range(H):
                 o = out[a:b, h * d:(h + 1) * d]
-                np.right_shift(refine[h, a:b, :, None], _LOW_SHIFTS, out=low[:r])
-                low[:r] &= 3
-                v = codes[h, a:b].astype(np.uint16)
-                v <<= 2
-                v += low[:r].reshape(r, -1)[:, :d]
-                np.multiply(v, self.step[h], out=o)
+                np.left_shift(codes[h, a:b], 2, out=value[:r], dtype=np.uint16)
+                value[:r] += np.take(_LOW_BYTES, refine[h, a:b]).view(np.uint8)[:, :d]  # one 4-byte lookup per refine byte
+                np.multiply(value[:r], self.step[h], out=o)
                 o += np.take(self._base[h], cells[h, a:b], axis=0)
         return out
 
