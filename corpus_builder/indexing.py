@@ -468,9 +468,8 @@ def estimated_head_recalls(codes, groups, k: int) -> list[np.ndarray]:
     tau = np.array([true_scores[where[i], i].min() for i in range(nq)], dtype=np.float32)
     tau -= 1e-4 * np.maximum(1.0, np.abs(tau))
     rows_parts, query_parts, score_parts = [], [], []
-    for a in range(0, n, ESTIMATE_CHUNK):
-        b = min(n, a + ESTIMATE_CHUNK)
-        s = codes.decode(slice(a, b)) @ Q.T  # [rows, queries]
+    for a, x in codes.decoded_chunks(ESTIMATE_CHUNK):  # (which also fills the codes' coarse IVF, for the tuning)
+        s = x @ Q.T  # [rows, queries]
         r, qi = np.nonzero(s >= tau[None, :])
         rows_parts.append(r + a)
         query_parts.append(qi)

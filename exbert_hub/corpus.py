@@ -573,24 +573,50 @@ class HeadCodes:
         import faiss
 
         with self._coarse_lock:
-            if self._coarse_ivf is not None:
-                return self._coarse_ivf
-            cents, assign = self.coarse
-            D, n = cents.shape[1], self.ntotal
-            quantizer = faiss.IndexFlatIP(D)
-            quantizer.add(np.ascontiguousarray(cents, dtype=np.float32))
-            index = faiss.IndexIVFScalarQuantizer(quantizer, D, len(cents), faiss.ScalarQuantizer.QT_8bit,
-                                                  faiss.METRIC_INNER_PRODUCT, False)
-            sample = np.linspace(0, n - 1, num=min(n, 50_000)).astype(np.int64)
-            index.train(np.ascontiguousarray(self.decode(sample)))  # (the quantizer is already trained)
-            for a in range(0, n, 65536):
-                b = min(n, a + 65536)
-                x = np.ascontiguousarray(self.decode(slice(a, b)))
-                ids = np.arange(a, b, dtype=np.int64)
-                lists = np.ascontiguousarray(np.asarray(assign[a:b]), dtype=np.int64)
-                index.add_core(b - a, faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
-            self._coarse_ivf = index
-            return index
+            if self._coarse_ivf is None:
+                index = self._new_coarse_ivf()
+                for a in range(0, self.ntotal, 65536):
+                    self._add_coarse(index, a, self.decode(slice(a, min(self.ntotal, a + 65536))))
+                self._coarse_ivf = index
+            return self._coarse_ivf
+
+    def _new_coarse_ivf(self):
+        """``coarse_ivf``'s index, trained (its SQ8 ranges over an even sample of the rows), still empty."""
+        import faiss
+
+        cents, _ = self.coarse
+        D, n = cents.shape[1], self.ntotal
+        quantizer = faiss.IndexFlatIP(D)
+        quantizer.add(np.ascontiguousarray(cents, dtype=np.float32))
+        index = faiss.IndexIVFScalarQuantizer(quantizer, D, len(cents), faiss.ScalarQuantizer.QT_8bit,
+                                              faiss.METRIC_INNER_PRODUCT, False)
+        sample = np.linspace(0, n - 1, num=min(n, 50_000)).astype(np.int64)
+        index.train(np.ascontiguousarray(self.decode(sample)))  # (the quantizer is already trained)
+        return index
+
+    def _add_coarse(self, index, a: int, x: np.ndarray) -> None:
+        """Rows a .. a + len(x) (decoded: ``x``) into their coarse cells of ``index``."""
+        import faiss
+
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        ids = np.arange(a, a + len(x), dtype=np.int64)
+        lists = np.ascontiguousarray(np.asarray(self.coarse[1][a:a + len(x)]), dtype=np.int64)
+        index.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
+
+    def decoded_chunks(self, rows: int):
+        """(first row, float32[<= rows, H * d]) of every vector decoded, in row order. A coarse IVF not made
+        yet is filled from the same chunks (the builder's tuning: one decode for its recall estimate and that
+        IVF); the same index ``coarse_ivf`` would make, set once the last chunk has been read."""
+        index = self._new_coarse_ivf() if self.coarse is not None and self._coarse_ivf is None else None
+        for a in range(0, self.ntotal, rows):
+            x = self.decode(slice(a, min(self.ntotal, a + rows)))
+            if index is not None:
+                self._add_coarse(index, a, x)
+            yield a, x
+        if index is not None:
+            with self._coarse_lock:
+                if self._coarse_ivf is None:
+                    self._coarse_ivf = index
 
     def _cell_lists(self, h: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows of head h sorted by cell, int64[C + 1] start of each cell in them), made on first use."""

@@ -99,6 +99,29 @@ def test_card_files_and_decode(corpus, built):
         assert inside.mean() > 0.99  # only the clipped tails (0.1% each side in training) lie outside
 
 
+def test_coarse_ivf_filled_by_the_decoded_chunks_is_the_readers(corpus, built):
+    """The builder's tuning fills the coarse IVF from the chunks it decodes for its recall estimate: the
+    same index as the reader's own (same rows, lists, codes: same results), set only once every chunk is read."""
+    import faiss
+
+    from exbert_hub.corpus import HeadCodes
+
+    hc = corpus._head_codes(LAYER)
+    fresh = lambda: HeadCodes(hc.centroids, hc.cells, np.stack([hc.lo, hc.step], axis=1), hc.codes, hc.refine, hc.coarse)  # noqa: E731
+    readers, builders = fresh(), fresh()
+    chunks = builders.decoded_chunks(700)
+    next(chunks)
+    assert builders._coarse_ivf is None  # (a chunk read, not all)
+    seen = [0] + [a for a, _ in chunks]
+    assert seen == list(range(0, hc.ntotal, 700)) and builders._coarse_ivf is not None
+    a, b = readers.coarse_ivf(), builders.coarse_ivf()
+    assert a.ntotal == b.ntotal == hc.ntotal
+    q = np.ascontiguousarray(hc.decode(slice(0, 20)))
+    params = faiss.SearchParametersIVF(nprobe=4)
+    (da, ia), (db, ib) = a.search(q, 30, params=params), b.search(q, 30, params=params)
+    assert (ia == ib).all() and (da == db).all()
+
+
 def test_candidates_scores_and_top_k_match_naive(corpus, built):
     X = _kept(built)
     hc = corpus._head_codes(LAYER)
