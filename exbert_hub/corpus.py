@@ -570,8 +570,6 @@ class HeadCodes:
         """Queries on many heads: a FAISS IVF-SQ8 over the coarse cells of the whole vectors, made in memory
         on first use from the decoded 10-bit codes (8 bits per dimension over each dimension's range), so
         its cells are scanned in SIMD code; its best rows are then re-scored with all 10 bits."""
-        import faiss
-
         with self._coarse_lock:
             if self._coarse_ivf is None:
                 index = self._new_coarse_ivf()
