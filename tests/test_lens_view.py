@@ -90,7 +90,10 @@ def test_rows_come_from_the_fast_lens_over_a_whole_span(llama, monkeypatch):
     monkeypatch.setattr(lens_mod, "FAST_MIN_VOCAB", 0)  # the tiny vocabulary would use float32
     monkeypatch.setattr(lens_mod, "FAST_EXTRA_GROUPS", 2)  # else its 8 groups would all be rescored
     fast = logit_lens(a, eng, top_k=5, fast=True)
-    assert fast.prob_error is not None and (fast.prob_error > 0).any()
+    if lens_mod.bf16_matmul_supported():
+        assert fast.prob_error is not None and (fast.prob_error > 0).any()
+    else:  # no native bfloat16 products on this CPU: the float32 lens, whose probabilities need no bound
+        assert fast.prob_error is None
     words = fast.tokens(eng.tokenizer)
     calls = []
     real = view_mod._span_lens

