@@ -3,11 +3,11 @@ recall through the reader's searches), one thread, from a build stopped just bef
 trees can be timed side by side on the same codes (bench/RESULTS.md, S23).
 
     # once: a 20,000-gloss BERT-base-size build (random weights) stopped before its index stage
-    HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false .venv/bin/python bench/bench_index_stage.py snapshot /tmp/snap --sentences 20000
-    # then, for this tree and an older one (git worktree add /tmp/old REV), alternating per layer:
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_index_stage.py finish /tmp/snap --kind embedding --layers 0-11 --trees . /tmp/old
+    HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false .venv/bin/python bench/bench_index_stage.py snapshot SNAPSHOT_DIR --sentences 20000
+    # then, for this tree and an older one (git worktree add OLD_TREE REV), alternating per layer:
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_index_stage.py finish SNAPSHOT_DIR --kind embedding --layers 0-11 --trees . OLD_TREE
     # where one index's time goes
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_index_stage.py finish /tmp/snap --kind heads --layers 5 --profile
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_index_stage.py finish SNAPSHOT_DIR --kind heads --layers 5 --profile
 
 Each finish runs in its own process (``--trees``: with that tree's ``corpus_builder`` first on the path) and
 writes its index files into a scratch folder, never into the snapshot. One JSON line per (tree, layer):
