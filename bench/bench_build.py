@@ -96,6 +96,82 @@ def bare_forward(engine, batches: list[dict]) -> float:
     return time.perf_counter() - t0
 
 
+class CpuSampler:
+    """CPU seconds of this process's threads (by Python thread name; threads Python did not start, such as
+    OpenMP's, under "native") and of its child processes (by their ``-m`` module), read from /proc every
+    ``period`` seconds while a build runs: a thread or process that ends keeps its last reading."""
+
+    def __init__(self, period: float = 0.25):
+        import threading
+
+        self.period, self.seen, self.banked, self._stop = period, {}, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="cpu-sampler")
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @staticmethod
+    def _ticks(stat: str) -> int:
+        fields = stat.rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    def _children(self, pid: int) -> list[int]:
+        out = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                out += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+            except OSError:
+                pass
+        return out + [g for c in out for g in self._children(c)]
+
+    def _sample(self) -> None:
+        import threading
+
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        me = os.getpid()
+        for task in os.listdir("/proc/self/task"):
+            try:
+                ticks = self._ticks(Path(f"/proc/self/task/{task}/stat").read_text())
+            except OSError:
+                continue
+            name = names.get(int(task))
+            self._keep(("thread", int(task)), ticks, None if name is None else name.split("_")[0].rstrip("0123456789-"))
+        for pid in self._children(me):
+            try:
+                ticks = self._ticks(Path(f"/proc/{pid}/stat").read_text())
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            module = cmd[cmd.index(b"-m") + 1].decode() if b"-m" in cmd else Path(cmd[0].decode()).name
+            self._keep(("process", pid), ticks, module)
+
+    def _keep(self, key: tuple, ticks: int, name: str | None) -> None:
+        """The newest reading of a thread or process (a Python thread may be seen before it has its name; a
+        reading lower than the last is a new thread with a reused id: the old one's ticks are banked)."""
+        old = self.seen.get(key)
+        if old is not None and ticks < old[0]:
+            self.banked.append(old)
+            old = None
+        self.seen[key] = (ticks, name or (old[1] if old else None) or "native")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self._sample()
+
+    def summary(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for ticks, name in list(self.seen.values()) + self.banked:
+            out[name] = out.get(name, 0.0) + ticks / self.tick
+        return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
 def build_documents(folder: Path, source: str) -> list[list[tuple[int, str]]]:
     """The documents of the shards the build read (same source, same shard cutting)."""
     from corpus_builder import builder, sources
@@ -176,10 +252,16 @@ def one_model(label: str, model: str, args, work: Path) -> dict:
         out = work / f"{label}-{name}"
         shutil.rmtree(out, ignore_errors=True)
         prof = cProfile.Profile() if args.profile and name == "local" else None
+        sampler = CpuSampler() if args.cpu and name == "local" else None
         t0 = time.perf_counter()
         if prof is not None:
             prof.enable()
-        build(model, args.source, str(out), **common, **extra)
+        if sampler is not None:
+            with sampler:
+                build(model, args.source, str(out), **common, **extra)
+            res["local_cpu_seconds"] = sampler.summary()
+        else:
+            build(model, args.source, str(out), **common, **extra)
         if prof is not None:
             prof.disable()
         seconds = time.perf_counter() - t0
@@ -249,6 +331,7 @@ def main() -> None:
     p.add_argument("--ray-cpus", type=int, default=2)
     p.add_argument("--no-ceiling", dest="ceiling", action="store_false", help="skip MiniLM's spaCy-alone runs")
     p.add_argument("--profile", default=None, help="folder: cProfile of each local build (driver thread)")
+    p.add_argument("--cpu", action="store_true", help="CPU seconds of each thread and worker process of the local build")
     p.add_argument("--keep", default=None, help="build into this folder (default: a temporary one, removed)")
     args = p.parse_args()
 
