@@ -368,7 +368,7 @@ def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k,
     one pass over the codes; ``estimate``: already computed for the first half, at ``nprobe_candidates``) and
     the guess checked by the reader's search; the binary search over the reader's search, which used to cost
     every build ~7 searches of every tuning query per head count and layer (bench/RESULTS.md, S15), runs
-    only when that check fails."""
+    only when that check and the next nprobe's fail."""
     from exbert_hub.corpus import search_head_cells
 
     half = len(queries) // 2
@@ -402,7 +402,12 @@ def tune_head_cells(index, centroids, cells, queries, kept, truth, self_rows, k,
         guess = int(np.argmax(est >= guess_target))
         if at(guess) >= guess_target:
             return int(candidates[guess]), at(guess), measure(candidates[guess], slice(half, None))
-        lo = min(guess + 1, last)  # the first stage dropped rows the estimate kept: search above the guess
+        # the first stage dropped rows the estimate kept: search above the guess. The next nprobe first, at
+        # the same target: it settled every miss of a 20,000-gloss build (4 of 12 layers' three-head tuning,
+        # bench/RESULTS.md, S25) without the every-cell search below, the costliest of all
+        if guess < last and at(guess + 1) >= guess_target:
+            return int(candidates[guess + 1]), at(guess + 1), measure(candidates[guess + 1], slice(half, None))
+        lo = min(guess + 1, last)
     # the codes' precision caps recall (every cell visited); past that cap more cells only cost time
     target = min(target, at(last) - SATURATION_MARGIN)
     if lo and at(lo - 1) >= target:  # (the guess, under a cap lower than the estimate's)

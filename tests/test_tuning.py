@@ -89,3 +89,46 @@ def test_tuned_nprobe_reaches_the_target_or_the_codes_cap_with_few_searches(tune
     assert candidates[-1] not in tuning or chosen == candidates[-1]
     if target <= 0.9:
         assert chosen < candidates[-1] // 4  # these vectors cluster: a few cells reach it
+
+
+def _scripted_search(monkeypatch, recall_at: dict, k: int, searched: list):
+    """exbert_hub.corpus.search_head_cells replaced by a search whose recall@k at each nprobe is ``recall_at``'s
+    (each query finds that share of its true rows, ids 0..k-1), recording the nprobes it is asked for."""
+    import exbert_hub.corpus as corpus
+
+    def search(index, centroids, cells, queries, heads, nprobe, kk, codes=None):
+        searched.append(int(nprobe))
+        hits = int(round(recall_at[int(nprobe)] * k))
+        found = np.full((len(queries), kk), -1, dtype=np.int64)
+        found[:, :hits] = np.arange(hits)
+        return np.zeros(found.shape, np.float32), found
+
+    monkeypatch.setattr(corpus, "search_head_cells", search)
+
+
+@pytest.mark.parametrize("next_reaches", [True, False])
+def test_head_tuning_tries_the_next_nprobe_before_the_every_cell_search(monkeypatch, next_reaches):
+    """A guess from the recall estimate that misses the target: the next nprobe is searched next, at the same
+    target; when it reaches it, it is the answer without the every-cell search (the costliest); when it
+    does not, the full rule runs and still finds the smallest nprobe reaching the target."""
+    from corpus_builder import indexing
+
+    k, nq, cells = 20, 8, 64
+    candidates = indexing.nprobe_candidates(cells)  # [1, 2, 4, 8, 12, 16, 24, 32, 48, 64]
+    # real recall by nprobe: 0.95 from 12 cells on (or from 16 when the next one must miss)
+    first = 12 if next_reaches else 16
+    real = {p: (0.95 if p >= first else 0.5) for p in candidates}
+    estimate = np.array([0.95 if p >= 8 else 0.5 for p in candidates])  # the estimate says 8 cells reach it
+    searched: list = []
+    _scripted_search(monkeypatch, real, k, searched)
+    monkeypatch.setattr(indexing, "TUNING_THREADS", 1)  # one search call per measurement
+    truth = np.tile(np.arange(k), (nq, 1))
+    queries = np.zeros((nq, 4), np.float32)
+    p, tuned, held = indexing.tune_head_cells(None, np.zeros((1, cells, 4), np.float32), None, queries,
+                                              [[0]] * nq, truth, np.full(nq, -1), k, 0.9, codes=object(),
+                                              estimate=estimate)
+    assert p == first and tuned == 0.95 and held == 0.95
+    if next_reaches:
+        assert searched == [8, 12, 12]  # the guess, the next nprobe, the held-out half
+    else:
+        assert searched[:3] == [8, 12, cells] and searched[-1] == first and searched.count(first) == 2
