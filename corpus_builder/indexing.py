@@ -191,14 +191,42 @@ def train_ivf(index, sample: np.ndarray, seed: int = 0) -> None:
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
 
 
-TOP_ROWS = 32768  # rows of x scored at a time by top_inner (a [queries, rows] float32 block)
+def _onednn_fp32() -> bool:
+    """Whether torch's oneDNN runs exact float32 products here (built in, and no reduced-precision
+    setting of torch's that would let it round to bfloat16 or TF32)."""
+    import torch
+
+    return (torch.backends.mkldnn.is_available() and hasattr(torch._C._nn, "mkldnn_linear")
+            and torch.get_float32_matmul_precision() == "highest"
+            and getattr(torch.backends.mkldnn.matmul, "fp32_precision", "none") in ("none", "ieee"))
+
+
+def products_with(right: np.ndarray):
+    """A function of a float32 torch block [rows, d] to float32 torch [rows, len(right)]: block @ right.T,
+    on the calling thread's torch threads, ``right`` [m, d] (numpy, or a contiguous float32 torch tensor)
+    prepared once for every block.
+
+    By oneDNN where torch has it: torch's matmul goes to MKL, whose float32 kernels on an AMD CPU with
+    AVX-512 (this project's machines) ran at about half oneDNN's speed on the builder's shapes (cells:
+    6,450 x 768 against 512 centroids, 56 against 28 ms; bench/RESULTS.md, S26). Same float32 arithmetic;
+    the sums may round in another order (last-bit differences)."""
+    import torch
+
+    r = right if isinstance(right, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(right, dtype=np.float32))
+    if _onednn_fp32():
+        prepared = r.to_mkldnn()
+        return lambda block: torch._C._nn.mkldnn_linear(block.to_mkldnn(), prepared).to_dense()
+    return lambda block: block @ r.T
+
+
+TOP_ROWS = 8192  # rows of x scored at a time by top_inner (oneDNN's products slowed 2x past 8,192, S26)
 CELL_ROWS = 8192  # rows assigned to cells at a time by nearest_cells (32 MB of scores at 1,024 cells)
 
 
 def top_inner(queries: np.ndarray, x: np.ndarray, k: int, heads: np.ndarray | None = None,
               num_heads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(float32 scores [q, k], int64 rows [q, k]): each query's k largest inner products with the rows of
-    ``x``, best first, as ``faiss.knn`` gives them, computed by torch on the calling thread's torch threads
+    ``x``, best first, as ``faiss.knn`` gives them, computed by torch (``products_with``) on the calling thread's torch threads
     (the builder's writer thread runs one; FAISS's BLAS threads would spin against the model's streams).
 
     ``heads`` (int [q, m], with ``num_heads``): each query is zero outside those m heads, so only their
@@ -222,7 +250,7 @@ def top_inner(queries: np.ndarray, x: np.ndarray, k: int, heads: np.ndarray | No
                     if len(rows):
                         scores.index_add_(0, rows, q[rows, h * d:(h + 1) * d] @ block[:, h * d:(h + 1) * d].T)
             else:
-                scores = q @ block.T
+                scores = products_with(block)(q)
             s, i = torch.topk(scores, min(k, len(block)), dim=1)
             best = _merge_topk(best, (s.numpy(), i.numpy() + start), k)
     if best is None:
@@ -231,17 +259,17 @@ def top_inner(queries: np.ndarray, x: np.ndarray, k: int, heads: np.ndarray | No
 
 
 def nearest_cells(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """int64[n]: the cell of largest inner product of each row of ``x``: float32 products by torch (as
-    ``top_inner``), CELL_ROWS rows at a time (a [rows, cells] block), each row's argmax by numpy (torch's
-    row argmax or topk took 8x as long on these blocks)."""
+    """int64[n]: the cell of largest inner product of each row of ``x``: float32 products by torch
+    (``products_with``), CELL_ROWS rows at a time (a [rows, cells] block), each row's argmax by numpy
+    (torch's row argmax or topk took 8x as long on these blocks)."""
     import torch
 
     out = np.zeros(len(x), dtype=np.int64)
-    c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
     with torch.inference_mode():
+        scores = products_with(centroids)
         for start in range(0, len(x), CELL_ROWS):
             block = torch.from_numpy(np.ascontiguousarray(x[start:start + CELL_ROWS], dtype=np.float32))
-            out[start:start + len(block)] = (block @ c.T).numpy().argmax(1)
+            out[start:start + len(block)] = scores(block).numpy().argmax(1)
     return out
 
 

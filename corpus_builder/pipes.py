@@ -75,9 +75,22 @@ def answer(stream, work, what: str = "") -> bool:
 BLAS_THREADS_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+AVX512_CORE_FLAGS = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}  # OpenBLAS's SkylakeX kernels
+
+
+def openblas_core(flags: set[str], model: str) -> str | None:
+    """The OpenBLAS kernels a worker should ask for, where OpenBLAS's own choice is the slower one: an AMD
+    CPU with AVX-512 (this project's EPYC, Zen 5) is run on its AVX2 "Haswell" kernels, at half the float32
+    speed of its "SkylakeX" ones (numpy, one thread, 6,450 x 768 @ 768 x 512: 51 against 28 ms; bench/
+    RESULTS.md, S26). Same float32 arithmetic, another summation order."""
+    return "SkylakeX" if "AMD" in model.upper() and AVX512_CORE_FLAGS <= flags else None
+
+
 def worker_env(threads: int | None = None) -> dict:
     """The environment of a worker process: this one's, with its import path (a checkout run in place);
-    with ``threads``, numpy's BLAS (and OpenMP) limited to that many threads.
+    with ``threads``, numpy's BLAS (and OpenMP) limited to that many threads; OpenBLAS's kernels chosen by
+    ``openblas_core`` unless the caller's environment chose them (a library reads that once, at load,
+    so a worker is the place to set it: this process's numpy is loaded already).
 
     Why: OpenBLAS starts a thread per core and they spin while they wait, so two processes each calling
     numpy's matrix products on a 2-core machine halved each other's speed (two index workers: 6.5-6.9 s
@@ -86,4 +99,9 @@ def worker_env(threads: int | None = None) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     if threads is not None:
         env.update({v: str(threads) for v in BLAS_THREADS_VARIABLES})
+    from exbert_hub.analyses.lens_kernel import cpu_flags
+
+    core = openblas_core(*cpu_flags())
+    if core and "OPENBLAS_CORETYPE" not in env:
+        env["OPENBLAS_CORETYPE"] = core
     return env

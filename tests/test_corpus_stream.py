@@ -241,3 +241,35 @@ def test_a_garbled_spacy_worker_answer_is_an_error_not_a_hang(monkeypatch):
     finally:
         worker.close()
     assert worker.proc.wait(timeout=10) is not None
+
+
+def test_openblas_kernels_chosen_only_for_an_amd_cpu_with_avx512():
+    from corpus_builder import pipes
+
+    avx512 = pipes.AVX512_CORE_FLAGS | {"avx2", "fma"}
+    assert pipes.openblas_core(avx512, "AMD EPYC 9B45") == "SkylakeX"
+    assert pipes.openblas_core({"avx2", "fma", "avx512f"}, "AMD EPYC 7B13") is None  # AVX-512 in part: not SkylakeX's
+    assert pipes.openblas_core(avx512, "Intel(R) Xeon(R) Platinum 8481C") is None  # OpenBLAS knows Intel's own
+    assert pipes.openblas_core(set(), "") is None
+
+
+def test_a_worker_runs_the_openblas_kernels_its_environment_names(monkeypatch):
+    """In a real subprocess with worker_env: numpy's OpenBLAS reports the kernels chosen (this CPU's choice,
+    or the caller's own setting, which is kept)."""
+    from corpus_builder import pipes
+    from exbert_hub.analyses.lens_kernel import cpu_flags
+
+    probe = ("import numpy, threadpoolctl; print([i.get('architecture') for i in threadpoolctl.threadpool_info()"
+             " if i['internal_api'] == 'openblas'][0])")
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    env = pipes.worker_env(threads=1)
+    core = pipes.openblas_core(*cpu_flags())
+    assert env.get("OPENBLAS_CORETYPE") == core
+    got = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    if core:
+        assert got == core
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    env = pipes.worker_env(threads=1)
+    assert env["OPENBLAS_CORETYPE"] == "Haswell"
+    got = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert got == "Haswell"

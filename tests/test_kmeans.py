@@ -117,3 +117,47 @@ def test_an_ivf_behind_a_transform_is_left_to_faiss(token_vectors, factory):
     theirs.train(x)
     a, b = (faiss.extract_index_ivf(i).quantizer for i in (ours, theirs))
     np.testing.assert_array_equal(a.reconstruct_n(0, 16), b.reconstruct_n(0, 16))
+
+
+@pytest.fixture(params=["onednn", "matmul"])
+def product_path(request, monkeypatch):
+    """Both float32 product paths of products_with: oneDNN (where torch has it) and torch's matmul."""
+    if request.param == "onednn" and not indexing._onednn_fp32():
+        pytest.skip("this torch has no oneDNN")
+    if request.param == "matmul":
+        monkeypatch.setattr(indexing, "_onednn_fp32", lambda: False)
+    return request.param
+
+
+def test_products_are_float32_exact_on_both_paths(token_vectors, product_path):
+    from tolerances import f32_close
+
+    x, c = token_vectors[:3000], token_vectors[3000:3512]
+    with torch.inference_mode():
+        got = indexing.products_with(c)(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+    assert got.dtype == np.float32 and got.shape == (3000, 512)
+    f32_close(got, x.astype(np.float64) @ c.astype(np.float64).T, reduction=x.shape[1])
+
+
+def test_nearest_cells_are_the_exact_argmax_on_both_paths(token_vectors, product_path):
+    from tolerances import f32_rel_bound
+
+    x, c = token_vectors[:5000], indexing.kmeans(token_vectors[:5000], 128)
+    exact = x.astype(np.float64) @ c.astype(np.float64).T
+    got = indexing.nearest_cells(c, x)
+    want = exact.argmax(1)
+    top2 = np.sort(exact, axis=1)[:, -2:]
+    close_call = top2[:, 1] - top2[:, 0] <= 2 * f32_rel_bound(x.shape[1])  # a float32 tie may go either way
+    assert (got[~close_call] == want[~close_call]).all()
+    assert close_call.mean() < 0.01
+    best_two = np.argsort(exact[close_call], axis=1)[:, -2:]
+    assert (best_two == got[close_call][:, None]).any(axis=1).all()
+
+
+def test_a_reduced_precision_setting_keeps_float32_products_exact():
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")  # would let oneDNN round to bfloat16
+        assert not indexing._onednn_fp32()
+    finally:
+        torch.set_float32_matmul_precision(before)
