@@ -85,13 +85,18 @@ def corpus_batches(engine, folder: Path, batch_size: int) -> list[dict]:
     return batches
 
 
-def bare_forward(engine, batches: list[dict]) -> float:
-    """Seconds of BatchRunner.forward's model call over ``batches``, without the recording."""
+def bare_forward(engine, batches: list[dict], plain: bool = False) -> float:
+    """Seconds of BatchRunner.forward's model call over ``batches``, without the recording (with its
+    kernels: ``linear_kernels.fast_linear``; ``plain``: torch's default kernels)."""
+    import contextlib
+
     import torch
+
+    from exbert_hub.linear_kernels import fast_linear
 
     t0 = time.perf_counter()
     for inputs in batches:
-        with torch.inference_mode():
+        with torch.inference_mode(), (contextlib.nullcontext() if plain else fast_linear()):
             engine.model(**inputs, output_hidden_states=True, return_dict=True)
     return time.perf_counter() - t0
 
@@ -305,6 +310,14 @@ def one_model(label: str, model: str, args, work: Path) -> dict:
     bare = min(medians.values())
     res["bare_forward_runs_s"] = {f"{n}_threads": [round(x, 2) for x in r] for n, r in runs.items()}
     res["bare_forward_s"] = round(bare, 2)
+    if args.plain_reference:  # the same passes on torch's default float32 kernels (linear_kernels), all threads
+        import exbert_hub.linear_kernels as lk
+
+        res["fast_linear"] = lk.onednn_preferred()
+        plain = statistics.median(bare_forward(engine, batches, plain=True) for _ in range(args.repeats))
+        res["bare_forward_plain_kernels_s"] = round(plain, 2)
+        for name, _ in builds:
+            res[f"{name}_ratio_to_plain_kernels"] = round(plain / res[f"{name}_build_s"], 3)
     for name, _ in builds:
         res[f"{name}_ratio"] = round(bare / res[f"{name}_build_s"], 3)
     if args.ceiling:
@@ -332,6 +345,8 @@ def main() -> None:
     p.add_argument("--no-ceiling", dest="ceiling", action="store_false", help="skip MiniLM's spaCy-alone runs")
     p.add_argument("--profile", default=None, help="folder: cProfile of each local build (driver thread)")
     p.add_argument("--cpu", action="store_true", help="CPU seconds of each thread and worker process of the local build")
+    p.add_argument("--plain-reference", action="store_true",
+                   help="also time the bare forward passes on torch's default float32 kernels (no linear_kernels)")
     p.add_argument("--keep", default=None, help="build into this folder (default: a temporary one, removed)")
     args = p.parse_args()
 

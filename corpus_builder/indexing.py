@@ -191,31 +191,22 @@ def train_ivf(index, sample: np.ndarray, seed: int = 0) -> None:
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
 
 
-def _onednn_fp32() -> bool:
-    """Whether torch's oneDNN runs exact float32 products here (built in, and no reduced-precision
-    setting of torch's that would let it round to bfloat16 or TF32)."""
-    import torch
-
-    return (torch.backends.mkldnn.is_available() and hasattr(torch._C._nn, "mkldnn_linear")
-            and torch.get_float32_matmul_precision() == "highest"
-            and getattr(torch.backends.mkldnn.matmul, "fp32_precision", "none") in ("none", "ieee"))
-
-
 def products_with(right: np.ndarray):
     """A function of a float32 torch block [rows, d] to float32 torch [rows, len(right)]: block @ right.T,
     on the calling thread's torch threads, ``right`` [m, d] (numpy, or a contiguous float32 torch tensor)
     prepared once for every block.
 
-    By oneDNN where torch has it: torch's matmul goes to MKL, whose float32 kernels on an AMD CPU with
-    AVX-512 (this project's machines) ran at about half oneDNN's speed on the builder's shapes (cells:
-    6,450 x 768 against 512 centroids, 56 against 28 ms; bench/RESULTS.md, S26). Same float32 arithmetic;
-    the sums may round in another order (last-bit differences)."""
+    By oneDNN where ``exbert_hub.linear_kernels.onednn_preferred`` (an AMD CPU, whose MKL float32 kernels
+    ran the builder's shapes at about half oneDNN's speed: cells, 6,450 x 768 against 512 centroids, 56
+    against 28 ms; bench/RESULTS.md, S26), else torch's matmul. Same float32 arithmetic; the sums may
+    round in another order (last-bit differences)."""
     import torch
 
+    from exbert_hub.linear_kernels import onednn_linear, onednn_preferred
+
     r = right if isinstance(right, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(right, dtype=np.float32))
-    if _onednn_fp32():
-        prepared = r.to_mkldnn()
-        return lambda block: torch._C._nn.mkldnn_linear(block.to_mkldnn(), prepared).to_dense()
+    if onednn_preferred():
+        return lambda block: onednn_linear(block, r)
     return lambda block: block @ r.T
 
 

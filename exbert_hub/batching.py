@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from . import capture
+from .linear_kernels import fast_linear
 from .analysis import ENCODER_DECODER
 
 DEFAULT_BATCH_TOKENS = 8192  # padded tokens per forward pass (rows x longest row)
@@ -184,8 +185,9 @@ class BatchRunner:
         return inputs, lengths
 
     def forward(self, inputs: dict, attentions: bool = False):
-        """The bare batched forward pass (also what bench/bench_examples.py times as the reference)."""
-        with self._lock, torch.inference_mode(), capture.recording() as rec:
+        """The bare batched forward pass (also what bench/bench_examples.py times as the reference); its
+        float32 products on oneDNN where that is the fast kernel (``linear_kernels``)."""
+        with self._lock, torch.inference_mode(), fast_linear(), capture.recording() as rec:
             out = self.engine.model(**inputs, output_hidden_states=True, output_attentions=attentions, return_dict=True)
         return out, rec
 

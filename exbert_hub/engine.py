@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import capture
+from .linear_kernels import fast_linear
 from .analysis import (
     kind_phrase,
     CAUSAL_LM,
@@ -1057,12 +1058,13 @@ class Engine:
     def _forward(self, inputs: dict, mode: str) -> tuple[object, dict[str, AttentionStack] | None]:
         """One pass: (model output, stacks); stacks None when a pass that keeps no weights did not record
         every layer. mode: "fused", "eager" (weights made one layer at a time, not kept) or "materialise"
-        (the model's own output_attentions, kept: attention code the engine cannot record)."""
+        (the model's own output_attentions, kept: attention code the engine cannot record). Float32
+        products on oneDNN where that is the fast kernel (``linear_kernels``)."""
         keep = mode == "materialise"
         if "use_cache" in self._loaded.forward_args:  # no key/value cache: the values would stay alive with `out`
             inputs = {**inputs, "use_cache": False}
         # long inputs (fused): freed memory goes back to the system layer by layer (see capture.py)
-        with capture.recording(fused=mode == "fused", trim=mode == "fused") as rec:
+        with fast_linear(), capture.recording(fused=mode == "fused", trim=mode == "fused") as rec:
             out = self.model(**inputs, output_attentions=keep, output_hidden_states=True, return_dict=True)
         return out, self._stacks(out, rec, fused=not keep, trim=mode == "fused")
 

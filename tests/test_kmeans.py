@@ -122,10 +122,11 @@ def test_an_ivf_behind_a_transform_is_left_to_faiss(token_vectors, factory):
 @pytest.fixture(params=["onednn", "matmul"])
 def product_path(request, monkeypatch):
     """Both float32 product paths of products_with: oneDNN (where torch has it) and torch's matmul."""
-    if request.param == "onednn" and not indexing._onednn_fp32():
+    from exbert_hub import linear_kernels
+
+    if request.param == "onednn" and not linear_kernels.onednn_exact():
         pytest.skip("this torch has no oneDNN")
-    if request.param == "matmul":
-        monkeypatch.setattr(indexing, "_onednn_fp32", lambda: False)
+    monkeypatch.setattr(linear_kernels, "onednn_preferred", lambda: request.param == "onednn")  # on any CPU
     return request.param
 
 
@@ -152,12 +153,3 @@ def test_nearest_cells_are_the_exact_argmax_on_both_paths(token_vectors, product
     assert close_call.mean() < 0.01
     best_two = np.argsort(exact[close_call], axis=1)[:, -2:]
     assert (best_two == got[close_call][:, None]).any(axis=1).all()
-
-
-def test_a_reduced_precision_setting_keeps_float32_products_exact():
-    before = torch.get_float32_matmul_precision()
-    try:
-        torch.set_float32_matmul_precision("medium")  # would let oneDNN round to bfloat16
-        assert not indexing._onednn_fp32()
-    finally:
-        torch.set_float32_matmul_precision(before)
