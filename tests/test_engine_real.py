@@ -15,6 +15,7 @@ import torch
 
 import exbert_hub
 from exbert_hub import MINILM, SMOLLM2, InputError, ModelCache
+from tolerances import f32_close
 
 pytestmark = pytest.mark.integration
 
@@ -93,8 +94,11 @@ def test_minilm_matches_transformers(minilm):
     assert a.segments.tolist() == enc["token_type_ids"][0].tolist()
     with torch.no_grad():
         out = model(**enc, output_attentions=True, output_hidden_states=True)
-    np.testing.assert_allclose(a.attentions, torch.cat(out.attentions).numpy(), atol=1e-6)
-    np.testing.assert_allclose(a.hidden_states, torch.cat(out.hidden_states).numpy(), atol=1e-5)
+    # float32 bounds (tolerances.py), not a fixed 1e-6: the engine's products may run on another kernel
+    # than transformers' own (linear_kernels: oneDNN on AMD CPUs), which sums in another order
+    layers, widest = len(out.attentions), model.config.intermediate_size  # the longest sum of a layer
+    f32_close(a.attentions, torch.cat(out.attentions).numpy(), reduction=widest, depth=layers)
+    f32_close(a.hidden_states, torch.cat(out.hidden_states).numpy(), reduction=widest, depth=layers)
 
 
 # --- SmolLM2 --------------------------------------------------------------------------------------------
