@@ -13,7 +13,8 @@ parameters, random weights: the forward passes do not depend on the weights' val
 - the reference: the bare forward passes of the same sentences in the same batches (each shard's kept
   sentences sorted by length, ``--batch-size`` rows, the same padded inputs from
   ``exbert_hub.batching.BatchRunner.inputs``), the model call of ``BatchRunner.forward`` with no recording
-  (no capture), median of ``--repeats`` at every thread count and at one thread, the faster of the two;
+  (no capture) on its kernels (``exbert_hub.linear_kernels.fast_linear``), median of ``--repeats`` at every
+  thread count and at one thread, the faster of the two; ``--plain-reference`` also on torch's defaults;
 - MiniLM also: spaCy alone (the build's own ``annotate.annotate`` over the same documents) and spaCy in its
   worker process beside those bare forward passes (the best a 2-core build can do: its ceiling).
 
