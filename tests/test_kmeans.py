@@ -153,3 +153,20 @@ def test_nearest_cells_are_the_exact_argmax_on_both_paths(token_vectors, product
     assert close_call.mean() < 0.01
     best_two = np.argsort(exact[close_call], axis=1)[:, -2:]
     assert (best_two == got[close_call][:, None]).any(axis=1).all()
+
+
+def test_float16_vectors_convert_exactly_in_every_layout(tmp_path):
+    """as_float32 (the builder's float16 -> float32, by torch): numpy's exact values, from a read-only
+    memory map (the kept shard files), a row slice, a column slice and a fancy-indexed copy; float32 as is."""
+    rng = np.random.default_rng(0)
+    x16 = (rng.standard_normal((300, 96)) * 4).astype(np.float16)
+    x16[0, :4] = [np.float16(6e-8), np.float16(-0.0), np.float16(65504), np.float16(-6.1e-5)]  # subnormal, -0, max
+    np.save(tmp_path / "v.npy", x16)
+    mm = np.load(tmp_path / "v.npy", mmap_mode="r")
+    for a in (mm, mm[10:200], x16[:, 32:64], x16[[5, 3, 299, 3]]):
+        got = indexing.as_float32(a)
+        want = np.asarray(a).astype(np.float32)
+        assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == want.shape
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))  # bit for bit, signed zero included
+    x32 = x16.astype(np.float32)
+    assert indexing.as_float32(x32) is x32
