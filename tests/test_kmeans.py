@@ -143,7 +143,14 @@ def test_products_are_float32_exact_on_both_paths(token_vectors, product_path):
 def test_nearest_cells_are_the_exact_argmax_on_both_paths(token_vectors, product_path):
     from tolerances import f32_rel_bound
 
-    x, c = token_vectors[:5000], indexing.kmeans(token_vectors[:5000], 128)
+    x = token_vectors[:5000]
+    # near-identical rows (a token whose vector hardly changes with its context) out: k-means may put two
+    # cells on such a clump, and every row in it is then a true tie between them (seen: 2.3% of the rows on
+    # an Intel machine's MiniLM vectors, two centroids 3e-4 apart)
+    near = np.triu(x @ x.T > 1 - 5e-5, k=1)  # squared distance under 1e-4
+    x = x[~near.any(axis=0)]
+    c = indexing.kmeans(x, 128)
+    assert min(np.linalg.norm(c[i] - c[i + 1:], axis=1).min() for i in range(len(c) - 1)) > 1e-2
     exact = x.astype(np.float64) @ c.astype(np.float64).T
     got = indexing.nearest_cells(c, x)
     want = exact.argmax(1)
